@@ -1,0 +1,251 @@
+//! The one error type of pupsource.
+//!
+//! Every failure is a variant of [`Error`], with the context needed to act on it as fields.
+//! Database failures are classified by their SQLSTATE code and constraint name, never by
+//! matching on message text, so a duplicate event id, a `NOT NULL` violation or a lost
+//! connection can never be mistaken for an optimistic-concurrency conflict.
+
+use std::borrow::Cow;
+
+use uuid::Uuid;
+
+use crate::event::StreamId;
+use crate::version::ExpectedVersion;
+
+/// `Result` with pupsource's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in pupsource.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream was not at the expected version, or a concurrent writer appended to it first.
+    ///
+    /// Nothing was written. Reload the aggregate and retry the command.
+    #[error("concurrency conflict on stream {stream}: expected {expected}, actual version {actual}")]
+    Concurrency {
+        /// The stream the append was for.
+        stream: StreamId,
+        /// The version the caller expected.
+        expected: ExpectedVersion,
+        /// The version the stream had when the append was refused.
+        actual: u64,
+    },
+
+    /// An event id of this append is already stored. Nothing was written.
+    #[error("an event id of this append to stream {stream} is already stored")]
+    DuplicateEvent {
+        /// The stream the append was for.
+        stream: StreamId,
+    },
+
+    /// The input was rejected before anything was sent to the database.
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidInput),
+
+    /// A database constraint other than the ones above rejected a write.
+    #[error("{kind} violated{}", constraint.as_deref().map(|c| format!(" (constraint `{c}`)")).unwrap_or_default())]
+    Constraint {
+        /// Which kind of constraint.
+        kind: ConstraintKind,
+        /// The constraint's name, where the database reports it.
+        constraint: Option<String>,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The database could not be reached, or the connection was lost.
+    ///
+    /// Retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Connection(#[source] sqlx::Error),
+
+    /// The database configuration (URL, options) is not usable.
+    #[error("invalid database configuration: {0}")]
+    Configuration(#[source] sqlx::Error),
+
+    /// A stored row could not be decoded into an event.
+    #[error("stored event at position {position} cannot be decoded: {reason}")]
+    Decode {
+        /// The global position of the row.
+        position: i64,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl Error {
+    /// Whether retrying the same operation later can succeed: a concurrency conflict, a lost
+    /// connection, or a serialization failure / deadlock reported by the database.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Concurrency { .. } | Error::Connection(_) => true,
+            Error::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
+
+    /// Classifies a database error by SQLSTATE and error kind.
+    pub(crate) fn from_sqlx(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) => {
+                let kind = match db.kind() {
+                    sqlx::error::ErrorKind::UniqueViolation => Some(ConstraintKind::Unique),
+                    sqlx::error::ErrorKind::NotNullViolation => Some(ConstraintKind::NotNull),
+                    sqlx::error::ErrorKind::ForeignKeyViolation => Some(ConstraintKind::ForeignKey),
+                    sqlx::error::ErrorKind::CheckViolation => Some(ConstraintKind::Check),
+                    sqlx::error::ErrorKind::ExclusionViolation => Some(ConstraintKind::Exclusion),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    let constraint = db.constraint().map(str::to_owned);
+                    return Error::Constraint { kind, constraint, source: err };
+                }
+                // Class 08: connection exception; 57P01..57P03: the server is shutting down
+                // or not yet accepting connections.
+                let code = db.code();
+                if code.as_deref().is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")) {
+                    return Error::Connection(err);
+                }
+                Error::Database(err)
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Error::Connection(err),
+            sqlx::Error::Configuration(_) => Error::Configuration(err),
+            _ => Error::Database(err),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        Error::from_sqlx(err)
+    }
+}
+
+/// A kind of database constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConstraintKind {
+    /// `UNIQUE` or primary key.
+    Unique,
+    /// `NOT NULL`.
+    NotNull,
+    /// `FOREIGN KEY`.
+    ForeignKey,
+    /// `CHECK`.
+    Check,
+    /// `EXCLUDE` (PostgreSQL).
+    Exclusion,
+}
+
+impl std::fmt::Display for ConstraintKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConstraintKind::Unique => "unique constraint",
+            ConstraintKind::NotNull => "not-null constraint",
+            ConstraintKind::ForeignKey => "foreign-key constraint",
+            ConstraintKind::Check => "check constraint",
+            ConstraintKind::Exclusion => "exclusion constraint",
+        })
+    }
+}
+
+/// Input rejected before it reached the database; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidInput {
+    /// `append` was called with no events.
+    #[error("an append needs at least one event")]
+    NoEvents,
+
+    /// One append held events of different aggregates.
+    #[error("event #{index} belongs to stream {found}, but this append is for stream {expected}")]
+    MixedStreams {
+        /// Index of the first event of another stream.
+        index: usize,
+        /// The stream of the first event.
+        expected: StreamId,
+        /// The stream of the event at `index`.
+        found: StreamId,
+    },
+
+    /// The same event id appeared twice in one append.
+    #[error("event #{index} repeats event id {event_id} of an earlier event of this append")]
+    RepeatedEventId {
+        /// Index of the repeated event.
+        index: usize,
+        /// The repeated id.
+        event_id: Uuid,
+    },
+
+    /// A field of an event is empty, too long or holds a NUL character.
+    #[error("event #{index}: field `{field}` {problem}")]
+    Field {
+        /// Index of the event in the append.
+        index: usize,
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: FieldProblem,
+    },
+
+    /// An expected version or a resulting version does not fit the store (at most `i64::MAX`).
+    #[error("version {version} is out of range (at most {})", i64::MAX)]
+    VersionOutOfRange {
+        /// The offending version.
+        version: u64,
+    },
+
+    /// A table name is not a plain SQL identifier.
+    #[error("invalid table name `{name}`: {problem}")]
+    TableName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        problem: Cow<'static, str>,
+    },
+
+    /// A payload string was not valid JSON.
+    #[error("payload is not valid JSON: {reason}")]
+    Payload {
+        /// The parser's message.
+        reason: String,
+    },
+}
+
+/// What is wrong with a field of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldProblem {
+    /// It is empty.
+    #[error("is empty")]
+    Empty,
+    /// It is longer than the store accepts.
+    #[error("is {len} bytes long, more than the {max} allowed")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// It contains a NUL character, which PostgreSQL text cannot store.
+    #[error("contains a NUL character")]
+    NulCharacter,
+    /// A number is out of the stored range.
+    #[error("is out of range (1 to {max})")]
+    OutOfRange {
+        /// The maximum.
+        max: u64,
+    },
+}

@@ -1,0 +1,45 @@
+//! # pupsource
+//!
+//! Event sourcing for Rust: an append-only event store on PostgreSQL or SQLite with optimistic
+//! concurrency and per-aggregate streams, read in a gap-free global order.
+//!
+//! ```
+//! use pupsource::{Event, EventStore, ExpectedVersion, Position, Scope, SqliteStore, StreamId};
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> pupsource::Result<()> {
+//! let store = SqliteStore::connect("sqlite::memory:").await?;
+//! store.migrate().await?;
+//!
+//! let order = StreamId::new("Sales", "Order", "o-1");
+//! store
+//!     .append_and_commit(
+//!         ExpectedVersion::NoStream,
+//!         &[
+//!             Event::new(&order, "OrderPlaced", json!({ "total": 42 })),
+//!             Event::new(&order, "OrderPaid", json!({})),
+//!         ],
+//!     )
+//!     .await?;
+//!
+//! // A second writer that still believes the order is new loses the race.
+//! let late = Event::new(&order, "OrderPlaced", json!({ "total": 7 }));
+//! let err = store.append_and_commit(ExpectedVersion::NoStream, &[late]).await.unwrap_err();
+//! assert!(matches!(err, pupsource::Error::Concurrency { actual: 2, .. }));
+//!
+//! let log = store.read_all(Position::START, 100, &Scope::all()).await?;
+//! assert_eq!(log.len(), 2);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod event;
+pub mod partition;
+pub mod store;
+mod version;
+
+pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
+pub use event::{AppendResult, Event, MAX_ID_LEN, MAX_NAME_LEN, PersistedEvent, Position, Stream, StreamId};
+pub use store::{EventStore, PostgresStore, Scope, SqliteStore};
+pub use version::ExpectedVersion;

@@ -1,0 +1,381 @@
+//! The SQLite event store, the embedded default.
+//!
+//! SQLite has one writer at a time. Appends run in transactions opened with
+//! `BEGIN IMMEDIATE` (see [`EventStore::begin`]), which take the write lock up front, so the
+//! head check, the head update and the insert see no concurrent writer, and position order is
+//! commit order: a checkpoint is the position alone (`transaction_id` is always 0).
+//!
+//! A database file is opened in WAL mode with a busy timeout, so readers never block the
+//! writer and a writer waits for the lock instead of failing. `:memory:` databases live as
+//! long as their single connection; they are for tests and experiments.
+
+use std::fmt::Write as _;
+use std::ops::RangeBounds;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version, stored_version, version_bounds};
+use crate::error::{Error, Result};
+use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append};
+use crate::partition::partition_hash;
+use crate::version::ExpectedVersion;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_event_store.sql")];
+
+/// Columns of a [`PersistedEvent`], in the order [`decode`] reads them.
+const EVENT_COLUMNS: &str = "global_position, bounded_context, aggregate_type, aggregate_id, \
+    aggregate_version, event_id, event_type, event_version, payload, metadata, causation_id, \
+    correlation_id, trace_id, partition_hash, created_at";
+
+/// Bind parameters per inserted event row.
+const PARAMS_PER_EVENT: usize = 14;
+
+/// SQLite's limit on bind parameters in one statement (since 3.32).
+const MAX_PARAMS: usize = 32_766;
+
+/// How long a writer waits for the write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The event store on SQLite. Cheap to clone: clones share the pool.
+///
+/// ```
+/// use pupsource::{Event, EventStore, ExpectedVersion, SqliteStore, StreamId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> pupsource::Result<()> {
+/// let store = SqliteStore::connect("sqlite::memory:").await?;
+/// store.migrate().await?;
+/// let user = StreamId::new("Identity", "User", "42");
+/// let event = Event::new(&user, "UserCreated", serde_json::json!({ "email": "ada@example.com" }));
+/// let appended = store.append_and_commit(ExpectedVersion::NoStream, &[event]).await?;
+/// assert_eq!(appended.to_version, 1);
+/// assert_eq!(store.read_stream(&user, ..).await?.version(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    tables: Tables,
+    head: Arc<str>,
+    upsert_head: Arc<str>,
+    read_stream: Arc<str>,
+}
+
+impl SqliteStore {
+    /// A store on `pool` with the default table names.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self::with_tables(pool, Tables::default())
+    }
+
+    /// A store on `pool` with the given table names.
+    pub fn with_tables(pool: SqlitePool, tables: Tables) -> Self {
+        let key = "bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3";
+        let inner = Inner {
+            head: tables
+                .render(&format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}"))
+                .into(),
+            upsert_head: tables
+                .render(
+                    "INSERT INTO \"{aggregate_heads}\" \
+                     (bounded_context, aggregate_type, aggregate_id, version) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
+                     DO UPDATE SET version = excluded.version",
+                )
+                .into(),
+            read_stream: tables
+                .render(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE {key} \
+                     AND aggregate_version BETWEEN ?4 AND ?5 ORDER BY aggregate_version"
+                ))
+                .into(),
+            pool,
+            tables,
+        };
+        SqliteStore { inner: Arc::new(inner) }
+    }
+
+    /// Opens the database at `url` (`sqlite://path/to/file.db`, `sqlite:file.db` or
+    /// `sqlite::memory:`), creating the file if needed, in WAL mode with a busy timeout.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a malformed URL, [`Error::Connection`] if the file cannot
+    /// be opened.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(Error::Configuration)?
+            .create_if_missing(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = if in_memory {
+            // Every connection to `:memory:` is a database of its own: keep exactly one, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options.journal_mode(SqliteJournalMode::Wal))
+                .await?
+        };
+        Ok(Self::new(pool))
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// The table names.
+    pub fn tables(&self) -> &Tables {
+        &self.inner.tables
+    }
+
+    /// Inserts one chunk of events in one statement; returns (position, version) per event.
+    async fn insert_chunk(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        events: &[Event],
+        first_version: u64,
+        hash: i64,
+    ) -> Result<Vec<(i64, u64)>> {
+        let mut sql = self.inner.tables.render(
+            "INSERT INTO \"{events}\" (bounded_context, aggregate_type, aggregate_id, \
+             aggregate_version, event_id, event_type, event_version, payload, metadata, \
+             causation_id, correlation_id, trace_id, partition_hash, created_at) VALUES ",
+        );
+        for i in 0..events.len() {
+            let base = i * PARAMS_PER_EVENT;
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for p in 1..=PARAMS_PER_EVENT {
+                let sep = if p == 1 { "" } else { ", " };
+                let _ = write!(sql, "{sep}?{}", base + p);
+            }
+            sql.push(')');
+        }
+        sql.push_str(" RETURNING global_position, aggregate_version");
+
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (offset, event) in (0u64..).zip(events) {
+            query = query
+                .bind(event.stream.context.clone())
+                .bind(event.stream.aggregate_type.clone())
+                .bind(event.stream.aggregate_id.clone())
+                .bind(stored_version(first_version + offset)?)
+                .bind(event.event_id)
+                .bind(event.event_type.clone())
+                .bind(i64::from(event.event_version))
+                .bind(event.payload.to_string())
+                .bind(event.metadata.to_string())
+                .bind(event.causation_id.clone())
+                .bind(event.correlation_id.clone())
+                .bind(event.trace_id.clone())
+                .bind(hash)
+                .bind(unix_micros(event.created_at));
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get::<i64, _>(1)?.unsigned_abs())))
+            .collect()
+    }
+
+    /// Whether any of these event ids is already stored.
+    async fn any_event_stored(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        events: &[Event],
+    ) -> Result<bool> {
+        let mut sql = self.inner.tables.render("SELECT EXISTS (SELECT 1 FROM \"{events}\" WHERE event_id IN (");
+        for i in 0..events.len() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+        }
+        sql.push_str("))");
+        let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+        for event in events {
+            query = query.bind(event.event_id);
+        }
+        Ok(query.fetch_one(&mut **tx).await?)
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("tables", &self.inner.tables).finish_non_exhaustive()
+    }
+}
+
+impl EventStore for SqliteStore {
+    type Database = Sqlite;
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn append<'t>(
+        &self,
+        tx: &mut sqlx::Transaction<'t, Sqlite>,
+        expected: ExpectedVersion,
+        events: &[Event],
+    ) -> Result<AppendResult> {
+        let stream = validate_append(events)?;
+        if let Some(version) = expected.exact() {
+            stored_version(version)?;
+        }
+        let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.head)))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let actual = current.map_or(0, i64::unsigned_abs);
+        if expected.exact().is_some_and(|v| v != actual) {
+            return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
+        }
+        let to_version = next_version(actual, events.len())?;
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.upsert_head)))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(stored_version(to_version)?)
+            .execute(&mut **tx)
+            .await?;
+
+        let hash = hash_to_stored(partition_hash(&stream.aggregate_id));
+        let mut rows = Vec::with_capacity(events.len());
+        for (chunk_start, chunk) in (0..).step_by(MAX_PARAMS / PARAMS_PER_EVENT).zip(events.chunks(MAX_PARAMS / PARAMS_PER_EVENT)) {
+            let first_version = actual + 1 + chunk_start;
+            match self.insert_chunk(tx, chunk, first_version, hash).await {
+                Ok(mut chunk_rows) => rows.append(&mut chunk_rows),
+                Err(Error::Constraint { kind: crate::ConstraintKind::Unique, .. })
+                    if self.any_event_stored(tx, events).await? =>
+                {
+                    return Err(Error::DuplicateEvent { stream: stream.clone() });
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        // RETURNING order is unspecified in SQLite: order by version.
+        rows.sort_unstable_by_key(|&(_, version)| version);
+        let positions = rows
+            .iter()
+            .map(|&(global_position, _)| Position { transaction_id: 0, global_position })
+            .collect();
+        Ok(AppendResult { from_version: actual + 1, to_version, positions })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        versions: impl RangeBounds<u64> + Send,
+    ) -> Result<Stream> {
+        let Some((from, to)) = version_bounds(&versions) else {
+            return Ok(Stream { id: stream.clone(), events: Vec::new() });
+        };
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.read_stream)))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        let events = rows.iter().map(decode).collect::<Result<_>>()?;
+        Ok(Stream { id: stream.clone(), events })
+    }
+
+    async fn read_all(&self, after: Position, limit: usize, scope: &Scope) -> Result<Vec<PersistedEvent>> {
+        let mut sql = self
+            .inner
+            .tables
+            .render(&format!("SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"));
+        let mut binds: Vec<&str> = Vec::new();
+        for (column, values) in [
+            ("bounded_context", &scope.contexts),
+            ("aggregate_type", &scope.aggregate_types),
+            ("event_type", &scope.event_types),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
+            let _ = write!(sql, " AND {column} IN (");
+            for (i, value) in values.iter().enumerate() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                binds.push(value);
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY global_position LIMIT ?");
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(after.global_position);
+        for value in binds {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for migration in MIGRATIONS {
+            sqlx::raw_sql(AssertSqlSafe(self.inner.tables.render(migration)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn unix_micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+fn decode(row: &SqliteRow) -> Result<PersistedEvent> {
+    let global_position: i64 = row.try_get(0)?;
+    let bad = |reason: String| Error::Decode { position: global_position, reason };
+    let json = |index: usize| -> Result<serde_json::Value> {
+        let text: &str = row.try_get(index)?;
+        serde_json::from_str(text).map_err(|e| bad(format!("column {index} is not JSON: {e}")))
+    };
+    let micros: i64 = row.try_get(14)?;
+    let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .map_err(|e| bad(format!("created_at out of range: {e}")))?;
+    let event_version: i64 = row.try_get(7)?;
+    let aggregate_version: i64 = row.try_get(4)?;
+    Ok(PersistedEvent {
+        event: Event {
+            stream: StreamId {
+                context: row.try_get(1)?,
+                aggregate_type: row.try_get(2)?,
+                aggregate_id: row.try_get(3)?,
+            },
+            event_id: row.try_get::<Uuid, _>(5)?,
+            event_type: row.try_get(6)?,
+            event_version: u32::try_from(event_version).map_err(|e| bad(format!("event_version: {e}")))?,
+            payload: json(8)?,
+            metadata: json(9)?,
+            causation_id: row.try_get(10)?,
+            correlation_id: row.try_get(11)?,
+            trace_id: row.try_get(12)?,
+            created_at,
+        },
+        position: Position { transaction_id: 0, global_position },
+        aggregate_version: aggregate_version.unsigned_abs(),
+        partition_hash: hash_from_stored(row.try_get(13)?),
+    })
+}
