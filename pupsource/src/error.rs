@@ -22,7 +22,9 @@ pub enum Error {
     /// The stream was not at the expected version, or a concurrent writer appended to it first.
     ///
     /// Nothing was written. Reload the aggregate and retry the command.
-    #[error("concurrency conflict on stream {stream}: expected {expected}, actual version {actual}")]
+    #[error(
+        "concurrency conflict on stream {stream}: expected {expected}, actual version {actual}"
+    )]
     Concurrency {
         /// The stream the append was for.
         stream: StreamId,
@@ -111,7 +113,9 @@ impl Error {
                 // Class 08: connection exception; 57P01..57P03: the server is shutting down
                 // or not yet accepting connections.
                 let code = db.code();
-                if code.as_deref().is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")) {
+                if code.as_deref().is_some_and(|c| {
+                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+                }) {
                     return Error::Connection(err);
                 }
                 Error::Database(err)
@@ -175,9 +179,9 @@ pub enum InvalidInput {
         /// Index of the first event of another stream.
         index: usize,
         /// The stream of the first event.
-        expected: StreamId,
+        expected: Box<StreamId>,
         /// The stream of the event at `index`.
-        found: StreamId,
+        found: Box<StreamId>,
     },
 
     /// The same event id appeared twice in one append.

@@ -256,8 +256,8 @@ pub(crate) fn validate_append(events: &[Event]) -> Result<&StreamId> {
         if event.stream != *stream {
             return Err(InvalidInput::MixedStreams {
                 index,
-                expected: stream.clone(),
-                found: event.stream.clone(),
+                expected: Box::new(stream.clone()),
+                found: Box::new(event.stream.clone()),
             }
             .into());
         }

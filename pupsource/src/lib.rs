@@ -40,6 +40,12 @@ pub mod store;
 mod version;
 
 pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
-pub use event::{AppendResult, Event, MAX_ID_LEN, MAX_NAME_LEN, PersistedEvent, Position, Stream, StreamId};
+pub use event::{
+    AppendResult, Event, MAX_ID_LEN, MAX_NAME_LEN, PersistedEvent, Position, Stream, StreamId,
+};
 pub use store::{EventStore, PostgresStore, Scope, SqliteStore};
 pub use version::ExpectedVersion;
+
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn partition_hash_is_siphash13_under_the_fixed_key() {
-        for id in ["", "a", "user-42", "0123456789abcdef0123", "ünïcødé", "x".repeat(100).as_str()] {
+        for id in ["", "a", "user-42", "0123456789abcdef0123", "ünïcødé", "x".repeat(100).as_str()]
+        {
             let (k0, k1) = PARTITION_HASH_KEY;
             assert_eq!(partition_hash(id), reference_siphash13(k0, k1, id.as_bytes()), "{id:?}");
         }

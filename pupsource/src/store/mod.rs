@@ -171,10 +171,10 @@ impl Identifier {
             Some(format!("it is longer than {} bytes", Self::MAX_LEN).into())
         } else if name.starts_with(|c: char| c.is_ascii_digit()) {
             Some("it starts with a digit".into())
-        } else if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
-            Some(format!("{c:?} is not allowed; use ASCII letters, digits and `_`").into())
         } else {
-            None
+            name.chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+                .map(|c| format!("{c:?} is not allowed; use ASCII letters, digits and `_`").into())
         };
         match problem {
             Some(problem) => {
@@ -304,9 +304,13 @@ mod tests {
 
     #[test]
     fn identifiers_reject_everything_but_plain_names() {
-        for bad in ["", "events; DROP TABLE x", "1events", "ev\"ents", "a.b", "é", &"x".repeat(41)] {
+        for bad in ["", "events; DROP TABLE x", "1events", "ev\"ents", "a.b", "é", &"x".repeat(41)]
+        {
             assert!(
-                matches!(Identifier::new(bad.to_owned()), Err(crate::Error::InvalidInput(InvalidInput::TableName { .. }))),
+                matches!(
+                    Identifier::new(bad.to_owned()),
+                    Err(crate::Error::InvalidInput(InvalidInput::TableName { .. }))
+                ),
                 "{bad:?} was accepted"
             );
         }

@@ -26,9 +26,14 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version, stored_version, version_bounds};
+use super::{
+    EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version, stored_version,
+    version_bounds,
+};
 use crate::error::{ConstraintKind, Error, Result};
-use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append};
+use crate::event::{
+    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
+};
 use crate::partition::partition_hash;
 use crate::version::ExpectedVersion;
 
@@ -257,12 +262,13 @@ impl EventStore for PostgresStore {
 
         if rows.is_empty() {
             // The head refused the append: wrong version, or a younger transaction appended.
-            let actual: Option<i64> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.head)))
-                .bind(&stream.context)
-                .bind(&stream.aggregate_type)
-                .bind(&stream.aggregate_id)
-                .fetch_optional(&mut **tx)
-                .await?;
+            let actual: Option<i64> =
+                sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.head)))
+                    .bind(&stream.context)
+                    .bind(&stream.aggregate_type)
+                    .bind(&stream.aggregate_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
             let actual = actual.map_or(0, |v| v.unsigned_abs());
             return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
         }
@@ -303,7 +309,12 @@ impl EventStore for PostgresStore {
         Ok(Stream { id: stream.clone(), events })
     }
 
-    async fn read_all(&self, after: Position, limit: usize, scope: &Scope) -> Result<Vec<PersistedEvent>> {
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        scope: &Scope,
+    ) -> Result<Vec<PersistedEvent>> {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_all)))
             .bind(after.transaction_id)

@@ -20,9 +20,14 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version, stored_version, version_bounds};
+use super::{
+    EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version, stored_version,
+    version_bounds,
+};
 use crate::error::{Error, Result};
-use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append};
+use crate::event::{
+    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
+};
 use crate::partition::partition_hash;
 use crate::version::ExpectedVersion;
 
@@ -198,7 +203,10 @@ impl SqliteStore {
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         events: &[Event],
     ) -> Result<bool> {
-        let mut sql = self.inner.tables.render("SELECT EXISTS (SELECT 1 FROM \"{events}\" WHERE event_id IN (");
+        let mut sql = self
+            .inner
+            .tables
+            .render("SELECT EXISTS (SELECT 1 FROM \"{events}\" WHERE event_id IN (");
         for i in 0..events.len() {
             sql.push_str(if i == 0 { "?" } else { ", ?" });
         }
@@ -233,6 +241,7 @@ impl EventStore for SqliteStore {
         let stream = validate_append(events)?;
         if let Some(version) = expected.exact() {
             stored_version(version)?;
+            next_version(version, events.len())?;
         }
         let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.head)))
             .bind(&stream.context)
@@ -255,7 +264,10 @@ impl EventStore for SqliteStore {
 
         let hash = hash_to_stored(partition_hash(&stream.aggregate_id));
         let mut rows = Vec::with_capacity(events.len());
-        for (chunk_start, chunk) in (0..).step_by(MAX_PARAMS / PARAMS_PER_EVENT).zip(events.chunks(MAX_PARAMS / PARAMS_PER_EVENT)) {
+        for (chunk_start, chunk) in (0..)
+            .step_by(MAX_PARAMS / PARAMS_PER_EVENT)
+            .zip(events.chunks(MAX_PARAMS / PARAMS_PER_EVENT))
+        {
             let first_version = actual + 1 + chunk_start;
             match self.insert_chunk(tx, chunk, first_version, hash).await {
                 Ok(mut chunk_rows) => rows.append(&mut chunk_rows),
@@ -296,11 +308,15 @@ impl EventStore for SqliteStore {
         Ok(Stream { id: stream.clone(), events })
     }
 
-    async fn read_all(&self, after: Position, limit: usize, scope: &Scope) -> Result<Vec<PersistedEvent>> {
-        let mut sql = self
-            .inner
-            .tables
-            .render(&format!("SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"));
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        scope: &Scope,
+    ) -> Result<Vec<PersistedEvent>> {
+        let mut sql = self.inner.tables.render(&format!(
+            "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"
+        ));
         let mut binds: Vec<&str> = Vec::new();
         for (column, values) in [
             ("bounded_context", &scope.contexts),
@@ -366,7 +382,8 @@ fn decode(row: &SqliteRow) -> Result<PersistedEvent> {
             },
             event_id: row.try_get::<Uuid, _>(5)?,
             event_type: row.try_get(6)?,
-            event_version: u32::try_from(event_version).map_err(|e| bad(format!("event_version: {e}")))?,
+            event_version: u32::try_from(event_version)
+                .map_err(|e| bad(format!("event_version: {e}")))?,
             payload: json(8)?,
             metadata: json(9)?,
             causation_id: row.try_get(10)?,

@@ -1,0 +1,165 @@
+//! Test databases: each test gets a PostgreSQL schema or a SQLite database of its own, so tests
+//! run in parallel and leave nothing behind.
+#![allow(dead_code, reason = "each test binary uses part of the harness")]
+
+use std::str::FromStr;
+
+use pupsource::{EventStore, PostgresStore, SqliteStore};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The server the PostgreSQL tests use: `PUPSOURCE_TEST_POSTGRES_URL`, or the local default.
+pub(crate) fn postgres_url() -> String {
+    std::env::var("PUPSOURCE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A PostgreSQL schema of one test; dropped (with everything in it) when this is dropped.
+pub(crate) struct PgSchema {
+    pub(crate) name: String,
+    pub(crate) options: PgConnectOptions,
+}
+
+impl PgSchema {
+    /// Creates a fresh schema. Panics if the server cannot be reached: PostgreSQL tests never
+    /// skip silently.
+    pub(crate) async fn create() -> Self {
+        let url = postgres_url();
+        let name = format!("pupsource_test_{}", uuid::Uuid::new_v4().simple());
+        let admin =
+            PgConnectOptions::from_str(&url).expect("PUPSOURCE_TEST_POSTGRES_URL is a valid URL");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(admin.clone())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for these tests: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&pool)
+            .await
+            .expect("create test schema");
+        pool.close().await;
+        let options = admin.options([("search_path", name.as_str())]);
+        PgSchema { name, options }
+    }
+
+    /// A pool whose connections use this schema.
+    pub(crate) async fn pool(&self, max_connections: u32) -> sqlx::PgPool {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(self.options.clone())
+            .await
+            .expect("connect to the test schema")
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we could borrow: use a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let pool = PgPoolOptions::new().max_connections(1).connect(&postgres_url()).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {name} CASCADE")))
+                    .execute(&pool)
+                    .await?;
+                pool.close().await;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: could not drop test schema {}", self.name);
+        }
+    }
+}
+
+/// A migrated PostgreSQL store in a schema of its own.
+pub(crate) struct PgTest {
+    pub(crate) store: PostgresStore,
+    pub(crate) schema: PgSchema,
+}
+
+pub(crate) async fn postgres() -> PgTest {
+    let schema = PgSchema::create().await;
+    let store = PostgresStore::new(schema.pool(20).await);
+    store.migrate().await.expect("migrate");
+    PgTest { store, schema }
+}
+
+/// A migrated SQLite store in a temporary file, deleted with the returned directory.
+pub(crate) async fn sqlite_file() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("events.db").display());
+    let store = SqliteStore::connect(&url).await.expect("open SQLite file");
+    store.migrate().await.expect("migrate");
+    (store, dir)
+}
+
+/// A migrated in-memory SQLite store.
+pub(crate) async fn sqlite_memory() -> SqliteStore {
+    let store = SqliteStore::connect("sqlite::memory:").await.expect("open SQLite memory");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// Runs each listed generic test (`async fn name<S: EventStore>(store: S)`) once per backend:
+/// PostgreSQL, a SQLite file and SQLite `:memory:`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::common::postgres().await;
+                    super::$name(db.store.clone()).await;
+                }
+            )*
+        }
+        mod sqlite_file {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = $crate::common::sqlite_file().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::sqlite_memory().await).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Every event in the log, in log order.
+pub(crate) async fn whole_log<S: EventStore>(store: &S) -> Vec<pupsource::PersistedEvent> {
+    store
+        .read_all(pupsource::Position::START, usize::MAX >> 1, &pupsource::Scope::all())
+        .await
+        .expect("read the log")
+}
+
+/// Reads the log until it holds at least `expected` events (PostgreSQL fences reads below the
+/// oldest transaction in flight anywhere on the server, which may belong to another test), for
+/// at most 30 seconds.
+pub(crate) async fn log_of_at_least<S: EventStore>(
+    store: &S,
+    expected: usize,
+) -> Vec<pupsource::PersistedEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = whole_log(store).await;
+        if log.len() >= expected || std::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
