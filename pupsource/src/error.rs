@@ -9,7 +9,8 @@ use std::borrow::Cow;
 
 use uuid::Uuid;
 
-use crate::event::StreamId;
+use crate::event::{Position, StreamId};
+use crate::projection::{HandlerError, Partition};
 use crate::version::ExpectedVersion;
 
 /// `Result` with pupsource's [`Error`].
@@ -74,6 +75,68 @@ pub enum Error {
         position: i64,
         /// What was wrong with it.
         reason: String,
+    },
+
+    /// A handler kept failing on an event, and the policy is to stop the projection.
+    #[error(
+        "projection `{projection}` partition {partition} failed on event `{event_type}` at \
+         position {position} after {attempts} attempts: {source}"
+    )]
+    Handler {
+        /// The projection.
+        projection: String,
+        /// The partition that handled the event.
+        partition: Partition,
+        /// The event's position.
+        position: Position,
+        /// The event's type.
+        event_type: String,
+        /// How many times the handler was tried.
+        attempts: u32,
+        /// The handler's last error.
+        #[source]
+        source: HandlerError,
+    },
+
+    /// A partition's checkpoint row disappeared while the partition ran (e.g. the projection
+    /// was rebuilt, or another process retired this partition layout).
+    #[error("the checkpoint of projection `{projection}` partition {partition} no longer exists")]
+    CheckpointLost {
+        /// The projection.
+        projection: String,
+        /// The partition.
+        partition: Partition,
+    },
+
+    /// Two projections were registered under one name.
+    #[error("two projections are named `{name}`; projection names must be unique")]
+    DuplicateProjection {
+        /// The name.
+        name: String,
+    },
+
+    /// A projection name was asked for that is not registered.
+    #[error("no projection is named `{name}`; known: {known}")]
+    UnknownProjection {
+        /// The name asked for.
+        name: String,
+        /// The registered names, comma-separated.
+        known: String,
+    },
+
+    /// The runner was given no projection to run.
+    #[error(
+        "no projection to run: register one with `#[pupsource::projection]` or `Runner::projection`"
+    )]
+    NoProjections,
+
+    /// A background task of the runner panicked.
+    #[error("a task of projection `{projection}` panicked: {message}")]
+    Panicked {
+        /// The projection.
+        projection: String,
+        /// The panic message.
+        message: String,
     },
 
     /// Any other database error.
@@ -218,6 +281,22 @@ pub enum InvalidInput {
         name: String,
         /// Why it was rejected.
         problem: Cow<'static, str>,
+    },
+
+    /// A database URL names no supported database.
+    #[error("invalid database URL `{url}`: {problem}")]
+    DatabaseUrl {
+        /// The URL, without its password.
+        url: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
+    /// A partition count of 0, or a partition outside the count.
+    #[error("invalid partition count {count}: a projection has at least one partition")]
+    PartitionCount {
+        /// The rejected count.
+        count: u32,
     },
 
     /// A payload string was not valid JSON.

@@ -33,9 +33,12 @@
 //! # Ok(()) }
 //! ```
 
+mod checkpoint;
 mod error;
 mod event;
 pub mod partition;
+pub mod projection;
+pub mod runner;
 pub mod store;
 mod version;
 
@@ -43,7 +46,9 @@ pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
 pub use event::{
     AppendResult, Event, MAX_ID_LEN, MAX_NAME_LEN, PersistedEvent, Position, Stream, StreamId,
 };
-pub use store::{EventStore, PostgresStore, Scope, SqliteStore};
+pub use projection::{Context, Projection};
+pub use runner::Runner;
+pub use store::{EventStore, PostgresStore, Scope, SqliteStore, Store};
 pub use version::ExpectedVersion;
 
 #[doc = include_str!("../../README.md")]

@@ -20,9 +20,12 @@ use crate::error::{InvalidInput, Result};
 use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
 use crate::version::ExpectedVersion;
 
+mod any;
 mod postgres;
 mod sqlite;
 
+pub use any::Store;
+pub(crate) use any::{BatchTx, CheckpointInfo};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -210,6 +213,8 @@ impl fmt::Display for Identifier {
 pub struct Tables {
     events: Identifier,
     aggregate_heads: Identifier,
+    checkpoints: Identifier,
+    dead_letters: Identifier,
 }
 
 impl Default for Tables {
@@ -217,6 +222,8 @@ impl Default for Tables {
         Tables {
             events: Identifier(Cow::Borrowed("events")),
             aggregate_heads: Identifier(Cow::Borrowed("aggregate_heads")),
+            checkpoints: Identifier(Cow::Borrowed("checkpoints")),
+            dead_letters: Identifier(Cow::Borrowed("dead_letters")),
         }
     }
 }
@@ -240,6 +247,24 @@ impl Tables {
         Ok(self)
     }
 
+    /// Sets the projection checkpoints table's name (default `checkpoints`).
+    ///
+    /// # Errors
+    /// [`InvalidInput::TableName`] if it is not a plain identifier.
+    pub fn with_checkpoints(mut self, name: impl Into<Cow<'static, str>>) -> Result<Self> {
+        self.checkpoints = Identifier::new(name)?;
+        Ok(self)
+    }
+
+    /// Sets the parked events table's name (default `dead_letters`).
+    ///
+    /// # Errors
+    /// [`InvalidInput::TableName`] if it is not a plain identifier.
+    pub fn with_dead_letters(mut self, name: impl Into<Cow<'static, str>>) -> Result<Self> {
+        self.dead_letters = Identifier::new(name)?;
+        Ok(self)
+    }
+
     /// The events table.
     pub fn events(&self) -> &Identifier {
         &self.events
@@ -250,11 +275,24 @@ impl Tables {
         &self.aggregate_heads
     }
 
-    /// Replaces `{events}` and `{aggregate_heads}` in a SQL template by the validated names.
+    /// The projection checkpoints table.
+    pub fn checkpoints(&self) -> &Identifier {
+        &self.checkpoints
+    }
+
+    /// The parked events table.
+    pub fn dead_letters(&self) -> &Identifier {
+        &self.dead_letters
+    }
+
+    /// Replaces `{events}`, `{aggregate_heads}`, `{checkpoints}` and `{dead_letters}` in a SQL
+    /// template by the validated names.
     pub(crate) fn render(&self, template: &str) -> String {
         template
             .replace("{events}", self.events.as_str())
             .replace("{aggregate_heads}", self.aggregate_heads.as_str())
+            .replace("{checkpoints}", self.checkpoints.as_str())
+            .replace("{dead_letters}", self.dead_letters.as_str())
     }
 }
 
@@ -272,6 +310,20 @@ pub(crate) fn version_bounds(range: &impl RangeBounds<u64>) -> Option<(i64, i64)
     };
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     (from <= to).then(|| (clamp(from), clamp(to)))
+}
+
+/// `partition_of(partition_hash, $6)` in SQL, with `$7 = 2^64 mod $6`: the stored hash is the
+/// unsigned SipHash reinterpreted as signed, so negative values are shifted by 2^64.
+/// The arguments come from [`partition_sql_args`].
+pub(crate) const PARTITION_OF_SQL: &str = "(((partition_hash % $6) + $6) % $6 \
+    + CASE WHEN partition_hash < 0 THEN $7 ELSE 0 END) % $6";
+
+/// The bind values `($6, $7)` of [`PARTITION_OF_SQL`] for `count` partitions.
+pub(crate) fn partition_sql_args(count: u32) -> (i64, i64) {
+    let n = u64::from(count.max(1));
+    // 2^64 mod n, computed without overflow as (2^64 - n) mod n.
+    let wrap = (u64::MAX - n + 1) % n;
+    (i64::from(count.max(1)), i64::try_from(wrap).unwrap_or(0))
 }
 
 /// Converts a version to the stored integer.
@@ -334,6 +386,23 @@ mod tests {
         assert_eq!(next_version(3, 2).ok(), Some(5));
         assert!(next_version(i64::MAX as u64, 1).is_err());
         assert!(next_version(u64::MAX, 1).is_err());
+    }
+
+    /// `PARTITION_OF_SQL` evaluated with the same truncating `%` that SQL uses.
+    #[test]
+    fn partition_of_sql_matches_partition_of() {
+        for hash in [0, 1, 7, u64::MAX, 1 << 63, (1 << 63) - 1, 0xdead_beef_cafe_f00d] {
+            for count in 1..=17 {
+                let (n, wrap) = partition_sql_args(count);
+                let h = hash_to_stored(hash);
+                let sql = (((h % n) + n) % n + if h < 0 { wrap } else { 0 }) % n;
+                assert_eq!(
+                    sql,
+                    i64::from(crate::partition::partition_of(hash, count)),
+                    "{hash} {count}"
+                );
+            }
+        }
     }
 
     #[test]

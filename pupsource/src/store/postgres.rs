@@ -20,24 +20,37 @@
 use std::ops::RangeBounds;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
 use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version, stored_version,
-    version_bounds,
+    CheckpointInfo, EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version,
+    partition_sql_args, stored_version, version_bounds,
 };
+use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::{ConstraintKind, Error, Result};
 use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
 use crate::partition::partition_hash;
+use crate::projection::Partition;
+use crate::runner::{Fence, ParkedEvent};
 use crate::version::ExpectedVersion;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_event_store.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/0001_event_store.sql"),
+    include_str!("../../../migrations/postgres/0002_projections.sql"),
+];
+
+/// At most one cross-process `NOTIFY` hint per this interval per process.
+const HINT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Columns of a [`PersistedEvent`], in the order [`decode`] reads them.
 const EVENT_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
@@ -64,6 +77,12 @@ struct Inner {
     pool: PgPool,
     tables: Tables,
     sql: Sql,
+    /// Bumped on every append of this process; readers wait on it.
+    wake: watch::Sender<u64>,
+    /// Whether a `NOTIFY` hint is scheduled already (coalescing).
+    hint_pending: AtomicBool,
+    /// The `LISTEN`/`NOTIFY` channel: `pupsource_<events table>`.
+    channel: String,
 }
 
 /// The store's statements, rendered once with its table names.
@@ -74,6 +93,19 @@ struct Sql {
     head: Arc<str>,
     read_all: Arc<str>,
     read_stream: Arc<str>,
+    read_event: Arc<str>,
+    count_after: Arc<str>,
+    load_checkpoints: Arc<str>,
+    create_checkpoints: Arc<str>,
+    save_checkpoint: Arc<str>,
+    retire_layouts: Arc<str>,
+    checkpoints: Arc<str>,
+    delete_checkpoints: Arc<str>,
+    record_error: Arc<str>,
+    park: Arc<str>,
+    unpark: Arc<str>,
+    parked: Arc<str>,
+    delete_parked: Arc<str>,
 }
 
 impl Sql {
@@ -116,7 +148,60 @@ impl Sql {
                 ))
                 .into()
         };
+        let render = |sql: &str| -> Arc<str> { tables.render(sql).into() };
+        let cp_key = "projection = $1 AND partition_count = $2 AND partition = $3";
+        let scope_filter = "($3::text[] IS NULL OR bounded_context = ANY($3)) \
+            AND ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
+            AND ($5::text[] IS NULL OR event_type = ANY($5))";
         Sql {
+            read_event: render(&format!(
+                "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position = $1"
+            )),
+            count_after: render(&format!(
+                "SELECT count(*) FROM \"{{events}}\" \
+                 WHERE (transaction_id, global_position) > ($1::text::xid8, $2) AND {scope_filter} \
+                 AND {} = $8",
+                super::PARTITION_OF_SQL
+            )),
+            load_checkpoints: render(
+                "SELECT partition_count, partition, transaction_id, global_position \
+                 FROM \"{checkpoints}\" WHERE projection = $1",
+            ),
+            create_checkpoints: render(
+                "INSERT INTO \"{checkpoints}\" (projection, partition_count, partition, transaction_id, global_position) \
+                 SELECT $1, $2, p, $3, $4 FROM UNNEST($5::int4[]) AS p ON CONFLICT DO NOTHING",
+            ),
+            save_checkpoint: render(&format!(
+                "UPDATE \"{{checkpoints}}\" SET transaction_id = $4, global_position = $5, \
+                 updated_at = now(), last_error = NULL, last_error_at = NULL WHERE {cp_key}"
+            )),
+            retire_layouts: render(
+                "DELETE FROM \"{checkpoints}\" WHERE projection = $1 AND partition_count <> $2 \
+                 AND NOT EXISTS (SELECT 1 FROM \"{checkpoints}\" c WHERE c.projection = $1 \
+                   AND c.partition_count = $2 AND (c.transaction_id, c.global_position) < ($3, $4))",
+            ),
+            checkpoints: render(
+                "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error \
+                 FROM \"{checkpoints}\" WHERE projection = $1 ORDER BY partition_count, partition",
+            ),
+            delete_checkpoints: render("DELETE FROM \"{checkpoints}\" WHERE projection = $1"),
+            record_error: render(&format!(
+                "UPDATE \"{{checkpoints}}\" SET last_error = $4, last_error_at = now() WHERE {cp_key}"
+            )),
+            park: render(
+                "INSERT INTO \"{dead_letters}\" (projection, transaction_id, global_position, \
+                 bounded_context, aggregate_type, aggregate_id, event_type, error, attempts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+            ),
+            unpark: render(
+                "DELETE FROM \"{dead_letters}\" WHERE projection = $1 AND global_position = $2",
+            ),
+            parked: render(
+                "SELECT transaction_id, global_position, bounded_context, aggregate_type, aggregate_id, \
+                 event_type, error, attempts, parked_at FROM \"{dead_letters}\" WHERE projection = $1 \
+                 ORDER BY transaction_id, global_position",
+            ),
+            delete_parked: render("DELETE FROM \"{dead_letters}\" WHERE projection = $1"),
             append_any: append(&any),
             append_new: append(&new),
             append_exact: append(&exact),
@@ -153,7 +238,16 @@ impl PostgresStore {
     /// A store on `pool` with the given table names.
     pub fn with_tables(pool: PgPool, tables: Tables) -> Self {
         let sql = Sql::new(&tables);
-        PostgresStore { inner: Arc::new(Inner { pool, tables, sql }) }
+        let channel = format!("pupsource_{}", tables.events());
+        let inner = Inner {
+            pool,
+            tables,
+            sql,
+            wake: watch::Sender::new(0),
+            hint_pending: AtomicBool::new(false),
+            channel,
+        };
+        PostgresStore { inner: Arc::new(inner) }
     }
 
     /// Connects to `url` (`postgres://user@host:port/db`) with a pool of 10 connections.
@@ -175,6 +269,298 @@ impl PostgresStore {
     /// The table names.
     pub fn tables(&self) -> &Tables {
         &self.inner.tables
+    }
+
+    /// Wakes this process's readers, and schedules one coalesced `NOTIFY` for other processes:
+    /// never per row, never inside the append's transaction, never on its critical path.
+    fn appended(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+        if self.inner.hint_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.hint_pending.store(false, Ordering::Release);
+            return;
+        };
+        let store = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(HINT_INTERVAL).await;
+            store.inner.hint_pending.store(false, Ordering::Release);
+            let sent = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&store.inner.channel)
+                .execute(&store.inner.pool)
+                .await;
+            if let Err(err) = sent {
+                tracing::debug!(target: "pupsource::store", error = %err, "append hint not sent");
+            }
+        });
+    }
+
+    pub(crate) fn wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
+    /// Forwards other processes' `NOTIFY` hints to [`Self::wakeups`] until `stop`.
+    pub(crate) async fn listen(&self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let listener = async {
+                let mut listener = PgListener::connect_with(&self.inner.pool).await?;
+                listener.listen(&self.inner.channel).await?;
+                loop {
+                    listener.recv().await?;
+                    self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                result = listener => {
+                    let err: sqlx::Error = match result { Err(err) => err, Ok(never) => never };
+                    tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+            }
+        }
+    }
+
+    pub(crate) async fn load_checkpoints(
+        &self,
+        projection: &str,
+        partition_count: u32,
+    ) -> Result<CheckpointState> {
+        let sql = &self.inner.sql;
+        let mut tx = self.inner.pool.begin().await?;
+        // One process at a time decides where new partitions start.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pupsource.checkpoints.' || $1))")
+            .bind(projection)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&sql.load_checkpoints)))
+            .bind(projection)
+            .fetch_all(&mut *tx)
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok(CheckpointRow {
+                    partition_count: row.try_get::<i32, _>(0)?.unsigned_abs(),
+                    partition: row.try_get::<i32, _>(1)?.unsigned_abs(),
+                    position: Position {
+                        transaction_id: row.try_get(2)?,
+                        global_position: row.try_get(3)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let state = CheckpointState::from_rows(partition_count, &rows);
+        if !state.created.is_empty() {
+            let start = state.current.checkpoints[state.created[0] as usize];
+            let created: Vec<i32> =
+                state.created.iter().map(|&p| i32::try_from(p).unwrap_or(i32::MAX)).collect();
+            sqlx::query(AssertSqlSafe(Arc::clone(&sql.create_checkpoints)))
+                .bind(projection)
+                .bind(i32::try_from(partition_count).unwrap_or(i32::MAX))
+                .bind(start.transaction_id)
+                .bind(start.global_position)
+                .bind(created)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    pub(crate) async fn save_checkpoint(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        projection: &str,
+        partition: Partition,
+        position: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.save_checkpoint)))
+            .bind(projection)
+            .bind(i32::try_from(partition.count).unwrap_or(i32::MAX))
+            .bind(i32::try_from(partition.index).unwrap_or(i32::MAX))
+            .bind(position.transaction_id)
+            .bind(position.global_position)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn retire_layouts(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        projection: &str,
+        partition_count: u32,
+        after: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.retire_layouts)))
+            .bind(projection)
+            .bind(i32::try_from(partition_count).unwrap_or(i32::MAX))
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.checkpoints)))
+            .bind(projection)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CheckpointInfo {
+                    partition: Partition {
+                        count: row.try_get::<i32, _>(0)?.unsigned_abs(),
+                        index: row.try_get::<i32, _>(1)?.unsigned_abs(),
+                    },
+                    position: Position {
+                        transaction_id: row.try_get(2)?,
+                        global_position: row.try_get(3)?,
+                    },
+                    updated_at: row.try_get(4)?,
+                    last_error: row.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn reset_projection(&self, projection: &str) -> Result<()> {
+        let mut tx = self.inner.pool.begin().await?;
+        for sql in [&self.inner.sql.delete_checkpoints, &self.inner.sql.delete_parked] {
+            sqlx::query(AssertSqlSafe(Arc::clone(sql))).bind(projection).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn record_error(
+        &self,
+        projection: &str,
+        partition: Partition,
+        message: &str,
+    ) -> Result<()> {
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.record_error)))
+            .bind(projection)
+            .bind(i32::try_from(partition.count).unwrap_or(i32::MAX))
+            .bind(i32::try_from(partition.index).unwrap_or(i32::MAX))
+            .bind(message.replace('\0', ""))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn park(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        projection: &str,
+        event: &PersistedEvent,
+        error: Option<&str>,
+        attempts: u32,
+    ) -> Result<()> {
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.park)))
+            .bind(projection)
+            .bind(event.position.transaction_id)
+            .bind(event.position.global_position)
+            .bind(&event.stream.context)
+            .bind(&event.stream.aggregate_type)
+            .bind(&event.stream.aggregate_id)
+            .bind(&event.event_type)
+            .bind(error.map(|e| e.replace('\0', "")))
+            .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn unpark(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        projection: &str,
+        position: Position,
+    ) -> Result<()> {
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.unpark)))
+            .bind(projection)
+            .bind(position.global_position)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.parked)))
+            .bind(projection)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ParkedEvent {
+                    position: Position {
+                        transaction_id: row.try_get(0)?,
+                        global_position: row.try_get(1)?,
+                    },
+                    stream: StreamId {
+                        context: row.try_get(2)?,
+                        aggregate_type: row.try_get(3)?,
+                        aggregate_id: row.try_get(4)?,
+                    },
+                    event_type: row.try_get(5)?,
+                    error: row.try_get(6)?,
+                    attempts: row.try_get::<i32, _>(7)?.unsigned_abs(),
+                    parked_at: row.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_event)))
+            .bind(global_position)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    pub(crate) async fn count_after(
+        &self,
+        after: Position,
+        scope: &Scope,
+        partition: Partition,
+    ) -> Result<u64> {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let (count, wrap) = partition_sql_args(partition.count);
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.count_after)))
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+            .bind(count)
+            .bind(wrap)
+            .bind(i64::from(partition.index))
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(n.unsigned_abs())
+    }
+
+    pub(crate) async fn fence(&self) -> Result<Option<Fence>> {
+        let row: Option<(i32, f64)> = sqlx::query_as(
+            "SELECT pid, EXTRACT(EPOCH FROM clock_timestamp() - xact_start)::float8 \
+             FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND xact_start IS NOT NULL \
+             ORDER BY age(backend_xid) DESC LIMIT 1",
+        )
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(row.map(|(pid, seconds)| Fence {
+            blocking_pid: pid,
+            age: Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default(),
+        }))
     }
 
     /// Maps an append's database error: the event-id constraint is a duplicate event.
@@ -259,6 +645,9 @@ impl EventStore for PostgresStore {
             query = query.bind(version);
         }
         let rows = query.fetch_all(&mut **tx).await.map_err(|e| self.append_error(e, stream))?;
+        if !rows.is_empty() {
+            self.appended();
+        }
 
         if rows.is_empty() {
             // The head refused the append: wrong version, or a younger transaction appended.
@@ -287,6 +676,19 @@ impl EventStore for PostgresStore {
             to_version: versions.last().copied().unwrap_or(0),
             positions,
         })
+    }
+
+    async fn append_and_commit(
+        &self,
+        expected: ExpectedVersion,
+        events: &[Event],
+    ) -> Result<AppendResult> {
+        let mut tx = self.begin().await?;
+        let result = self.append(&mut tx, expected, events).await?;
+        tx.commit().await?;
+        // Committed now: wake readers again, in case they looked before the commit.
+        self.appended();
+        Ok(result)
     }
 
     async fn read_stream(

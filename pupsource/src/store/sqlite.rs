@@ -18,20 +18,27 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version, stored_version,
-    version_bounds,
+    CheckpointInfo, EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version,
+    partition_sql_args, stored_version, version_bounds,
 };
+use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::{Error, Result};
 use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
 use crate::partition::partition_hash;
+use crate::projection::Partition;
+use crate::runner::ParkedEvent;
 use crate::version::ExpectedVersion;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_event_store.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_event_store.sql"),
+    include_str!("../../../migrations/sqlite/0002_projections.sql"),
+];
 
 /// Columns of a [`PersistedEvent`], in the order [`decode`] reads them.
 const EVENT_COLUMNS: &str = "global_position, bounded_context, aggregate_type, aggregate_id, \
@@ -74,6 +81,8 @@ struct Inner {
     head: Arc<str>,
     upsert_head: Arc<str>,
     read_stream: Arc<str>,
+    /// Bumped on every append of this process; readers wait on it.
+    wake: watch::Sender<u64>,
 }
 
 impl SqliteStore {
@@ -105,6 +114,7 @@ impl SqliteStore {
                 .into(),
             pool,
             tables,
+            wake: watch::Sender::new(0),
         };
         SqliteStore { inner: Arc::new(inner) }
     }
@@ -132,7 +142,7 @@ impl SqliteStore {
                 .await?
         } else {
             SqlitePoolOptions::new()
-                .max_connections(8)
+                .max_connections(16)
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await?
         };
@@ -147,6 +157,287 @@ impl SqliteStore {
     /// The table names.
     pub fn tables(&self) -> &Tables {
         &self.inner.tables
+    }
+
+    fn appended(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
+    fn sql(&self, template: &str) -> AssertSqlSafe<String> {
+        AssertSqlSafe(self.inner.tables.render(template))
+    }
+
+    pub(crate) async fn load_checkpoints(
+        &self,
+        projection: &str,
+        partition_count: u32,
+    ) -> Result<CheckpointState> {
+        // BEGIN IMMEDIATE: one process at a time decides where new partitions start.
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(self.sql(
+            "SELECT partition_count, partition, transaction_id, global_position \
+             FROM \"{checkpoints}\" WHERE projection = ?1",
+        ))
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok(CheckpointRow {
+                    partition_count: u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
+                    partition: u32::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+                    position: Position {
+                        transaction_id: row.try_get(2)?,
+                        global_position: row.try_get(3)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let state = CheckpointState::from_rows(partition_count, &rows);
+        for &partition in &state.created {
+            let start = state.current.checkpoints[partition as usize];
+            sqlx::query(self.sql(
+                "INSERT INTO \"{checkpoints}\" (projection, partition_count, partition, transaction_id, \
+                 global_position, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            ))
+            .bind(projection)
+            .bind(i64::from(partition_count))
+            .bind(i64::from(partition))
+            .bind(start.transaction_id)
+            .bind(start.global_position)
+            .bind(unix_micros(OffsetDateTime::now_utc()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    pub(crate) async fn save_checkpoint(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        projection: &str,
+        partition: Partition,
+        position: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.sql(
+            "UPDATE \"{checkpoints}\" SET transaction_id = ?4, global_position = ?5, updated_at = ?6, \
+             last_error = NULL, last_error_at = NULL \
+             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3",
+        ))
+        .bind(projection)
+        .bind(i64::from(partition.count))
+        .bind(i64::from(partition.index))
+        .bind(position.transaction_id)
+        .bind(position.global_position)
+        .bind(unix_micros(OffsetDateTime::now_utc()))
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn retire_layouts(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        projection: &str,
+        partition_count: u32,
+        after: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.sql(
+            "DELETE FROM \"{checkpoints}\" WHERE projection = ?1 AND partition_count <> ?2 \
+             AND NOT EXISTS (SELECT 1 FROM \"{checkpoints}\" c WHERE c.projection = ?1 \
+               AND c.partition_count = ?2 AND (c.transaction_id, c.global_position) < (?3, ?4))",
+        ))
+        .bind(projection)
+        .bind(i64::from(partition_count))
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
+        let rows = sqlx::query(self.sql(
+            "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error \
+             FROM \"{checkpoints}\" WHERE projection = ?1 ORDER BY partition_count, partition",
+        ))
+        .bind(projection)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CheckpointInfo {
+                    partition: Partition {
+                        count: u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
+                        index: u32::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+                    },
+                    position: Position {
+                        transaction_id: row.try_get(2)?,
+                        global_position: row.try_get(3)?,
+                    },
+                    updated_at: from_unix_micros(row.try_get(4)?)
+                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    last_error: row.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn reset_projection(&self, projection: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for sql in [
+            "DELETE FROM \"{checkpoints}\" WHERE projection = ?1",
+            "DELETE FROM \"{dead_letters}\" WHERE projection = ?1",
+        ] {
+            sqlx::query(self.sql(sql)).bind(projection).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn record_error(
+        &self,
+        projection: &str,
+        partition: Partition,
+        message: &str,
+    ) -> Result<()> {
+        sqlx::query(self.sql(
+            "UPDATE \"{checkpoints}\" SET last_error = ?4, last_error_at = ?5 \
+             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3",
+        ))
+        .bind(projection)
+        .bind(i64::from(partition.count))
+        .bind(i64::from(partition.index))
+        .bind(message)
+        .bind(unix_micros(OffsetDateTime::now_utc()))
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn park(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        projection: &str,
+        event: &PersistedEvent,
+        error: Option<&str>,
+        attempts: u32,
+    ) -> Result<()> {
+        sqlx::query(self.sql(
+            "INSERT INTO \"{dead_letters}\" (projection, transaction_id, global_position, \
+             bounded_context, aggregate_type, aggregate_id, event_type, error, attempts, parked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+        ))
+        .bind(projection)
+        .bind(event.position.transaction_id)
+        .bind(event.position.global_position)
+        .bind(&event.stream.context)
+        .bind(&event.stream.aggregate_type)
+        .bind(&event.stream.aggregate_id)
+        .bind(&event.event_type)
+        .bind(error)
+        .bind(i64::from(attempts))
+        .bind(unix_micros(OffsetDateTime::now_utc()))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn unpark(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        projection: &str,
+        position: Position,
+    ) -> Result<()> {
+        sqlx::query(
+            self.sql(
+                "DELETE FROM \"{dead_letters}\" WHERE projection = ?1 AND global_position = ?2",
+            ),
+        )
+        .bind(projection)
+        .bind(position.global_position)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
+        let rows = sqlx::query(self.sql(
+            "SELECT transaction_id, global_position, bounded_context, aggregate_type, aggregate_id, \
+             event_type, error, attempts, parked_at FROM \"{dead_letters}\" WHERE projection = ?1 \
+             ORDER BY transaction_id, global_position",
+        ))
+        .bind(projection)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ParkedEvent {
+                    position: Position {
+                        transaction_id: row.try_get(0)?,
+                        global_position: row.try_get(1)?,
+                    },
+                    stream: StreamId {
+                        context: row.try_get(2)?,
+                        aggregate_type: row.try_get(3)?,
+                        aggregate_id: row.try_get(4)?,
+                    },
+                    event_type: row.try_get(5)?,
+                    error: row.try_get(6)?,
+                    attempts: u32::try_from(row.try_get::<i64, _>(7)?).unwrap_or(0),
+                    parked_at: from_unix_micros(row.try_get(8)?)
+                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
+        let row = sqlx::query(self.sql(&format!(
+            "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position = ?1"
+        )))
+        .bind(global_position)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    pub(crate) async fn count_after(
+        &self,
+        after: Position,
+        scope: &Scope,
+        partition: Partition,
+    ) -> Result<u64> {
+        let (count, wrap) = partition_sql_args(partition.count);
+        // The scope lists are passed as JSON arrays: `$3`..`$5` are NULL for "all".
+        let list = |v: &Vec<String>| {
+            (!v.is_empty()).then(|| serde_json::Value::from(v.clone()).to_string())
+        };
+        let n: i64 = sqlx::query_scalar(self.sql(&format!(
+            "SELECT count(*) FROM \"{{events}}\" WHERE global_position > $1 AND $2 = $2 \
+             AND ($3 IS NULL OR bounded_context IN (SELECT value FROM json_each($3))) \
+             AND ($4 IS NULL OR aggregate_type IN (SELECT value FROM json_each($4))) \
+             AND ($5 IS NULL OR event_type IN (SELECT value FROM json_each($5))) \
+             AND {} = $8",
+            super::PARTITION_OF_SQL
+        )))
+        .bind(after.global_position)
+        .bind(after.transaction_id)
+        .bind(list(&scope.contexts))
+        .bind(list(&scope.aggregate_types))
+        .bind(list(&scope.event_types))
+        .bind(count)
+        .bind(wrap)
+        .bind(i64::from(partition.index))
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(n.unsigned_abs())
     }
 
     /// Inserts one chunk of events in one statement; returns (position, version) per event.
@@ -279,6 +570,7 @@ impl EventStore for SqliteStore {
                 Err(err) => return Err(err),
             }
         }
+        self.appended();
         // RETURNING order is unspecified in SQLite: order by version.
         rows.sort_unstable_by_key(|&(_, version)| version);
         let positions = rows
@@ -286,6 +578,18 @@ impl EventStore for SqliteStore {
             .map(|&(global_position, _)| Position { transaction_id: 0, global_position })
             .collect();
         Ok(AppendResult { from_version: actual + 1, to_version, positions })
+    }
+
+    async fn append_and_commit(
+        &self,
+        expected: ExpectedVersion,
+        events: &[Event],
+    ) -> Result<AppendResult> {
+        let mut tx = self.begin().await?;
+        let result = self.append(&mut tx, expected, events).await?;
+        tx.commit().await?;
+        self.appended();
+        Ok(result)
     }
 
     async fn read_stream(
@@ -361,6 +665,10 @@ fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
+fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
+}
+
 fn decode(row: &SqliteRow) -> Result<PersistedEvent> {
     let global_position: i64 = row.try_get(0)?;
     let bad = |reason: String| Error::Decode { position: global_position, reason };
@@ -369,8 +677,8 @@ fn decode(row: &SqliteRow) -> Result<PersistedEvent> {
         serde_json::from_str(text).map_err(|e| bad(format!("column {index} is not JSON: {e}")))
     };
     let micros: i64 = row.try_get(14)?;
-    let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-        .map_err(|e| bad(format!("created_at out of range: {e}")))?;
+    let created_at = from_unix_micros(micros)
+        .ok_or_else(|| bad(format!("created_at {micros} is out of range")))?;
     let event_version: i64 = row.try_get(7)?;
     let aggregate_version: i64 = row.try_get(4)?;
     Ok(PersistedEvent {

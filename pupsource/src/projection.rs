@@ -1,0 +1,179 @@
+//! Projections: what turns events into read models.
+//!
+//! A [`Projection`] has a name, a partition count and a [`Scope`], and handles one
+//! [`PersistedEvent`] at a time through [`Projection::handle`]. One instance is shared by every
+//! partition, hence `Send + Sync + 'static`. Events of one aggregate always go to the same
+//! partition, in version order.
+//!
+//! The handler gets a [`Context`]: the partition, the event's position, and the open database
+//! [`Transaction`] of the batch, in which the partition's checkpoint is written before commit.
+//! A read model written through it is exactly-once: the event's effects and the checkpoint
+//! commit together or not at all. Effects outside that transaction (memory, other systems) are
+//! at-least-once; [`Context::idempotency_key`] names each delivery for deduplication.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::event::{PersistedEvent, Position};
+use crate::store::Scope;
+
+/// What a handler may fail with: any error, boxed.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a handler returns.
+pub type HandlerResult = Result<(), HandlerError>;
+
+/// The future a [`Projection::handle`] returns.
+pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
+
+/// A projection: turns events into a read model.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use pupsource::projection::{Context, HandleFuture, Projection};
+/// use pupsource::PersistedEvent;
+///
+/// #[derive(Default)]
+/// struct CountEvents(AtomicU64);
+///
+/// impl Projection for CountEvents {
+///     fn name(&self) -> &str {
+///         "count_events"
+///     }
+///
+///     fn handle<'a>(&'a self, _event: &'a PersistedEvent, _cx: &'a mut Context<'_>) -> HandleFuture<'a> {
+///         Box::pin(async move {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a projection",
+    note = "declare it with `#[pupsource::projection]`, or implement `pupsource::projection::Projection`"
+)]
+pub trait Projection: Send + Sync + 'static {
+    /// The projection's unique name; checkpoints are stored under it.
+    fn name(&self) -> &str;
+
+    /// How many partitions the projection is split into (default 1). Can be overridden per run.
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    /// Which events the projection receives (default: every event). Pushed down into SQL.
+    fn scope(&self) -> Scope {
+        Scope::all()
+    }
+
+    /// Handles one event. An error is retried with backoff, then stops the projection or parks
+    /// the event, as the runner's [`ErrorPolicy`](crate::runner::ErrorPolicy) says.
+    fn handle<'a>(&'a self, event: &'a PersistedEvent, cx: &'a mut Context<'_>)
+    -> HandleFuture<'a>;
+}
+
+/// One partition of a projection: `index` among `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Partition {
+    /// This partition, from 0.
+    pub index: u32,
+    /// How many partitions there are.
+    pub count: u32,
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The open transaction of a batch, on whichever database the store uses.
+///
+/// ```
+/// use pupsource::projection::{Context, Transaction};
+///
+/// async fn count(cx: &mut Context<'_>, key: &str) -> Result<(), sqlx::Error> {
+///     // Both databases understand this statement.
+///     let sql = "INSERT INTO counts (key, n) VALUES ($1, 1) \
+///                ON CONFLICT (key) DO UPDATE SET n = counts.n + 1";
+///     match cx.transaction() {
+///         Transaction::Postgres(tx) => sqlx::query(sql).bind(key).execute(&mut **tx).await?.rows_affected(),
+///         Transaction::Sqlite(tx) => sqlx::query(sql).bind(key).execute(&mut **tx).await?.rows_affected(),
+///     };
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug)]
+pub enum Transaction<'a> {
+    /// A PostgreSQL transaction.
+    Postgres(&'a mut sqlx::PgConnection),
+    /// A SQLite transaction.
+    Sqlite(&'a mut sqlx::SqliteConnection),
+}
+
+/// What a handler knows about the event it handles, and the batch's open transaction.
+#[derive(Debug)]
+pub struct Context<'a> {
+    projection: &'a str,
+    partition: Partition,
+    position: Position,
+    transaction: Transaction<'a>,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(
+        projection: &'a str,
+        partition: Partition,
+        position: Position,
+        transaction: Transaction<'a>,
+    ) -> Self {
+        Context { projection, partition, position, transaction }
+    }
+
+    /// The projection's name.
+    pub fn projection(&self) -> &str {
+        self.projection
+    }
+
+    /// The partition handling the event.
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// The event's position in the log.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The batch's open transaction: write the read model through it to make it exactly-once.
+    pub fn transaction(&mut self) -> &mut Transaction<'a> {
+        &mut self.transaction
+    }
+
+    /// The PostgreSQL transaction, if the store is PostgreSQL.
+    pub fn postgres(&mut self) -> Option<&mut sqlx::PgConnection> {
+        match &mut self.transaction {
+            Transaction::Postgres(tx) => Some(tx),
+            Transaction::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite transaction, if the store is SQLite.
+    pub fn sqlite(&mut self) -> Option<&mut sqlx::SqliteConnection> {
+        match &mut self.transaction {
+            Transaction::Sqlite(tx) => Some(tx),
+            Transaction::Postgres(_) => None,
+        }
+    }
+
+    /// A key unique to this delivery, `projection:position`, for sinks outside the database
+    /// that deduplicate: a redelivery after a crash has the same key.
+    pub fn idempotency_key(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.projection, self.position.transaction_id, self.position.global_position
+        )
+    }
+}

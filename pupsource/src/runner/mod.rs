@@ -1,0 +1,457 @@
+//! The runner: reads the log once per projection and fans events out to partition workers.
+//!
+//! For each projection, one *reader* task pages through the log (scope pushed into SQL) from
+//! the lowest checkpoint of its partitions and sends each event to the worker of its partition
+//! over a bounded channel, so memory stays bounded however far behind the projection is.
+//! After each page the reader sends every worker a *marker*: "you have everything up to
+//! here", which lets a partition that received nothing advance its checkpoint too.
+//!
+//! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it
+//! (see [`crate::checkpoint`]). Events of one aggregate share a partition and arrive in log
+//! order, which is version order. A handler error rolls the batch back; the batch is then
+//! redone one event per transaction, the failing event retried with exponential backoff, and
+//! finally the projection stops ([`ErrorPolicy::Stop`], the default) or the event and every
+//! later event of its aggregate are parked ([`ErrorPolicy::Park`]).
+//!
+//! Wake-ups: an append in this process wakes the readers at once; on PostgreSQL other
+//! processes' appends arrive as a coalesced `NOTIFY` hint; polling backs off while idle, up to
+//! [`Runner::poll_interval`].
+//!
+//! Shutdown: the first error cancels every projection (fail-fast); Ctrl-C or SIGTERM lets
+//! each worker finish the batch in flight. [`Runner::run`] returns once every task stopped.
+
+mod reader;
+mod status;
+mod worker;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use status::{Fence, ParkedEvent, PartitionStatus, ProjectionStatus, Status};
+
+use crate::error::{Error, InvalidInput, Result};
+use crate::partition::partition_of;
+use crate::projection::{Context, Partition, Projection};
+use crate::store::Store;
+
+/// What to do when a handler still fails after every retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ErrorPolicy {
+    /// Stop the projection (and, fail-fast, the runner) with [`Error::Handler`].
+    #[default]
+    Stop,
+    /// Park the event, and every later event of its aggregate, in the dead-letter table, and
+    /// go on with the rest. See [`Runner::parked`] and [`Runner::replay_parked`].
+    Park,
+}
+
+/// How often and how patiently a failing handler is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1). Default 5.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each later one. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// The longest wait between attempts. Default 10 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Whether the runner keeps following the log or stops at its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RunMode {
+    /// Follow the log until shut down.
+    #[default]
+    Continuous,
+    /// Return once every partition of every projection has reached the head of the log.
+    UntilCaughtUp,
+}
+
+/// Counters of a runner, shared with its tasks.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    log_reads: AtomicU64,
+    events_handled: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Metrics {
+    /// How many times a reader queried the log.
+    pub fn log_reads(&self) -> u64 {
+        self.log_reads.load(Ordering::Relaxed)
+    }
+
+    /// How many events handlers handled successfully.
+    pub fn events_handled(&self) -> u64 {
+        self.events_handled.load(Ordering::Relaxed)
+    }
+
+    /// How many batches were committed.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings shared by every task of a run.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) batch_size: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) mode: RunMode,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) on_error: ErrorPolicy,
+    pub(crate) partitions: Option<u32>,
+}
+
+/// Runs projections over an event store.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use pupsource::projection::{Context, HandleFuture, Projection};
+/// use pupsource::runner::Runner;
+/// use pupsource::{Event, EventStore, ExpectedVersion, PersistedEvent, SqliteStore, StreamId};
+///
+/// #[derive(Default)]
+/// struct CountEvents(AtomicU64);
+///
+/// impl Projection for CountEvents {
+///     fn name(&self) -> &str { "count_events" }
+///     fn partitions(&self) -> u32 { 4 }
+///     fn handle<'a>(&'a self, _: &'a PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+///         Box::pin(async move { self.0.fetch_add(1, Ordering::Relaxed); Ok(()) })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> pupsource::Result<()> {
+/// let store = SqliteStore::connect("sqlite::memory:").await?;
+/// store.migrate().await?;
+/// for i in 0..10 {
+///     let user = StreamId::new("Identity", "User", format!("u{i}"));
+///     let event = Event::new(&user, "UserCreated", serde_json::json!({}));
+///     store.append_and_commit(ExpectedVersion::NoStream, &[event]).await?;
+/// }
+///
+/// let counter = Arc::new(CountEvents::default());
+/// Runner::new(store).projection(counter.clone()).until_caught_up().run().await?;
+/// assert_eq!(counter.0.load(Ordering::Relaxed), 10);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runner {
+    store: Store,
+    projections: Vec<Arc<dyn Projection>>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.projections.iter().map(|p| p.name()).collect();
+        f.debug_struct("Runner")
+            .field("store", &self.store)
+            .field("projections", &names)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Runner {
+    /// A runner over `store` (a [`PostgresStore`](crate::PostgresStore),
+    /// [`SqliteStore`](crate::SqliteStore) or [`Store`]) with no projection yet.
+    pub fn new(store: impl Into<Store>) -> Self {
+        Runner {
+            store: store.into(),
+            projections: Vec::new(),
+            settings: Settings {
+                batch_size: 100,
+                poll_interval: Duration::from_millis(500),
+                mode: RunMode::Continuous,
+                retry: RetryPolicy::default(),
+                on_error: ErrorPolicy::Stop,
+                partitions: None,
+            },
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// Adds a projection.
+    pub fn projection(mut self, projection: Arc<dyn Projection>) -> Self {
+        self.projections.push(projection);
+        self
+    }
+
+    /// Events per batch transaction (default 100, at least 1).
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.settings.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// The longest wait between two polls of the log while idle (default 500 ms). Appends of
+    /// this process, and PostgreSQL `NOTIFY` hints of others, wake the readers sooner.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Return once every partition has reached the head of the log.
+    pub fn until_caught_up(mut self) -> Self {
+        self.settings.mode = RunMode::UntilCaughtUp;
+        self
+    }
+
+    /// Sets the run mode.
+    pub fn mode(mut self, mode: RunMode) -> Self {
+        self.settings.mode = mode;
+        self
+    }
+
+    /// How failing handlers are retried.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.settings.retry = RetryPolicy { max_attempts: retry.max_attempts.max(1), ..retry };
+        self
+    }
+
+    /// What happens once retries are exhausted.
+    pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
+        self.settings.on_error = policy;
+        self
+    }
+
+    /// Runs every projection with this many partitions instead of its own count.
+    ///
+    /// Changing the count between runs is safe: no event is skipped or handled twice.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.settings.partitions = Some(partitions);
+        self
+    }
+
+    /// The runner's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs until Ctrl-C or SIGTERM (or, in [`RunMode::UntilCaughtUp`], until caught up), or
+    /// until a projection fails.
+    ///
+    /// # Errors
+    /// The first projection error; every other task has stopped when this returns.
+    pub async fn run(&self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Like [`Runner::run`], stopping when `shutdown` completes instead of on a signal.
+    ///
+    /// # Errors
+    /// The first projection error; every other task has stopped when this returns.
+    pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        self.check()?;
+        let cancel = CancellationToken::new();
+        let listener = {
+            let (store, stop) = (self.store.clone(), cancel.child_token());
+            tokio::spawn(async move { store.listen(stop).await })
+        };
+        let mut tasks = JoinSet::new();
+        let mut names = std::collections::HashMap::new();
+        for projection in &self.projections {
+            let run = reader::run_projection(
+                self.store.clone(),
+                Arc::clone(projection),
+                self.settings.clone(),
+                Arc::clone(&self.metrics),
+                cancel.child_token(),
+            );
+            let id = tasks.spawn(run).id();
+            names.insert(id, projection.name().to_owned());
+        }
+
+        tokio::pin!(shutdown);
+        let mut first_error = None;
+        loop {
+            tokio::select! {
+                () = &mut shutdown, if !cancel.is_cancelled() => {
+                    tracing::info!(target: "pupsource::runner", "shutting down: finishing the batches in flight");
+                    cancel.cancel();
+                }
+                joined = tasks.join_next_with_id() => {
+                    let result = match joined {
+                        None => break,
+                        Some(Ok((_, result))) => result,
+                        Some(Err(err)) => Err(Error::Panicked {
+                            projection: names.get(&err.id()).cloned().unwrap_or_default(),
+                            message: err.to_string(),
+                        }),
+                    };
+                    if let Err(err) = result {
+                        tracing::error!(target: "pupsource::runner", error = %err, "projection failed; stopping the others");
+                        first_error.get_or_insert(err);
+                        cancel.cancel();
+                    }
+                }
+            }
+        }
+        cancel.cancel();
+        let _ = listener.await;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Validates the projection set: at least one, unique names, no partition count of 0.
+    fn check(&self) -> Result<()> {
+        if self.projections.is_empty() {
+            return Err(Error::NoProjections);
+        }
+        let mut names = HashSet::new();
+        for projection in &self.projections {
+            if !names.insert(projection.name()) {
+                return Err(Error::DuplicateProjection { name: projection.name().to_owned() });
+            }
+            let count = self.settings.partitions.unwrap_or_else(|| projection.partitions());
+            if count == 0 {
+                return Err(InvalidInput::PartitionCount { count }.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn find(&self, name: &str) -> Result<&Arc<dyn Projection>> {
+        self.projections.iter().find(|p| p.name() == name).ok_or_else(|| Error::UnknownProjection {
+            name: name.to_owned(),
+            known: self.projections.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The parked events of projection `name`, in log order.
+    ///
+    /// # Errors
+    /// [`Error::UnknownProjection`], or the store's errors.
+    pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {
+        self.find(name)?;
+        self.store.parked(name).await
+    }
+
+    /// Hands the parked events of projection `name` to its handler again, in log order, each
+    /// in a transaction that also removes it from the dead-letter table. Stops at the first
+    /// failure. Run it while the projection is stopped. Returns how many were replayed.
+    ///
+    /// # Errors
+    /// [`Error::Handler`] for the first event that fails again; the store's errors.
+    pub async fn replay_parked(&self, name: &str) -> Result<u64> {
+        let projection = self.find(name)?;
+        let count = self.settings.partitions.unwrap_or_else(|| projection.partitions()).max(1);
+        let mut replayed = 0;
+        for parked in self.store.parked(name).await? {
+            let mut batch = self.store.begin_batch().await?;
+            if let Some(event) = self.store.read_event(parked.position.global_position).await? {
+                let partition =
+                    Partition { index: partition_of(event.partition_hash, count), count };
+                let mut cx = Context::new(name, partition, event.position, batch.transaction());
+                if let Err(source) = projection.handle(&event, &mut cx).await {
+                    batch.rollback().await?;
+                    return Err(Error::Handler {
+                        projection: name.to_owned(),
+                        partition,
+                        position: event.position,
+                        event_type: event.event_type.clone(),
+                        attempts: 1,
+                        source,
+                    });
+                }
+            }
+            batch.unpark(name, parked.position).await?;
+            batch.commit().await?;
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// Forgets everything projection `name` has done: its checkpoints (every partition
+    /// count) and its parked events. The next run replays the whole log; the projection's own
+    /// read model must be reset by the caller.
+    ///
+    /// # Errors
+    /// [`Error::UnknownProjection`], or the store's errors.
+    pub async fn reset(&self, name: &str) -> Result<()> {
+        self.find(name)?;
+        self.store.reset_projection(name).await
+    }
+
+    /// Per projection and partition: checkpoint, lag, last error; and the read fence.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub async fn status(&self) -> Result<Status> {
+        status::status(&self.store, &self.projections).await
+    }
+}
+
+/// Completes on Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let retry = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        let waits: Vec<_> = (1..=6).map(|a| retry.backoff(a).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(retry.backoff(u32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,101 @@
+//! What `status` reports: per projection and partition, the checkpoint, the lag, the last
+//! error and the parked events; and the read fence, so a stall is visible.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::error::Result;
+use crate::event::{Position, StreamId};
+use crate::projection::{Partition, Projection};
+use crate::store::Store;
+
+/// The state of every projection of a runner.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Status {
+    /// One entry per projection, in the runner's order.
+    pub projections: Vec<ProjectionStatus>,
+    /// PostgreSQL: the oldest transaction in flight. Readers never go past it, so when it is
+    /// old, projections stall (without skipping anything) until it ends.
+    pub fence: Option<Fence>,
+}
+
+/// The state of one projection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProjectionStatus {
+    /// The projection's name.
+    pub name: String,
+    /// Every stored partition checkpoint, of every partition count not yet retired.
+    pub partitions: Vec<PartitionStatus>,
+    /// How many events are parked.
+    pub parked: u64,
+}
+
+/// The state of one partition.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PartitionStatus {
+    /// Which partition (of which count).
+    pub partition: Partition,
+    /// The position of the last event it handled.
+    pub checkpoint: Position,
+    /// Events of this partition in the projection's scope after the checkpoint.
+    pub lag: u64,
+    /// When the checkpoint was last written.
+    pub updated_at: OffsetDateTime,
+    /// The last handler error since the last committed batch.
+    pub last_error: Option<String>,
+}
+
+/// The oldest transaction in flight on a PostgreSQL server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The backend process running it (`pg_stat_activity.pid`).
+    pub blocking_pid: i32,
+    /// How long it has been open.
+    pub age: Duration,
+}
+
+/// A parked event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkedEvent {
+    /// Its position in the log.
+    pub position: Position,
+    /// Its stream.
+    pub stream: StreamId,
+    /// Its type.
+    pub event_type: String,
+    /// The handler's last error; `None` when it was parked because an earlier event of its
+    /// stream was.
+    pub error: Option<String>,
+    /// How many times the handler was tried.
+    pub attempts: u32,
+    /// When it was parked.
+    pub parked_at: OffsetDateTime,
+}
+
+pub(super) async fn status(store: &Store, projections: &[Arc<dyn Projection>]) -> Result<Status> {
+    let mut result = Vec::with_capacity(projections.len());
+    for projection in projections {
+        let name = projection.name();
+        let scope = projection.scope();
+        let mut partitions = Vec::new();
+        for row in store.checkpoints(name).await? {
+            let lag = store.count_after(row.position, &scope, row.partition).await?;
+            partitions.push(PartitionStatus {
+                partition: row.partition,
+                checkpoint: row.position,
+                lag,
+                updated_at: row.updated_at,
+                last_error: row.last_error,
+            });
+        }
+        let parked = u64::try_from(store.parked(name).await?.len()).unwrap_or(u64::MAX);
+        result.push(ProjectionStatus { name: name.to_owned(), partitions, parked });
+    }
+    Ok(Status { projections: result, fence: store.fence().await? })
+}

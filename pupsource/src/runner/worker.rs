@@ -1,0 +1,279 @@
+//! The worker of one partition: handles batches in transactions that also write its checkpoint.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::reader::{retry_connection, sleep_or_cancel};
+use super::{ErrorPolicy, Metrics, Settings};
+use crate::checkpoint::CheckpointState;
+use crate::error::{Error, Result};
+use crate::event::{PersistedEvent, Position, StreamId};
+use crate::projection::{Context, Partition, Projection};
+use crate::store::{BatchTx, Store};
+
+/// What the reader sends a worker.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every message is an event; boxing would cost an allocation per event"
+)]
+pub(crate) enum Message {
+    /// An event of this partition, in log order.
+    Event(PersistedEvent),
+    /// Every event of this partition up to here has been sent.
+    Marker(Position),
+}
+
+/// Whether a batch went through or the worker was told to stop meanwhile.
+enum Flow {
+    Done,
+    Cancelled,
+}
+
+pub(crate) struct Worker {
+    store: Store,
+    projection: Arc<dyn Projection>,
+    name: String,
+    partition: Partition,
+    /// The partition's committed checkpoint.
+    checkpoint: Position,
+    state: Arc<CheckpointState>,
+    /// Once every partition of this layout is past it, older layouts are deleted.
+    retire_after: Option<Position>,
+    /// Streams with a parked event: their later events are parked too, keeping their order.
+    parked: HashSet<StreamId>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments, reason = "one constructor, called once, by the reader")]
+    pub(crate) fn new(
+        store: Store,
+        projection: Arc<dyn Projection>,
+        partition: Partition,
+        state: Arc<CheckpointState>,
+        parked: HashSet<StreamId>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Worker {
+            store,
+            name: projection.name().to_owned(),
+            projection,
+            checkpoint: state.current.checkpoints[partition.index as usize],
+            retire_after: state.retire_after(),
+            state,
+            partition,
+            parked,
+            settings,
+            metrics,
+            cancel,
+        }
+    }
+
+    /// Handles batches until the reader is done or the worker is cancelled.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Message>) -> Result<()> {
+        loop {
+            let first = tokio::select! {
+                () = self.cancel.cancelled() => return Ok(()),
+                message = rx.recv() => match message {
+                    Some(message) => message,
+                    None => return Ok(()),
+                },
+            };
+            let mut events = Vec::new();
+            let mut through = self.checkpoint;
+            let mut message = Some(first);
+            while let Some(m) = message.take() {
+                match m {
+                    Message::Event(event) => {
+                        through = through.max(event.position);
+                        if event.position > self.checkpoint {
+                            events.push(event);
+                        }
+                    }
+                    Message::Marker(position) => through = through.max(position),
+                }
+                if events.len() < self.settings.batch_size {
+                    message = rx.try_recv().ok();
+                }
+            }
+            if through <= self.checkpoint {
+                continue;
+            }
+            if let Flow::Cancelled = self.process(&events, through).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles `events` and moves the checkpoint to `through`.
+    async fn process(&mut self, events: &[PersistedEvent], through: Position) -> Result<Flow> {
+        let span = tracing::info_span!(
+            target: "pupsource::runner",
+            "projection.batch",
+            projection = %self.name,
+            partition = %self.partition,
+            position = %through,
+            events = events.len(),
+        );
+        async {
+            loop {
+                match self.try_batch(events, through).await {
+                    Ok(true) => return Ok(Flow::Done),
+                    // A handler failed and the batch was rolled back: go one event at a time.
+                    Ok(false) => return self.process_one_by_one(events, through).await,
+                    Err(err @ Error::Connection(_)) => {
+                        tracing::warn!(error = %err, "batch failed; retrying");
+                        if !sleep_or_cancel(&self.cancel, self.settings.retry.initial_backoff).await
+                        {
+                            return Ok(Flow::Cancelled);
+                        }
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One transaction for the whole batch. `Ok(false)` if a handler failed (rolled back).
+    async fn try_batch(&mut self, events: &[PersistedEvent], through: Position) -> Result<bool> {
+        let mut tx = self.store.begin_batch().await?;
+        let mut handled = 0u64;
+        for event in events {
+            if self.state.handled_by_old_layout(event.position, event.partition_hash) {
+                continue;
+            }
+            if self.parked.contains(&event.stream) {
+                tx.park(&self.name, event, None, 0).await?;
+                continue;
+            }
+            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction());
+            if let Err(err) = self.projection.handle(event, &mut cx).await {
+                tracing::debug!(position = %event.position, error = %err, "handler failed in batch");
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            handled += 1;
+        }
+        self.commit(tx, through).await?;
+        self.metrics.events_handled.fetch_add(handled, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Writes the checkpoint (retiring older layouts when possible) and commits.
+    async fn commit(&mut self, mut tx: BatchTx, through: Position) -> Result<()> {
+        let retired =
+            tx.save_checkpoint(&self.name, self.partition, through, self.retire_after).await?;
+        tx.commit().await?;
+        if retired {
+            tracing::info!(projection = %self.name, "older partition layouts retired");
+        }
+        if retired || self.retire_after.is_some_and(|after| through >= after) {
+            self.retire_after = None;
+        }
+        self.checkpoint = through;
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After a failure: each event in a transaction of its own, retried, then stop or park.
+    async fn process_one_by_one(
+        &mut self,
+        events: &[PersistedEvent],
+        through: Position,
+    ) -> Result<Flow> {
+        for event in events {
+            if let Flow::Cancelled = self.process_alone(event).await? {
+                return Ok(Flow::Cancelled);
+            }
+        }
+        if through > self.checkpoint {
+            let Some(tx) =
+                retry_connection(&self.cancel, "begin a batch", || self.store.begin_batch())
+                    .await?
+            else {
+                return Ok(Flow::Cancelled);
+            };
+            self.commit(tx, through).await?;
+        }
+        Ok(Flow::Done)
+    }
+
+    async fn process_alone(&mut self, event: &PersistedEvent) -> Result<Flow> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(mut tx) =
+                retry_connection(&self.cancel, "begin a batch", || self.store.begin_batch())
+                    .await?
+            else {
+                return Ok(Flow::Cancelled);
+            };
+            if self.state.handled_by_old_layout(event.position, event.partition_hash) {
+                self.commit(tx, event.position).await?;
+                return Ok(Flow::Done);
+            }
+            if self.parked.contains(&event.stream) {
+                tx.park(&self.name, event, None, 0).await?;
+                self.commit(tx, event.position).await?;
+                return Ok(Flow::Done);
+            }
+            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction());
+            let failure = match self.projection.handle(event, &mut cx).await {
+                Ok(()) => {
+                    self.commit(tx, event.position).await?;
+                    self.metrics.events_handled.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Flow::Done);
+                }
+                Err(failure) => failure,
+            };
+            tx.rollback().await?;
+            let message = failure.to_string();
+            tracing::warn!(
+                position = %event.position,
+                event_type = %event.event_type,
+                attempt,
+                error = %message,
+                "handler failed"
+            );
+            if let Err(err) = self.store.record_error(&self.name, self.partition, &message).await {
+                tracing::warn!(error = %err, "could not record the handler error for status");
+            }
+            if attempt < self.settings.retry.max_attempts {
+                if !sleep_or_cancel(&self.cancel, self.settings.retry.backoff(attempt)).await {
+                    return Ok(Flow::Cancelled);
+                }
+                continue;
+            }
+            return match self.settings.on_error {
+                ErrorPolicy::Stop => Err(Error::Handler {
+                    projection: self.name.clone(),
+                    partition: self.partition,
+                    position: event.position,
+                    event_type: event.event_type.clone(),
+                    attempts: attempt,
+                    source: failure,
+                }),
+                ErrorPolicy::Park => {
+                    let mut tx = self.store.begin_batch().await?;
+                    tx.park(&self.name, event, Some(&message), attempt).await?;
+                    self.commit(tx, event.position).await?;
+                    self.parked.insert(event.stream.clone());
+                    tracing::warn!(position = %event.position, stream = %event.stream, "event parked");
+                    Ok(Flow::Done)
+                }
+            };
+        }
+    }
+}

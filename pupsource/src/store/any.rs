@@ -1,0 +1,281 @@
+//! [`Store`]: either backend, chosen at run time; and the runner's view of both.
+//!
+//! The projection runner is written once against [`Store`] and [`BatchTx`]; each call is
+//! dispatched to the backend's own SQL in `postgres.rs` or `sqlite.rs`.
+
+use std::collections::HashSet;
+use std::str::FromStr as _;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::{EventStore, PostgresStore, Scope, SqliteStore};
+use crate::checkpoint::CheckpointState;
+use crate::error::{Error, InvalidInput, Result};
+use crate::event::{PersistedEvent, Position, StreamId};
+use crate::projection::{Partition, Transaction};
+use crate::runner::{Fence, ParkedEvent};
+
+/// An event store on either database, e.g. chosen from a URL at run time.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> pupsource::Result<()> {
+/// let store = pupsource::Store::connect("sqlite::memory:").await?;
+/// store.migrate().await?;
+/// assert!(matches!(store, pupsource::Store::Sqlite(_)));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(PostgresStore),
+    /// SQLite.
+    Sqlite(SqliteStore),
+}
+
+impl From<PostgresStore> for Store {
+    fn from(store: PostgresStore) -> Self {
+        Store::Postgres(store)
+    }
+}
+
+impl From<SqliteStore> for Store {
+    fn from(store: SqliteStore) -> Self {
+        Store::Sqlite(store)
+    }
+}
+
+/// Calls the same method on whichever backend `$store` is.
+macro_rules! dispatch {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            Store::Postgres($s) => $call,
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `url`: `postgres://…` / `postgresql://…` for PostgreSQL, `sqlite:…` for
+    /// SQLite (a file, created if missing, or `sqlite::memory:`).
+    ///
+    /// # Errors
+    /// [`InvalidInput::DatabaseUrl`] for any other scheme; the backend's errors otherwise.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "postgres" | "postgresql" => Ok(Store::Postgres(PostgresStore::connect(url).await?)),
+            "sqlite" => Ok(Store::Sqlite(SqliteStore::connect(url).await?)),
+            _ => Err(InvalidInput::DatabaseUrl {
+                url: redact(url),
+                problem: "expected a `postgres://`, `postgresql://` or `sqlite:` URL",
+            }
+            .into()),
+        }
+    }
+
+    /// Creates the tables if they do not exist. Idempotent.
+    pub async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// Reads up to `limit` events after `after` in log order; see [`EventStore::read_all`].
+    pub async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        scope: &Scope,
+    ) -> Result<Vec<PersistedEvent>> {
+        dispatch!(self, s => s.read_all(after, limit, scope).await)
+    }
+
+    /// Which database this is, for messages.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "PostgreSQL",
+            Store::Sqlite(_) => "SQLite",
+        }
+    }
+
+    pub(crate) async fn begin_batch(&self) -> Result<BatchTx> {
+        Ok(match self {
+            Store::Postgres(s) => BatchTx::Postgres(s.clone(), s.begin().await?),
+            Store::Sqlite(s) => BatchTx::Sqlite(s.clone(), s.begin().await?),
+        })
+    }
+
+    /// A receiver that changes whenever this process appends, or (PostgreSQL, while
+    /// [`Store::listen`] runs) another process hints that it did.
+    pub(crate) fn wakeups(&self) -> watch::Receiver<u64> {
+        dispatch!(self, s => s.wakeups())
+    }
+
+    /// Forwards other processes' append hints to [`Store::wakeups`] until `stop` (PostgreSQL;
+    /// SQLite has no cross-process notification and relies on polling).
+    pub(crate) async fn listen(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Store::Postgres(s) = self {
+            s.listen(stop).await;
+        }
+    }
+
+    /// Loads (creating missing rows of) the checkpoints of `projection` under `partition_count`.
+    pub(crate) async fn load_checkpoints(
+        &self,
+        projection: &str,
+        partition_count: u32,
+    ) -> Result<CheckpointState> {
+        dispatch!(self, s => s.load_checkpoints(projection, partition_count).await)
+    }
+
+    /// Every stored checkpoint row of `projection`, every layout, for status.
+    pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
+        dispatch!(self, s => s.checkpoints(projection).await)
+    }
+
+    /// Deletes every checkpoint and parked event of `projection`.
+    pub(crate) async fn reset_projection(&self, projection: &str) -> Result<()> {
+        dispatch!(self, s => s.reset_projection(projection).await)
+    }
+
+    /// Records a handler failure for status (outside any batch transaction).
+    pub(crate) async fn record_error(
+        &self,
+        projection: &str,
+        partition: Partition,
+        message: &str,
+    ) -> Result<()> {
+        dispatch!(self, s => s.record_error(projection, partition, message).await)
+    }
+
+    /// The streams with parked events in `projection`.
+    pub(crate) async fn parked_streams(&self, projection: &str) -> Result<HashSet<StreamId>> {
+        Ok(self.parked(projection).await?.into_iter().map(|p| p.stream).collect())
+    }
+
+    /// The parked events of `projection`, in log order.
+    pub(crate) async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
+        dispatch!(self, s => s.parked(projection).await)
+    }
+
+    /// The stored event at `global_position`.
+    pub(crate) async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
+        dispatch!(self, s => s.read_event(global_position).await)
+    }
+
+    /// How many events in `scope` after `after` belong to `partition`.
+    pub(crate) async fn count_after(
+        &self,
+        after: Position,
+        scope: &Scope,
+        partition: Partition,
+    ) -> Result<u64> {
+        dispatch!(self, s => s.count_after(after, scope, partition).await)
+    }
+
+    /// The oldest transaction in flight, which holds back every reader (PostgreSQL).
+    pub(crate) async fn fence(&self) -> Result<Option<Fence>> {
+        match self {
+            Store::Postgres(s) => s.fence().await,
+            Store::Sqlite(_) => Ok(None),
+        }
+    }
+}
+
+/// A stored checkpoint row with what status shows of it.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointInfo {
+    pub(crate) partition: Partition,
+    pub(crate) position: Position,
+    pub(crate) updated_at: OffsetDateTime,
+    pub(crate) last_error: Option<String>,
+}
+
+/// The transaction of one batch, with the store that opened it.
+pub(crate) enum BatchTx {
+    Postgres(PostgresStore, sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(SqliteStore, sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+/// Calls the same method on whichever backend opened the batch.
+macro_rules! dispatch_tx {
+    ($tx:expr, $s:ident, $t:ident => $call:expr) => {
+        match $tx {
+            BatchTx::Postgres($s, $t) => $call,
+            BatchTx::Sqlite($s, $t) => $call,
+        }
+    };
+}
+
+impl BatchTx {
+    /// The transaction, as handlers see it.
+    pub(crate) fn transaction(&mut self) -> Transaction<'_> {
+        match self {
+            BatchTx::Postgres(_, tx) => Transaction::Postgres(tx),
+            BatchTx::Sqlite(_, tx) => Transaction::Sqlite(tx),
+        }
+    }
+
+    /// Writes the partition's checkpoint, and retires older layouts when every partition of
+    /// this one is past `retire_after`. Returns whether older layouts were retired.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointLost`] if the checkpoint row no longer exists.
+    pub(crate) async fn save_checkpoint(
+        &mut self,
+        projection: &str,
+        partition: Partition,
+        position: Position,
+        retire_after: Option<Position>,
+    ) -> Result<bool> {
+        let updated = dispatch_tx!(self, s, tx => s.save_checkpoint(tx, projection, partition, position).await)?;
+        if !updated {
+            return Err(Error::CheckpointLost { projection: projection.to_owned(), partition });
+        }
+        match retire_after {
+            Some(after) if position >= after => {
+                dispatch_tx!(self, s, tx => s.retire_layouts(tx, projection, partition.count, after).await)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Parks `event` (with the handler's error, or `None` when an earlier event of its stream
+    /// is parked).
+    pub(crate) async fn park(
+        &mut self,
+        projection: &str,
+        event: &PersistedEvent,
+        error: Option<&str>,
+        attempts: u32,
+    ) -> Result<()> {
+        dispatch_tx!(self, s, tx => s.park(tx, projection, event, error, attempts).await)
+    }
+
+    /// Removes a parked event after it was replayed.
+    pub(crate) async fn unpark(&mut self, projection: &str, position: Position) -> Result<()> {
+        dispatch_tx!(self, s, tx => s.unpark(tx, projection, position).await)
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        dispatch_tx!(self, _s, tx => tx.commit().await)?;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        dispatch_tx!(self, _s, tx => tx.rollback().await)?;
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::from_str(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
