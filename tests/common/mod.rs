@@ -110,6 +110,23 @@ pub(crate) async fn sqlite_memory() -> SqliteStore {
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
+        $crate::on_backends!([postgres, sqlite_file, sqlite_memory], { $($name),* });
+    };
+}
+
+/// Runs each listed generic test once on each listed backend (`postgres`, `sqlite_file`,
+/// `sqlite_memory`): `on_backends!([postgres, sqlite_file], { test_a, test_b })`.
+#[macro_export]
+macro_rules! on_backends {
+    ([$($backend:ident),* $(,)?], $names:tt) => {
+        $( $crate::on_backend!($backend, $names); )*
+    };
+}
+
+/// One backend's module of [`on_backends!`].
+#[macro_export]
+macro_rules! on_backend {
+    (postgres, { $($name:ident),* $(,)? }) => {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,6 +136,8 @@ macro_rules! on_every_backend {
                 }
             )*
         }
+    };
+    (sqlite_file, { $($name:ident),* $(,)? }) => {
         mod sqlite_file {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,6 +147,8 @@ macro_rules! on_every_backend {
                 }
             )*
         }
+    };
+    (sqlite_memory, { $($name:ident),* $(,)? }) => {
         mod sqlite_memory {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,6 +278,8 @@ impl Runner {
     pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.check()?;
         let cancel = CancellationToken::new();
+        // If this future is dropped (aborted), every task it started stops too.
+        let _stop_on_drop = cancel.clone().drop_guard();
         let listener = {
             let (store, stop) = (self.store.clone(), cancel.child_token());
             tokio::spawn(async move { store.listen(stop).await })

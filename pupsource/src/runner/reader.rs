@@ -129,6 +129,11 @@ async fn read_log(
     let count = u32::try_from(senders.len()).unwrap_or(u32::MAX);
     let page_size = settings.batch_size.saturating_mul(senders.len()).clamp(100, 10_000);
     let mut after = checkpoints.iter().copied().min().unwrap_or(Position::START);
+    // Until caught up: every event committed before the run started must be handled.
+    let head = match settings.mode {
+        RunMode::UntilCaughtUp => store.head().await?,
+        RunMode::Continuous => 0,
+    };
     let mut wakeups = store.wakeups();
     let mut idle_wait = FIRST_IDLE_WAIT;
     let mut backoff = RECONNECT_BACKOFF.0;
@@ -153,7 +158,7 @@ async fn read_log(
         };
 
         let Some(last) = page.last().map(|e| e.position) else {
-            if settings.mode == RunMode::UntilCaughtUp {
+            if settings.mode == RunMode::UntilCaughtUp && !store.held_back(after, head, &scope).await? {
                 break;
             }
             tokio::select! {
@@ -188,7 +193,10 @@ async fn read_log(
                 return Ok(());
             }
         }
-        if settings.mode == RunMode::UntilCaughtUp && !full_page {
+        if settings.mode == RunMode::UntilCaughtUp
+            && !full_page
+            && !store.held_back(after, head, &scope).await?
+        {
             break;
         }
     }

@@ -27,7 +27,6 @@ use crate::runner::{Fence, ParkedEvent};
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Store {
     /// PostgreSQL.
     Postgres(PostgresStore),
@@ -172,6 +171,21 @@ impl Store {
         partition: Partition,
     ) -> Result<u64> {
         dispatch!(self, s => s.count_after(after, scope, partition).await)
+    }
+
+    /// The position of the last committed event (0 for an empty log).
+    pub(crate) async fn head(&self) -> Result<i64> {
+        dispatch!(self, s => s.head().await)
+    }
+
+    /// PostgreSQL: whether a committed event in `scope` at or below `head` is still unread
+    /// after `after` because an older transaction in flight holds the read fence back.
+    /// SQLite has no fence: always `false`.
+    pub(crate) async fn held_back(&self, after: Position, head: i64, scope: &Scope) -> Result<bool> {
+        match self {
+            Store::Postgres(s) => s.held_back(after, head, scope).await,
+            Store::Sqlite(_) => Ok(false),
+        }
     }
 
     /// The oldest transaction in flight, which holds back every reader (PostgreSQL).

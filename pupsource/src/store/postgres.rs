@@ -81,8 +81,9 @@ struct Inner {
     wake: watch::Sender<u64>,
     /// Whether a `NOTIFY` hint is scheduled already (coalescing).
     hint_pending: AtomicBool,
-    /// The `LISTEN`/`NOTIFY` channel: `pupsource_<events table>`.
-    channel: String,
+    /// The `LISTEN`/`NOTIFY` channel, named after the schema and the events table so that
+    /// stores in other schemas of the database do not wake each other.
+    channel: tokio::sync::OnceCell<String>,
 }
 
 /// The store's statements, rendered once with its table names.
@@ -95,6 +96,8 @@ struct Sql {
     read_stream: Arc<str>,
     read_event: Arc<str>,
     count_after: Arc<str>,
+    head_position: Arc<str>,
+    held_back: Arc<str>,
     load_checkpoints: Arc<str>,
     create_checkpoints: Arc<str>,
     save_checkpoint: Arc<str>,
@@ -162,6 +165,12 @@ impl Sql {
                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2) AND {scope_filter} \
                  AND {} = $8",
                 super::PARTITION_OF_SQL
+            )),
+            head_position: render("SELECT COALESCE(max(global_position), 0) FROM \"{events}\""),
+            held_back: render(&format!(
+                "SELECT EXISTS (SELECT 1 FROM \"{{events}}\" \
+                 WHERE (transaction_id, global_position) > ($1::text::xid8, $2) AND {scope_filter} \
+                 AND global_position <= $6)"
             )),
             load_checkpoints: render(
                 "SELECT partition_count, partition, transaction_id, global_position \
@@ -238,14 +247,13 @@ impl PostgresStore {
     /// A store on `pool` with the given table names.
     pub fn with_tables(pool: PgPool, tables: Tables) -> Self {
         let sql = Sql::new(&tables);
-        let channel = format!("pupsource_{}", tables.events());
         let inner = Inner {
             pool,
             tables,
             sql,
             wake: watch::Sender::new(0),
             hint_pending: AtomicBool::new(false),
-            channel,
+            channel: tokio::sync::OnceCell::new(),
         };
         PostgresStore { inner: Arc::new(inner) }
     }
@@ -286,14 +294,38 @@ impl PostgresStore {
         runtime.spawn(async move {
             tokio::time::sleep(HINT_INTERVAL).await;
             store.inner.hint_pending.store(false, Ordering::Release);
-            let sent = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&store.inner.channel)
-                .execute(&store.inner.pool)
-                .await;
+            let sent = match store.channel().await {
+                Ok(channel) => sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(channel)
+                    .execute(&store.inner.pool)
+                    .await
+                    .map(drop),
+                Err(err) => Err(err),
+            };
             if let Err(err) = sent {
                 tracing::debug!(target: "pupsource::store", error = %err, "append hint not sent");
             }
         });
+    }
+
+    /// The notification channel: `pupsource.<schema>.<events table>`, or a hash of it when
+    /// that is longer than PostgreSQL's 63-byte limit.
+    async fn channel(&self) -> std::result::Result<&str, sqlx::Error> {
+        let channel = self
+            .inner
+            .channel
+            .get_or_try_init(|| async {
+                let schema: String =
+                    sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&self.inner.pool).await?;
+                let name = format!("pupsource.{schema}.{}", self.inner.tables.events());
+                Ok::<_, sqlx::Error>(if name.len() <= 63 {
+                    name
+                } else {
+                    format!("pupsource.{:016x}", crate::partition::partition_hash(&name))
+                })
+            })
+            .await?;
+        Ok(channel)
     }
 
     pub(crate) fn wakeups(&self) -> watch::Receiver<u64> {
@@ -305,8 +337,9 @@ impl PostgresStore {
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let listener = async {
+                let channel = self.channel().await?;
                 let mut listener = PgListener::connect_with(&self.inner.pool).await?;
-                listener.listen(&self.inner.channel).await?;
+                listener.listen(channel).await?;
                 loop {
                     listener.recv().await?;
                     self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
@@ -547,6 +580,25 @@ impl PostgresStore {
             .fetch_one(&self.inner.pool)
             .await?;
         Ok(n.unsigned_abs())
+    }
+
+    pub(crate) async fn head(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.head_position)))
+            .fetch_one(&self.inner.pool)
+            .await?)
+    }
+
+    pub(crate) async fn held_back(&self, after: Position, head: i64, scope: &Scope) -> Result<bool> {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        Ok(sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.held_back)))
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+            .bind(head)
+            .fetch_one(&self.inner.pool)
+            .await?)
     }
 
     pub(crate) async fn fence(&self) -> Result<Option<Fence>> {

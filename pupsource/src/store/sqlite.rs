@@ -408,6 +408,12 @@ impl SqliteStore {
         row.as_ref().map(decode).transpose()
     }
 
+    pub(crate) async fn head(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(self.sql("SELECT COALESCE(max(global_position), 0) FROM \"{events}\""))
+            .fetch_one(&self.inner.pool)
+            .await?)
+    }
+
     pub(crate) async fn count_after(
         &self,
         after: Position,

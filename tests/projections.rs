@@ -1,0 +1,755 @@
+//! The projection engine's guarantees, proven on PostgreSQL and a SQLite file: exactly-once
+//! SQL read models under cancellation and crashes, concurrent writers, partition-count
+//! changes, retries, parking, shutdown, wake-ups, status.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pupsource::projection::{Context, HandleFuture, Partition, Projection, Transaction};
+use pupsource::runner::{ErrorPolicy, RetryPolicy, Runner};
+use pupsource::{Error, Event, EventStore, ExpectedVersion, PersistedEvent, Store, StreamId};
+use serde_json::json;
+use tokio::sync::Notify;
+
+on_backends!([postgres, sqlite_file], {
+    exactly_once_under_random_cancellation_and_crashes,
+    concurrent_writers_with_open_and_rolled_back_transactions_lose_nothing,
+    partition_count_changes_4_8_3_handle_every_event_once,
+    one_reader_per_projection_reads_the_log_once,
+    retries_exhausted_stop_the_projection_with_full_context,
+    transient_handler_failure_is_retried_and_applied_once,
+    exhausted_event_is_parked_with_its_aggregate_and_replayed,
+    shutdown_during_a_batch_keeps_checkpoints_consistent,
+    idle_runner_does_not_busy_loop,
+    append_in_this_process_wakes_the_runner_at_once,
+    status_reports_checkpoints_lag_and_errors,
+    first_failure_stops_every_projection,
+});
+
+/// Runs `$body` with `$c` bound to the batch's connection, whichever database it is.
+macro_rules! on_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            Transaction::Postgres($c) => $body,
+            Transaction::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever database it is.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Postgres(s) => {
+                let $pool = s.pool();
+                $body
+            }
+            Store::Sqlite(s) => {
+                let $pool = s.pool();
+                $body
+            }
+        }
+    };
+}
+
+/// A SQL read model: events per stream, the last version seen per stream (an event out of
+/// order is a handler error), and every handled event id (a second delivery violates the
+/// primary key).
+struct Tally {
+    name: &'static str,
+    partitions: u32,
+    /// (aggregate id, version) → how many more times the handler fails on it.
+    failures: Mutex<HashMap<(String, u64), u32>>,
+    /// Successful handler calls (in memory: includes rolled-back ones).
+    calls: AtomicU64,
+    /// Notified when `calls` reaches the number.
+    stop_at: Mutex<Option<(u64, Arc<Notify>)>>,
+}
+
+impl Tally {
+    fn new(name: &'static str, partitions: u32) -> Arc<Self> {
+        Arc::new(Tally {
+            name,
+            partitions,
+            failures: Mutex::new(HashMap::new()),
+            calls: AtomicU64::new(0),
+            stop_at: Mutex::new(None),
+        })
+    }
+
+    fn fail(&self, aggregate_id: &str, version: u64, times: u32) {
+        self.failures.lock().expect("lock").insert((aggregate_id.to_owned(), version), times);
+    }
+
+    /// A future that completes once `more` further successful calls happened.
+    fn after_calls(&self, more: u64) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let notify = Arc::new(Notify::new());
+        let target = self.calls.load(Ordering::SeqCst) + more;
+        *self.stop_at.lock().expect("lock") = Some((target, Arc::clone(&notify)));
+        async move { notify.notified().await }
+    }
+
+    async fn apply(
+        &self,
+        event: &PersistedEvent,
+        cx: &mut Context<'_>,
+    ) -> Result<(), pupsource::projection::HandlerError> {
+        let key = (event.stream.aggregate_id.clone(), event.aggregate_version);
+        if let Some(left) = self.failures.lock().expect("lock").get_mut(&key)
+            && *left > 0
+        {
+            *left -= 1;
+            return Err(format!("injected failure on {}/v{}", key.0, key.1).into());
+        }
+        let stream = event.stream.aggregate_id.as_str();
+        let version = i64::try_from(event.aggregate_version)?;
+        let last: Option<i64> = on_tx!(cx.transaction(), |c| {
+            sqlx::query_scalar(
+                "SELECT last_version FROM counts WHERE projection = $1 AND stream = $2",
+            )
+            .bind(self.name)
+            .bind(stream)
+            .fetch_optional(&mut **c)
+            .await?
+        });
+        if last.unwrap_or(0) != version - 1 {
+            return Err(format!("{stream}: version {version} handled after {last:?}").into());
+        }
+        on_tx!(cx.transaction(), |c| {
+            sqlx::query(
+                "INSERT INTO counts (projection, stream, n, last_version) VALUES ($1, $2, 1, $3) \
+                 ON CONFLICT (projection, stream) DO UPDATE SET n = counts.n + 1, last_version = $3",
+            )
+            .bind(self.name)
+            .bind(stream)
+            .bind(version)
+            .execute(&mut **c)
+            .await?
+            .rows_affected()
+        });
+        on_tx!(cx.transaction(), |c| {
+            sqlx::query("INSERT INTO handled (projection, event_id) VALUES ($1, $2)")
+                .bind(self.name)
+                .bind(event.event_id.to_string())
+                .execute(&mut **c)
+                .await?
+                .rows_affected()
+        });
+        let calls = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((target, notify)) = &*self.stop_at.lock().expect("lock")
+            && calls >= *target
+        {
+            notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Projection for Tally {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn handle<'a>(
+        &'a self,
+        event: &'a PersistedEvent,
+        cx: &'a mut Context<'_>,
+    ) -> HandleFuture<'a> {
+        Box::pin(self.apply(event, cx))
+    }
+}
+
+async fn create_read_model(store: &Store) {
+    let ddl = "CREATE TABLE counts (projection TEXT NOT NULL, stream TEXT NOT NULL, n BIGINT NOT NULL, \
+               last_version BIGINT NOT NULL, PRIMARY KEY (projection, stream)); \
+               CREATE TABLE handled (projection TEXT NOT NULL, event_id TEXT NOT NULL, \
+               PRIMARY KEY (projection, event_id));";
+    on_pool!(store, |pool| sqlx::raw_sql(ddl)
+        .execute(pool)
+        .await
+        .expect("create read model")
+        .rows_affected());
+}
+
+/// Events per stream in the read model.
+async fn counts(store: &Store, projection: &str) -> BTreeMap<String, i64> {
+    let sql = "SELECT stream, n FROM counts WHERE projection = $1";
+    let rows: Vec<(String, i64)> = on_pool!(store, |pool| sqlx::query_as(sql)
+        .bind(projection)
+        .fetch_all(pool)
+        .await
+        .expect("counts"));
+    rows.into_iter().collect()
+}
+
+async fn handled_ids(store: &Store, projection: &str) -> HashSet<String> {
+    let sql = "SELECT event_id FROM handled WHERE projection = $1";
+    let rows: Vec<String> = on_pool!(store, |pool| sqlx::query_scalar(sql)
+        .bind(projection)
+        .fetch_all(pool)
+        .await
+        .expect("handled"));
+    rows.into_iter().collect()
+}
+
+/// Appends `per_stream` events to each of `streams` streams, `per_append` at a time, streams
+/// interleaved. Returns the true count per stream and every event id.
+async fn append_workload<S: EventStore>(
+    store: &S,
+    prefix: &str,
+    streams: usize,
+    per_stream: usize,
+    per_append: usize,
+) -> (BTreeMap<String, i64>, HashSet<String>) {
+    let mut truth = BTreeMap::new();
+    let mut ids = HashSet::new();
+    for round in 0..per_stream.div_ceil(per_append) {
+        for s in 0..streams {
+            let stream = StreamId::new("Test", "Thing", format!("{prefix}{s}"));
+            let n = per_append.min(per_stream - round * per_append);
+            let events: Vec<_> =
+                (0..n).map(|i| Event::new(&stream, "Step", json!({ "i": i }))).collect();
+            store.append_and_commit(ExpectedVersion::Any, &events).await.expect("append");
+            *truth.entry(stream.aggregate_id.clone()).or_insert(0) +=
+                i64::try_from(n).expect("small");
+            ids.extend(events.iter().map(|e| e.event_id.to_string()));
+        }
+    }
+    (truth, ids)
+}
+
+/// A small deterministic random number generator (the seed is printed on failure).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+fn quick_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    }
+}
+
+/// 20,000 events, a SQL read model, and a runner that is shut down or aborted (as a crash
+/// would) at random moments, over and over: the read model ends exactly right.
+async fn exactly_once_under_random_cancellation_and_crashes<S: EventStore + Into<Store>>(store: S) {
+    let (truth, ids) = append_workload(&store, "s", 200, 100, 10).await;
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let tally = Tally::new("tally", 4);
+    let seed = 0x5eed_u64 ^ u64::from(std::process::id());
+    let mut rng = Lcg(seed);
+    for round in 0..16 {
+        let runner = Runner::new(store.clone())
+            .projection(tally.clone())
+            .batch_size(1 + usize::try_from(rng.below(150)).expect("small"))
+            .until_caught_up();
+        let after = Duration::from_millis(20 + rng.below(150));
+        if round % 2 == 0 {
+            runner
+                .run_until(tokio::time::sleep(after))
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        } else {
+            let task = tokio::spawn(async move { runner.run_until(std::future::pending()).await });
+            tokio::time::sleep(after).await;
+            task.abort();
+            if let Ok(result) = task.await {
+                result.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            }
+        }
+    }
+    Runner::new(store.clone())
+        .projection(tally.clone())
+        .until_caught_up()
+        .run_until(std::future::pending())
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    assert_eq!(counts(&store, "tally").await, truth, "seed {seed}");
+    assert_eq!(handled_ids(&store, "tally").await, ids, "seed {seed}");
+}
+
+/// 8 writers append while the projection runs; some keep their transaction open for a while
+/// (so later transactions commit first), some roll back. Every committed event is handled
+/// exactly once, each stream in version order (the handler checks it).
+async fn concurrent_writers_with_open_and_rolled_back_transactions_lose_nothing<
+    S: EventStore + Into<Store>,
+>(
+    store: S,
+) {
+    let runner_store: Store = store.clone().into();
+    create_read_model(&runner_store).await;
+    let tally = Tally::new("writers", 3);
+    let stop = Arc::new(Notify::new());
+    let runner = {
+        let runner = Runner::new(runner_store.clone()).projection(tally.clone()).batch_size(20);
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = Lcg(w + 1);
+            let mut committed = Vec::new();
+            for _ in 0..40 {
+                let stream = StreamId::new("Test", "Thing", format!("w{}", rng.below(12)));
+                let n = 1 + rng.below(3);
+                let events: Vec<_> =
+                    (0..n).map(|_| Event::new(&stream, "Step", json!({}))).collect();
+                let mut tx = store.begin().await.expect("begin");
+                match store.append(&mut tx, ExpectedVersion::Any, &events).await {
+                    Ok(_) => {}
+                    Err(Error::Concurrency { .. }) => {
+                        tx.rollback().await.expect("rollback");
+                        continue;
+                    }
+                    Err(other) => panic!("writer {w}: {other}"),
+                }
+                tokio::time::sleep(Duration::from_millis(rng.below(15))).await;
+                if rng.below(5) == 0 {
+                    tx.rollback().await.expect("rollback");
+                } else {
+                    tx.commit().await.expect("commit");
+                    committed.extend(
+                        events
+                            .iter()
+                            .map(|e| (e.stream.aggregate_id.clone(), e.event_id.to_string())),
+                    );
+                }
+            }
+            committed
+        }));
+    }
+    let mut truth: BTreeMap<String, i64> = BTreeMap::new();
+    let mut ids = HashSet::new();
+    for writer in writers {
+        for (stream, id) in writer.await.expect("writer") {
+            *truth.entry(stream).or_insert(0) += 1;
+            ids.insert(id);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled_ids(&runner_store, "writers").await.len() < ids.len() && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.notify_one();
+    runner.await.expect("runner task").expect("runner");
+    assert_eq!(handled_ids(&runner_store, "writers").await, ids);
+    assert_eq!(counts(&runner_store, "writers").await, truth);
+}
+
+/// Run with 4 partitions (stopped part-way), more events, 8 partitions (stopped part-way),
+/// then 3 until caught up: every event handled exactly once, old layouts retired.
+async fn partition_count_changes_4_8_3_handle_every_event_once<S: EventStore + Into<Store>>(
+    store: S,
+) {
+    let (mut truth, mut ids) = append_workload(&store, "a", 60, 50, 5).await;
+    let runner_store: Store = store.clone().into();
+    create_read_model(&runner_store).await;
+    let tally = Tally::new("layouts", 4);
+    let run = |partitions: u32, stop: Option<u64>| {
+        let runner = Runner::new(runner_store.clone())
+            .projection(tally.clone())
+            .partitions(partitions)
+            .batch_size(25)
+            .until_caught_up();
+        let shutdown = stop.map(|n| tally.after_calls(n));
+        async move {
+            match shutdown {
+                Some(shutdown) => runner.run_until(shutdown).await,
+                None => runner.run_until(std::future::pending()).await,
+            }
+            .expect("run");
+        }
+    };
+    run(4, Some(1_000)).await;
+    let (more, more_ids) = append_workload(&store, "b", 40, 25, 5).await;
+    truth.extend(more);
+    ids.extend(more_ids);
+    run(8, Some(1_200)).await;
+    let handled_so_far = handled_ids(&runner_store, "layouts").await.len();
+    assert!(
+        handled_so_far < ids.len(),
+        "the 8-partition run must stop part-way ({handled_so_far})"
+    );
+    run(3, None).await;
+
+    assert_eq!(counts(&runner_store, "layouts").await, truth);
+    assert_eq!(handled_ids(&runner_store, "layouts").await, ids);
+    let layouts: Vec<u32> = Runner::new(runner_store.clone())
+        .projection(tally.clone())
+        .status()
+        .await
+        .expect("status")
+        .projections[0]
+        .partitions
+        .iter()
+        .map(|p| p.partition.count)
+        .collect();
+    assert_eq!(layouts, [3, 3, 3], "older layouts are retired once passed");
+}
+
+/// 8 partitions, 2,000 events: the log is read once (a few pages), not once per partition.
+async fn one_reader_per_projection_reads_the_log_once<S: EventStore + Into<Store>>(store: S) {
+    let (truth, _) = append_workload(&store, "r", 40, 50, 10).await;
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let tally = Tally::new("reads", 8);
+    let runner =
+        Runner::new(store.clone()).projection(tally.clone()).batch_size(100).until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("run");
+    assert_eq!(counts(&store, "reads").await, truth);
+    // Pages of 800 events: 2,000 events need 3 reads, plus the one that finds the end.
+    let reads = runner.metrics().log_reads();
+    assert!(reads <= 4, "the log was read {reads} times");
+    assert_eq!(runner.metrics().events_handled(), 2_000);
+}
+
+async fn retries_exhausted_stop_the_projection_with_full_context<S: EventStore + Into<Store>>(
+    store: S,
+) {
+    let b = StreamId::new("Test", "Thing", "b");
+    let a = StreamId::new("Test", "Thing", "a");
+    store
+        .append_and_commit(
+            ExpectedVersion::NoStream,
+            &[Event::new(&b, "Step", json!({})), Event::new(&b, "Step", json!({}))],
+        )
+        .await
+        .expect("b");
+    let appended = store
+        .append_and_commit(
+            ExpectedVersion::NoStream,
+            &[
+                Event::new(&a, "Step", json!({})),
+                Event::new(&a, "Broken", json!({})),
+                Event::new(&a, "Step", json!({})),
+            ],
+        )
+        .await
+        .expect("a");
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let tally = Tally::new("stopper", 1);
+    tally.fail("a", 2, u32::MAX);
+    let runner = Runner::new(store.clone())
+        .projection(tally.clone())
+        .retry(quick_retry(3))
+        .until_caught_up();
+    let err = runner.run_until(std::future::pending()).await.expect_err("must stop");
+    match &err {
+        Error::Handler { projection, partition, position, event_type, attempts, source } => {
+            assert_eq!(projection, "stopper");
+            assert_eq!(*partition, Partition { index: 0, count: 1 });
+            assert_eq!(*position, appended.positions[1]);
+            assert_eq!(event_type, "Broken");
+            assert_eq!(*attempts, 3);
+            assert_eq!(source.to_string(), "injected failure on a/v2");
+        }
+        other => panic!("expected a handler error, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "projection `stopper` partition 0/1 failed on event `Broken` at position {} after 3 attempts: injected failure on a/v2",
+            appended.positions[1]
+        )
+    );
+    assert_eq!(
+        counts(&store, "stopper").await,
+        BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)])
+    );
+    let status = runner.status().await.expect("status");
+    let partition = &status.projections[0].partitions[0];
+    assert_eq!(partition.checkpoint, appended.positions[0]);
+    assert_eq!(partition.lag, 2);
+    assert_eq!(partition.last_error.as_deref(), Some("injected failure on a/v2"));
+}
+
+async fn transient_handler_failure_is_retried_and_applied_once<S: EventStore + Into<Store>>(
+    store: S,
+) {
+    let (truth, ids) = append_workload(&store, "t", 5, 6, 3).await;
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let tally = Tally::new("transient", 2);
+    tally.fail("t3", 4, 2);
+    Runner::new(store.clone())
+        .projection(tally.clone())
+        .retry(quick_retry(5))
+        .until_caught_up()
+        .run_until(std::future::pending())
+        .await
+        .expect("retries succeed");
+    assert_eq!(counts(&store, "transient").await, truth);
+    assert_eq!(handled_ids(&store, "transient").await, ids);
+}
+
+async fn exhausted_event_is_parked_with_its_aggregate_and_replayed<S: EventStore + Into<Store>>(
+    store: S,
+) {
+    let (a, b) = (StreamId::new("Test", "Thing", "a"), StreamId::new("Test", "Thing", "b"));
+    let mut positions = HashMap::new();
+    for i in 1..=4u64 {
+        for stream in [&a, &b] {
+            let r = store
+                .append_and_commit(
+                    ExpectedVersion::Any,
+                    &[Event::new(stream, "Step", json!({ "i": i }))],
+                )
+                .await
+                .expect("append");
+            positions.insert((stream.aggregate_id.clone(), i), r.positions[0]);
+        }
+    }
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let tally = Tally::new("parker", 1);
+    tally.fail("a", 2, u32::MAX);
+    let runner = Runner::new(store.clone())
+        .projection(tally.clone())
+        .retry(quick_retry(2))
+        .on_error(ErrorPolicy::Park)
+        .until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("parking keeps the projection going");
+    assert_eq!(
+        counts(&store, "parker").await,
+        BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 4)])
+    );
+
+    let parked = runner.parked("parker").await.expect("parked");
+    let summary: Vec<_> = parked
+        .iter()
+        .map(|p| (p.stream.aggregate_id.as_str(), p.position, p.error.clone(), p.attempts))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a", positions[&("a".to_owned(), 2)], Some("injected failure on a/v2".to_owned()), 2),
+            ("a", positions[&("a".to_owned(), 3)], None, 0),
+            ("a", positions[&("a".to_owned(), 4)], None, 0),
+        ]
+    );
+    assert_eq!(runner.status().await.expect("status").projections[0].parked, 3);
+
+    // Still failing: replay stops at the first event and keeps it parked.
+    let err = runner.replay_parked("parker").await.expect_err("still broken");
+    assert!(matches!(err, Error::Handler { .. }), "{err:?}");
+    assert_eq!(runner.parked("parker").await.expect("parked").len(), 3);
+
+    tally.fail("a", 2, 0);
+    assert_eq!(runner.replay_parked("parker").await.expect("replay"), 3);
+    assert!(runner.parked("parker").await.expect("parked").is_empty());
+    assert_eq!(
+        counts(&store, "parker").await,
+        BTreeMap::from([("a".to_owned(), 4), ("b".to_owned(), 4)])
+    );
+
+    // The aggregate flows normally again.
+    match &store {
+        Store::Postgres(s) => {
+            s.append_and_commit(ExpectedVersion::Exact(4), &[Event::new(&a, "Step", json!({}))])
+                .await
+        }
+        Store::Sqlite(s) => {
+            s.append_and_commit(ExpectedVersion::Exact(4), &[Event::new(&a, "Step", json!({}))])
+                .await
+        }
+    }
+    .expect("append");
+    runner.run_until(std::future::pending()).await.expect("run");
+    assert_eq!(counts(&store, "parker").await["a"], 5);
+}
+
+/// Shutdown requested in the middle of a batch: the batch in flight is finished (not half
+/// applied), the checkpoint matches the read model exactly, and a restart completes the rest.
+async fn shutdown_during_a_batch_keeps_checkpoints_consistent<S: EventStore + Into<Store>>(
+    store: S,
+) {
+    let (truth, _) = append_workload(&store, "x", 10, 10, 10).await;
+    let log = common::log_of_at_least(&store, 100).await;
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let tally = Tally::new("shutdown", 1);
+    let runner =
+        Runner::new(store.clone()).projection(tally.clone()).batch_size(10).until_caught_up();
+    runner.run_until(tally.after_calls(15)).await.expect("run");
+
+    let checkpoint = runner.status().await.expect("status").projections[0].partitions[0].checkpoint;
+    let handled: i64 = counts(&store, "shutdown").await.values().sum();
+    let upto = log.iter().filter(|e| e.position <= checkpoint).count();
+    assert_eq!(usize::try_from(handled).expect("count"), upto, "read model and checkpoint agree");
+    assert!(upto >= 15, "the batch in flight was finished, not dropped ({upto})");
+    assert!(upto < 100, "the runner stopped before the end ({upto})");
+
+    runner.run_until(std::future::pending()).await.expect("resume");
+    assert_eq!(counts(&store, "shutdown").await, truth);
+}
+
+/// An idle runner polls with backoff: over a second it issues a handful of queries.
+async fn idle_runner_does_not_busy_loop<S: EventStore + Into<Store>>(store: S) {
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let runner = Runner::new(store.clone())
+        .projection(Tally::new("idle", 4))
+        .poll_interval(Duration::from_millis(100));
+    let metrics = runner.metrics();
+    let stop = Arc::new(Notify::new());
+    let task = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = metrics.log_reads();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during_one_idle_second = metrics.log_reads() - before;
+    stop.notify_one();
+    task.await.expect("task").expect("run");
+    assert!(before >= 1, "the runner polled");
+    assert!(during_one_idle_second <= 12, "{during_one_idle_second} reads in one idle second");
+}
+
+/// With polling backed off to several seconds, an append of this process reaches the handler
+/// without waiting for the next poll.
+async fn append_in_this_process_wakes_the_runner_at_once<S: EventStore + Into<Store>>(store: S) {
+    let runner_store: Store = store.clone().into();
+    create_read_model(&runner_store).await;
+    let tally = Tally::new("wake", 2);
+    let runner = Runner::new(runner_store.clone())
+        .projection(tally.clone())
+        .poll_interval(Duration::from_secs(60));
+    let metrics = runner.metrics();
+    let stop = Arc::new(Notify::new());
+    let task = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
+    };
+    // 13 empty polls: the reader now waits 4 s or more before the next one.
+    while metrics.log_reads() < 13 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let appended_at = Instant::now();
+    store
+        .append_and_commit(
+            ExpectedVersion::NoStream,
+            &[Event::new(&StreamId::new("Test", "Thing", "w"), "Step", json!({}))],
+        )
+        .await
+        .expect("append");
+    let handled = tally.after_calls(1);
+    tokio::time::timeout(Duration::from_secs(2), handled)
+        .await
+        .expect("woken without waiting for the poll");
+    assert!(appended_at.elapsed() < Duration::from_secs(2));
+    stop.notify_one();
+    task.await.expect("task").expect("run");
+}
+
+async fn status_reports_checkpoints_lag_and_errors<S: EventStore + Into<Store>>(store: S) {
+    let (_, _) = append_workload(&store, "st", 10, 2, 2).await;
+    let runner_store: Store = store.clone().into();
+    create_read_model(&runner_store).await;
+    let tally = Tally::new("status", 2);
+    let runner = Runner::new(runner_store.clone()).projection(tally.clone()).until_caught_up();
+    assert!(
+        runner.status().await.expect("status").projections[0].partitions.is_empty(),
+        "no run yet"
+    );
+    runner.run_until(std::future::pending()).await.expect("run");
+    let status = runner.status().await.expect("status");
+    assert_eq!(status.projections[0].partitions.len(), 2);
+    assert!(status.projections[0].partitions.iter().all(|p| p.lag == 0 && p.last_error.is_none()));
+
+    let (more, _) = append_workload(&store, "late", 7, 1, 1).await;
+    let mut expected_lag = [0u64; 2];
+    for stream in more.keys() {
+        expected_lag[pupsource::partition::partition_of(
+            pupsource::partition::partition_hash(stream),
+            2,
+        ) as usize] += 1;
+    }
+    let status = runner.status().await.expect("status");
+    let lag: Vec<u64> = status.projections[0].partitions.iter().map(|p| p.lag).collect();
+    assert_eq!(lag, expected_lag);
+
+    if let Store::Postgres(pg) = &runner_store {
+        // A transaction holding an id is the fence; status shows it, at least as old as ours.
+        let mut open = pg.pool().begin().await.expect("begin");
+        sqlx::query("SELECT pg_current_xact_id()").execute(&mut *open).await.expect("xid");
+        let opened = Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let fence =
+            runner.status().await.expect("status").fence.expect("a transaction is in flight");
+        assert!(fence.age >= opened.elapsed() - Duration::from_millis(5), "{fence:?}");
+        open.rollback().await.expect("rollback");
+    } else {
+        assert!(status.fence.is_none());
+    }
+}
+
+async fn first_failure_stops_every_projection<S: EventStore + Into<Store>>(store: S) {
+    append_workload(&store, "f", 3, 1, 1).await;
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let bad = Tally::new("bad", 1);
+    for i in 0..3 {
+        bad.fail(&format!("f{i}"), 1, u32::MAX);
+    }
+    let runner = Runner::new(store.clone())
+        .projection(Tally::new("good", 2))
+        .projection(bad)
+        .retry(quick_retry(1));
+    // Continuous mode: only the failure can end this run.
+    let err =
+        tokio::time::timeout(Duration::from_secs(30), runner.run_until(std::future::pending()))
+            .await
+            .expect("fail-fast")
+            .expect_err("bad fails");
+    assert!(matches!(&err, Error::Handler { projection, .. } if projection == "bad"), "{err:?}");
+}
+
+#[tokio::test]
+async fn runner_rejects_empty_and_duplicate_projection_sets() {
+    let store = common::sqlite_memory().await;
+    let err =
+        Runner::new(store.clone()).run_until(std::future::pending()).await.expect_err("empty");
+    assert!(matches!(err, Error::NoProjections), "{err:?}");
+    let err = Runner::new(store.clone())
+        .projection(Tally::new("same", 1))
+        .projection(Tally::new("same", 2))
+        .run_until(std::future::pending())
+        .await
+        .expect_err("duplicate");
+    assert_eq!(
+        err.to_string(),
+        "two projections are named `same`; projection names must be unique"
+    );
+    let err = Runner::new(store)
+        .projection(Tally::new("zero", 1))
+        .partitions(0)
+        .run_until(std::future::pending())
+        .await
+        .expect_err("zero");
+    assert!(
+        matches!(err, Error::InvalidInput(pupsource::InvalidInput::PartitionCount { count: 0 })),
+        "{err:?}"
+    );
+}
