@@ -646,6 +646,7 @@ async fn append_in_this_process_wakes_the_runner_at_once<S: EventStore + Into<St
     while metrics.log_reads() < 13 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let handled = tally.after_calls(1);
     let appended_at = Instant::now();
     store
         .append_and_commit(
@@ -654,7 +655,6 @@ async fn append_in_this_process_wakes_the_runner_at_once<S: EventStore + Into<St
         )
         .await
         .expect("append");
-    let handled = tally.after_calls(1);
     tokio::time::timeout(Duration::from_secs(2), handled)
         .await
         .expect("woken without waiting for the poll");
@@ -752,4 +752,39 @@ async fn runner_rejects_empty_and_duplicate_projection_sets() {
         matches!(err, Error::InvalidInput(pupsource::InvalidInput::PartitionCount { count: 0 })),
         "{err:?}"
     );
+}
+
+/// Another process's append (here: a second store with its own pool and no shared memory)
+/// reaches the runner through the coalesced PostgreSQL `NOTIFY` hint, not the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_in_another_process_wakes_the_runner_through_notify() {
+    let db = common::postgres().await;
+    let runner_store: Store = db.store.clone().into();
+    create_read_model(&runner_store).await;
+    let tally = Tally::new("notify", 1);
+    let runner =
+        Runner::new(runner_store).projection(tally.clone()).poll_interval(Duration::from_secs(60));
+    let metrics = runner.metrics();
+    let stop = Arc::new(Notify::new());
+    let task = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
+    };
+    while metrics.log_reads() < 13 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other_process = pupsource::PostgresStore::new(db.schema.pool(2).await);
+    let handled = tally.after_calls(1);
+    other_process
+        .append_and_commit(
+            ExpectedVersion::NoStream,
+            &[Event::new(&StreamId::new("Test", "Thing", "n"), "Step", json!({}))],
+        )
+        .await
+        .expect("append");
+    tokio::time::timeout(Duration::from_secs(2), handled)
+        .await
+        .expect("woken by NOTIFY, not by the poll");
+    stop.notify_one();
+    task.await.expect("task").expect("run");
 }

@@ -158,7 +158,9 @@ async fn read_log(
         };
 
         let Some(last) = page.last().map(|e| e.position) else {
-            if settings.mode == RunMode::UntilCaughtUp && !store.held_back(after, head, &scope).await? {
+            if settings.mode == RunMode::UntilCaughtUp
+                && !store.held_back(after, head, &scope).await?
+            {
                 break;
             }
             tokio::select! {

@@ -181,7 +181,12 @@ impl Store {
     /// PostgreSQL: whether a committed event in `scope` at or below `head` is still unread
     /// after `after` because an older transaction in flight holds the read fence back.
     /// SQLite has no fence: always `false`.
-    pub(crate) async fn held_back(&self, after: Position, head: i64, scope: &Scope) -> Result<bool> {
+    pub(crate) async fn held_back(
+        &self,
+        after: Position,
+        head: i64,
+        scope: &Scope,
+    ) -> Result<bool> {
         match self {
             Store::Postgres(s) => s.held_back(after, head, scope).await,
             Store::Sqlite(_) => Ok(false),

@@ -315,8 +315,9 @@ impl PostgresStore {
             .inner
             .channel
             .get_or_try_init(|| async {
-                let schema: String =
-                    sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&self.inner.pool).await?;
+                let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+                    .fetch_one(&self.inner.pool)
+                    .await?;
                 let name = format!("pupsource.{schema}.{}", self.inner.tables.events());
                 Ok::<_, sqlx::Error>(if name.len() <= 63 {
                     name
@@ -588,7 +589,12 @@ impl PostgresStore {
             .await?)
     }
 
-    pub(crate) async fn held_back(&self, after: Position, head: i64, scope: &Scope) -> Result<bool> {
+    pub(crate) async fn held_back(
+        &self,
+        after: Position,
+        head: i64,
+        scope: &Scope,
+    ) -> Result<bool> {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         Ok(sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.held_back)))
             .bind(after.transaction_id)

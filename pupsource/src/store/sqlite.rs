@@ -409,9 +409,11 @@ impl SqliteStore {
     }
 
     pub(crate) async fn head(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(self.sql("SELECT COALESCE(max(global_position), 0) FROM \"{events}\""))
-            .fetch_one(&self.inner.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            self.sql("SELECT COALESCE(max(global_position), 0) FROM \"{events}\""),
+        )
+        .fetch_one(&self.inner.pool)
+        .await?)
     }
 
     pub(crate) async fn count_after(
