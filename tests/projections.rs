@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pupsource::projection::{Context, HandleFuture, Partition, Projection, Transaction};
+use pupsource::projection::{Context, HandleFuture, Partition, Projection};
 use pupsource::runner::{ErrorPolicy, RetryPolicy, Runner};
 use pupsource::{Error, Event, EventStore, ExpectedVersion, PersistedEvent, Store, StreamId};
 use serde_json::json;
@@ -29,16 +29,6 @@ on_backends!([postgres, sqlite_file], {
     status_reports_checkpoints_lag_and_errors,
     first_failure_stops_every_projection,
 });
-
-/// Runs `$body` with `$c` bound to the batch's connection, whichever database it is.
-macro_rules! on_tx {
-    ($tx:expr, |$c:ident| $body:expr) => {
-        match $tx {
-            Transaction::Postgres($c) => $body,
-            Transaction::Sqlite($c) => $body,
-        }
-    };
-}
 
 /// Runs `$body` with `$pool` bound to the store's pool, whichever database it is.
 macro_rules! on_pool {
@@ -107,19 +97,19 @@ impl Tally {
         }
         let stream = event.stream.aggregate_id.as_str();
         let version = i64::try_from(event.aggregate_version)?;
-        let last: Option<i64> = on_tx!(cx.transaction(), |c| {
+        let last: Option<i64> = pupsource::with_transaction!(cx.transaction(), |c| {
             sqlx::query_scalar(
                 "SELECT last_version FROM counts WHERE projection = $1 AND stream = $2",
             )
             .bind(self.name)
             .bind(stream)
-            .fetch_optional(&mut **c)
+            .fetch_optional(c)
             .await?
         });
         if last.unwrap_or(0) != version - 1 {
             return Err(format!("{stream}: version {version} handled after {last:?}").into());
         }
-        on_tx!(cx.transaction(), |c| {
+        pupsource::with_transaction!(cx.transaction(), |c| {
             sqlx::query(
                 "INSERT INTO counts (projection, stream, n, last_version) VALUES ($1, $2, 1, $3) \
                  ON CONFLICT (projection, stream) DO UPDATE SET n = counts.n + 1, last_version = $3",
@@ -127,15 +117,15 @@ impl Tally {
             .bind(self.name)
             .bind(stream)
             .bind(version)
-            .execute(&mut **c)
+            .execute(c)
             .await?
             .rows_affected()
         });
-        on_tx!(cx.transaction(), |c| {
+        pupsource::with_transaction!(cx.transaction(), |c| {
             sqlx::query("INSERT INTO handled (projection, event_id) VALUES ($1, $2)")
                 .bind(self.name)
                 .bind(event.event_id.to_string())
-                .execute(&mut **c)
+                .execute(c)
                 .await?
                 .rows_affected()
         });

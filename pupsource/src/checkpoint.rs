@@ -98,6 +98,12 @@ impl CheckpointState {
         self.old.iter().any(|layout| layout.covers(position, partition_hash))
     }
 
+    /// Whether every partition of the current layout is already at or past every old
+    /// checkpoint, so the old layouts can be retired right away.
+    pub(crate) fn old_layouts_passed(&self) -> bool {
+        self.retire_after().is_some_and(|h| self.current.checkpoints.iter().all(|&cp| cp >= h))
+    }
+
     /// The highest old checkpoint: once every current partition is past it, the old layouts
     /// can be retired. `None` when there is no old layout.
     pub(crate) fn retire_after(&self) -> Option<Position> {

@@ -98,6 +98,16 @@ pub enum Error {
         source: HandlerError,
     },
 
+    /// A projection's reset hook failed during a rebuild; nothing was reset.
+    #[error("the reset hook of projection `{projection}` failed: {source}")]
+    Reset {
+        /// The projection.
+        projection: String,
+        /// The hook's error.
+        #[source]
+        source: HandlerError,
+    },
+
     /// A partition's checkpoint row disappeared while the partition ran (e.g. the projection
     /// was rebuilt, or another process retired this partition layout).
     #[error("the checkpoint of projection `{projection}` partition {partition} no longer exists")]

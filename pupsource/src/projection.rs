@@ -54,7 +54,7 @@ pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 
     message = "`{Self}` is not a projection",
     note = "declare it with `#[pupsource::projection]`, or implement `pupsource::projection::Projection`"
 )]
-pub trait Projection: Send + Sync + 'static {
+pub trait Projection: std::any::Any + Send + Sync + 'static {
     /// The projection's unique name; checkpoints are stored under it.
     fn name(&self) -> &str;
 
@@ -72,6 +72,13 @@ pub trait Projection: Send + Sync + 'static {
     /// the event, as the runner's [`ErrorPolicy`](crate::runner::ErrorPolicy) says.
     fn handle<'a>(&'a self, event: &'a PersistedEvent, cx: &'a mut Context<'_>)
     -> HandleFuture<'a>;
+
+    /// Clears the projection's read model before a rebuild, in the transaction that also
+    /// deletes its checkpoints (default: nothing to clear).
+    fn reset<'a>(&'a self, transaction: &'a mut Transaction<'_>) -> HandleFuture<'a> {
+        let _ = transaction;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// One partition of a projection: `index` among `count`.
@@ -111,6 +118,37 @@ pub enum Transaction<'a> {
     Postgres(&'a mut sqlx::PgConnection),
     /// A SQLite transaction.
     Sqlite(&'a mut sqlx::SqliteConnection),
+}
+
+/// Runs the same code on the batch's transaction, whichever database it is: `$conn` is bound
+/// to `&mut PgConnection` or `&mut SqliteConnection`, and both arms must produce one type.
+///
+/// ```
+/// use pupsource::{Context, HandlerResult};
+///
+/// async fn count(cx: &mut Context<'_>, key: &str) -> HandlerResult {
+///     let sql = "INSERT INTO counts (key, n) VALUES ($1, 1) \
+///                ON CONFLICT (key) DO UPDATE SET n = counts.n + 1";
+///     pupsource::with_transaction!(cx.transaction(), |tx| {
+///         sqlx::query(sql).bind(key).execute(tx).await.map(|done| done.rows_affected())
+///     })?;
+///     Ok(())
+/// }
+/// ```
+#[macro_export]
+macro_rules! with_transaction {
+    ($transaction:expr, |$conn:ident| $body:expr) => {
+        match $transaction {
+            $crate::projection::Transaction::Postgres($conn) => {
+                let $conn = &mut **$conn;
+                $body
+            }
+            $crate::projection::Transaction::Sqlite($conn) => {
+                let $conn = &mut **$conn;
+                $body
+            }
+        }
+    };
 }
 
 /// What a handler knows about the event it handles, and the batch's open transaction.

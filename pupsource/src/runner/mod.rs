@@ -201,10 +201,42 @@ impl Runner {
         }
     }
 
+    /// A runner over `store` with these projections (e.g. [`crate::registry::registered`]).
+    pub fn with_projections(
+        store: impl Into<Store>,
+        projections: Vec<Arc<dyn Projection>>,
+    ) -> Self {
+        Runner { projections, ..Runner::new(store) }
+    }
+
     /// Adds a projection.
     pub fn projection(mut self, projection: Arc<dyn Projection>) -> Self {
         self.projections.push(projection);
         self
+    }
+
+    /// Keeps only the projections with these names.
+    ///
+    /// # Errors
+    /// [`Error::UnknownProjection`] for a name that is not among them.
+    pub fn only(mut self, names: &[String]) -> Result<Self> {
+        for name in names {
+            self.find(name)?;
+        }
+        self.projections.retain(|p| names.iter().any(|n| n == p.name()));
+        Ok(self)
+    }
+
+    /// The partition count projection `name` runs with: the [`Runner::partitions`] override,
+    /// or the projection's own. `None` if there is no such projection.
+    pub fn partition_count(&self, name: &str) -> Option<u32> {
+        let projection = self.projections.iter().find(|p| p.name() == name)?;
+        Some(self.settings.partitions.unwrap_or_else(|| projection.partitions()))
+    }
+
+    /// The projections, in the order they were added.
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.projections
     }
 
     /// Events per batch transaction (default 100, at least 1).
@@ -397,15 +429,24 @@ impl Runner {
         Ok(replayed)
     }
 
-    /// Forgets everything projection `name` has done: its checkpoints (every partition
-    /// count) and its parked events. The next run replays the whole log; the projection's own
-    /// read model must be reset by the caller.
+    /// Resets projection `name` for a replay of the whole log: in one transaction, its
+    /// [`Projection::reset`] hook clears its read model, and its checkpoints (every partition
+    /// count) and parked events are deleted. Run it while the projection is stopped; the next
+    /// run replays everything.
     ///
     /// # Errors
-    /// [`Error::UnknownProjection`], or the store's errors.
-    pub async fn reset(&self, name: &str) -> Result<()> {
-        self.find(name)?;
-        self.store.reset_projection(name).await
+    /// [`Error::UnknownProjection`]; [`Error::Handler`] if the reset hook fails; the store's
+    /// errors.
+    pub async fn rebuild(&self, name: &str) -> Result<()> {
+        let projection = self.find(name)?;
+        let mut batch = self.store.begin_batch().await?;
+        let mut transaction = batch.transaction();
+        if let Err(source) = projection.reset(&mut transaction).await {
+            batch.rollback().await?;
+            return Err(Error::Reset { projection: name.to_owned(), source });
+        }
+        batch.forget_projection(name).await?;
+        batch.commit().await
     }
 
     /// Per projection and partition: checkpoint, lag, last error; and the read fence.

@@ -80,6 +80,27 @@ impl Store {
         dispatch!(self, s => s.migrate().await)
     }
 
+    /// Appends `events` in a transaction of its own; see [`EventStore::append_and_commit`].
+    ///
+    /// # Errors
+    /// As [`EventStore::append`].
+    pub async fn append_and_commit(
+        &self,
+        expected: crate::ExpectedVersion,
+        events: &[crate::Event],
+    ) -> Result<crate::AppendResult> {
+        dispatch!(self, s => s.append_and_commit(expected, events).await)
+    }
+
+    /// Reads one stream; see [`EventStore::read_stream`].
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        versions: impl std::ops::RangeBounds<u64> + Send,
+    ) -> Result<crate::Stream> {
+        dispatch!(self, s => s.read_stream(stream, versions).await)
+    }
+
     /// Reads up to `limit` events after `after` in log order; see [`EventStore::read_all`].
     pub async fn read_all(
         &self,
@@ -131,11 +152,6 @@ impl Store {
     /// Every stored checkpoint row of `projection`, every layout, for status.
     pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
         dispatch!(self, s => s.checkpoints(projection).await)
-    }
-
-    /// Deletes every checkpoint and parked event of `projection`.
-    pub(crate) async fn reset_projection(&self, projection: &str) -> Result<()> {
-        dispatch!(self, s => s.reset_projection(projection).await)
     }
 
     /// Records a handler failure for status (outside any batch transaction).
@@ -270,6 +286,11 @@ impl BatchTx {
         attempts: u32,
     ) -> Result<()> {
         dispatch_tx!(self, s, tx => s.park(tx, projection, event, error, attempts).await)
+    }
+
+    /// Deletes every checkpoint and parked event of `projection`.
+    pub(crate) async fn forget_projection(&mut self, projection: &str) -> Result<()> {
+        dispatch_tx!(self, s, tx => s.forget_projection(tx, projection).await)
     }
 
     /// Removes a parked event after it was replayed.

@@ -389,7 +389,7 @@ impl PostgresStore {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let state = CheckpointState::from_rows(partition_count, &rows);
+        let mut state = CheckpointState::from_rows(partition_count, &rows);
         if !state.created.is_empty() {
             let start = state.current.checkpoints[state.created[0] as usize];
             let created: Vec<i32> =
@@ -402,6 +402,10 @@ impl PostgresStore {
                 .bind(created)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if let Some(after) = state.retire_after().filter(|_| state.old_layouts_passed()) {
+            self.retire_layouts(&mut tx, projection, partition_count, after).await?;
+            state.old.clear();
         }
         tx.commit().await?;
         Ok(state)
@@ -465,12 +469,14 @@ impl PostgresStore {
             .collect()
     }
 
-    pub(crate) async fn reset_projection(&self, projection: &str) -> Result<()> {
-        let mut tx = self.inner.pool.begin().await?;
+    pub(crate) async fn forget_projection(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        projection: &str,
+    ) -> Result<()> {
         for sql in [&self.inner.sql.delete_checkpoints, &self.inner.sql.delete_parked] {
-            sqlx::query(AssertSqlSafe(Arc::clone(sql))).bind(projection).execute(&mut *tx).await?;
+            sqlx::query(AssertSqlSafe(Arc::clone(sql))).bind(projection).execute(&mut **tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 

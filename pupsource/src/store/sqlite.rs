@@ -198,7 +198,7 @@ impl SqliteStore {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let state = CheckpointState::from_rows(partition_count, &rows);
+        let mut state = CheckpointState::from_rows(partition_count, &rows);
         for &partition in &state.created {
             let start = state.current.checkpoints[partition as usize];
             sqlx::query(self.sql(
@@ -213,6 +213,10 @@ impl SqliteStore {
             .bind(unix_micros(OffsetDateTime::now_utc()))
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(after) = state.retire_after().filter(|_| state.old_layouts_passed()) {
+            self.retire_layouts(&mut tx, projection, partition_count, after).await?;
+            state.old.clear();
         }
         tx.commit().await?;
         Ok(state)
@@ -289,15 +293,17 @@ impl SqliteStore {
             .collect()
     }
 
-    pub(crate) async fn reset_projection(&self, projection: &str) -> Result<()> {
-        let mut tx = self.begin().await?;
+    pub(crate) async fn forget_projection(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        projection: &str,
+    ) -> Result<()> {
         for sql in [
             "DELETE FROM \"{checkpoints}\" WHERE projection = ?1",
             "DELETE FROM \"{dead_letters}\" WHERE projection = ?1",
         ] {
-            sqlx::query(self.sql(sql)).bind(projection).execute(&mut *tx).await?;
+            sqlx::query(self.sql(sql)).bind(projection).execute(&mut **tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 

@@ -1,0 +1,332 @@
+//! The command line of a pupsource binary, as `pupsource::main!()` emits it.
+//!
+//! ```text
+//! app [run] [--database-url URL] [--workers N] [--projection NAME]... [--batch-size N]
+//!           [--poll-interval 500ms] [--until-caught-up]
+//! app migrate | list | status | rebuild NAME | replay NAME
+//! ```
+//!
+//! Every failure is one line on stderr (`error: …` with its causes) and a non-zero exit code:
+//! 2 for bad arguments, 1 for everything else. Logging follows `RUST_LOG` (default `warn`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Result;
+use crate::projection::{HandlerError, Projection};
+use crate::runner::Runner;
+use crate::store::Store;
+
+/// The database used when neither `--database-url` nor `DATABASE_URL` is given: a SQLite file
+/// in the working directory, created and migrated on first use.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:pupsource.db";
+
+/// A hook around `run`: gets the configured runner (cheap to clone).
+type Hook = Box<
+    dyn Fn(Runner) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>> + Send + Sync,
+>;
+
+/// The CLI of a pupsource binary, with optional hooks around `run`.
+///
+/// `pupsource::main!()` is `App::new().main()`. An application that seeds data before
+/// running, or reports after, adds hooks:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     pupsource::cli::App::new()
+///         .before_run(|runner| async move {
+///             println!("running {} projections", runner.projections().len());
+///             Ok(())
+///         })
+///         .main()
+/// }
+/// ```
+#[derive(Default)]
+pub struct App {
+    before_run: Option<Hook>,
+    after_run: Option<Hook>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("before_run", &self.before_run.is_some())
+            .field("after_run", &self.after_run.is_some())
+            .finish()
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Runs the projections of this binary over a pupsource event store")]
+struct Cli {
+    /// Database URL: `postgres://…` or `sqlite:file.db`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    database_url: String,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run projections (the default).
+    Run(RunArgs),
+    /// Create the store's tables if they do not exist.
+    Migrate,
+    /// List the registered projections.
+    List,
+    /// Show each projection's partitions: checkpoint, lag, parked events, last error.
+    Status,
+    /// Reset a projection (its checkpoints and, through its reset hook, its data) and replay
+    /// the whole log into it.
+    Rebuild {
+        /// The projection.
+        name: String,
+    },
+    /// Hand a projection's parked events to its handler again.
+    Replay {
+        /// The projection.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+struct RunArgs {
+    /// Partitions (workers) per projection, overriding each projection's own count.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
+    /// Run only this projection (repeatable).
+    #[arg(long = "projection", value_name = "NAME")]
+    projections: Vec<String>,
+    /// Events per batch transaction.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_size: u32,
+    /// Longest wait between polls of the log while idle, e.g. `500ms`, `2s`.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Stop once every partition has reached the head of the log.
+    #[arg(long)]
+    until_caught_up: bool,
+}
+
+/// Parses `250ms`, `2s` or `1m`.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration like `500ms` or `2s`"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("`{text}` is not a duration like `500ms` or `2s` (units: ms, s, m)")),
+    }
+    .and_then(|d| {
+        if d.is_zero() { Err("the poll interval must be positive".to_owned()) } else { Ok(d) }
+    })
+}
+
+impl App {
+    /// The CLI with no hooks.
+    pub fn new() -> Self {
+        App::default()
+    }
+
+    /// Runs `hook` after connecting and migrating, before `run` starts the projections.
+    pub fn before_run<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Runner) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.before_run = Some(Box::new(move |runner| Box::pin(hook(runner))));
+        self
+    }
+
+    /// Runs `hook` after `run` stopped cleanly (caught up, or Ctrl-C / SIGTERM).
+    pub fn after_run<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Runner) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.after_run = Some(Box::new(move |runner| Box::pin(hook(runner))));
+        self
+    }
+
+    /// Parses the process's arguments, runs the command, and returns the exit code. Errors
+    /// are printed as one line on stderr.
+    pub fn main(self) -> ExitCode {
+        let cli = match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(err) => {
+                if !err.use_stderr() {
+                    // --help, --version
+                    let _ = err.print();
+                    return ExitCode::SUCCESS;
+                }
+                let rendered = err.to_string();
+                let first = rendered.lines().next().unwrap_or("error: invalid arguments");
+                eprintln!("{first} (see --help)");
+                return ExitCode::from(2);
+            }
+        };
+        init_tracing();
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                eprintln!("error: cannot start the async runtime: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(self.execute(cli)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {}", one_line(&*err));
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn execute(&self, cli: Cli) -> std::result::Result<(), HandlerError> {
+        let projections = crate::registry::registered()?;
+        let store = Store::connect(&cli.database_url).await?;
+        store.migrate().await?;
+        match cli.command {
+            None => self.run(store, projections, cli.run).await,
+            Some(Command::Run(args)) => self.run(store, projections, args).await,
+            Some(Command::Migrate) => {
+                println!("{} database is migrated", store.backend_name());
+                Ok(())
+            }
+            Some(Command::List) => {
+                for projection in &projections {
+                    println!("{}\t{} partitions", projection.name(), projection.partitions());
+                }
+                Ok(())
+            }
+            Some(Command::Status) => {
+                print_status(&Runner::with_projections(store, projections)).await
+            }
+            Some(Command::Rebuild { name }) => {
+                let runner = Runner::with_projections(store, projections).until_caught_up();
+                runner.rebuild(&name).await?;
+                let runner = runner.only(std::slice::from_ref(&name))?;
+                with_progress(&runner, runner.run()).await?;
+                println!("rebuilt `{name}`");
+                Ok(())
+            }
+            Some(Command::Replay { name }) => {
+                let replayed =
+                    Runner::with_projections(store, projections).replay_parked(&name).await?;
+                println!("replayed {replayed} parked events of `{name}`");
+                Ok(())
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        store: Store,
+        projections: Vec<Arc<dyn Projection>>,
+        args: RunArgs,
+    ) -> std::result::Result<(), HandlerError> {
+        let mut runner = Runner::with_projections(store, projections)
+            .batch_size(args.batch_size as usize)
+            .poll_interval(args.poll_interval);
+        if !args.projections.is_empty() {
+            runner = runner.only(&args.projections)?;
+        }
+        if let Some(workers) = args.workers {
+            runner = runner.partitions(workers);
+        }
+        if args.until_caught_up {
+            runner = runner.until_caught_up();
+        }
+        if let Some(hook) = &self.before_run {
+            hook(runner.clone()).await?;
+        }
+        with_progress(&runner, runner.run()).await?;
+        if let Some(hook) = &self.after_run {
+            hook(runner.clone()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `work`, printing progress on stderr every second while events are being handled.
+async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) -> Result<()> {
+    let metrics = runner.metrics();
+    let progress = async {
+        let mut printed = metrics.events_handled();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let handled = metrics.events_handled();
+            if handled != printed {
+                eprintln!("… {handled} events handled");
+                printed = handled;
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = progress => Ok(()),
+    }
+}
+
+async fn print_status(runner: &Runner) -> std::result::Result<(), HandlerError> {
+    let status = runner.status().await?;
+    if let Some(fence) = status.fence {
+        println!(
+            "read fence: oldest transaction in flight is backend pid {} ({:.1}s old)",
+            fence.blocking_pid,
+            fence.age.as_secs_f64()
+        );
+    }
+    for projection in &status.projections {
+        println!("{} ({} parked)", projection.name, projection.parked);
+        if projection.partitions.is_empty() {
+            println!("  not started");
+        }
+        for p in &projection.partitions {
+            println!(
+                "  partition {:>7}  checkpoint {:>14}  lag {:>8}  {}",
+                p.partition.to_string(),
+                p.checkpoint.to_string(),
+                p.lag,
+                p.last_error.as_deref().map_or(String::new(), |e| format!("last error: {e}")),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An error and its causes on one line.
+fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
