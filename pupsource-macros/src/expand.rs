@@ -108,15 +108,13 @@ pub(crate) fn projection(model: &ProjectionModel) -> TokenStream {
             }
         }
     });
-    let assert_shared = quote_spanned! {ident.span()=>
-        const _: () = ::pupsource::__private::assert_send_sync::<#ident>();
-    };
+    // `Projection: Send + Sync + 'static`: this impl, spanned at the struct's name, is the
+    // compile-time check that one instance can be shared by every partition.
+    let projection_impl = quote_spanned! {ident.span()=> impl ::pupsource::Projection for #ident };
     quote! {
         const _: () = {
-            #assert_shared
-
             #[automatically_derived]
-            impl ::pupsource::Projection for #ident {
+            #projection_impl {
                 fn name(&self) -> &str {
                     #name
                 }
@@ -156,7 +154,7 @@ pub(crate) fn main(input: TokenStream) -> syn::Result<TokenStream> {
         return Err(syn::Error::new(
             first.span(),
             "`pupsource::main!()` takes no arguments; configure projections with `#[projection(...)]` \
-             and runs with command-line flags",
+             and each run with command-line flags (`--help`)",
         ));
     }
     Ok(quote! {
@@ -164,4 +162,92 @@ pub(crate) fn main(input: TokenStream) -> syn::Result<TokenStream> {
             ::pupsource::cli::App::new().main()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use crate::model::{EventModel, ProjectionModel};
+    use crate::parse::{Errors, ProjectionArgs};
+
+    fn projection(
+        args: proc_macro2::TokenStream,
+        item: proc_macro2::TokenStream,
+    ) -> syn::Result<ProjectionModel> {
+        let mut errors = Errors::default();
+        let args = ProjectionArgs::parse(args, &mut errors);
+        ProjectionModel::new(&syn::parse2(item).expect("item"), args, errors)
+    }
+
+    #[test]
+    fn projection_defaults_and_generated_items() {
+        let model = projection(
+            quote!(partitions = 4, events(A, b::B)),
+            quote!(
+                struct OrderTotals;
+            ),
+        )
+        .expect("valid");
+        assert_eq!((model.name.as_str(), model.partitions), ("order_totals", 4));
+        let code = super::projection(&model).to_string();
+        for expected in [
+            "impl :: pupsource :: Projection for OrderTotals",
+            "< Self as :: pupsource :: Handle < A >> :: handle",
+            "< Self as :: pupsource :: Handle < b :: B >> :: handle",
+            ":: pupsource :: __private :: inventory :: submit !",
+            "name : \"order_totals\"",
+            "< OrderTotals as :: core :: default :: Default > :: default ()",
+        ] {
+            assert!(code.contains(expected), "missing `{expected}` in {code}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = projection(
+            quote!(partitions = 0, colour = 1, events(A, A)),
+            quote!(
+                enum E<T> {
+                    X(T),
+                }
+            ),
+        )
+        .err()
+        .expect("invalid");
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 5, "{messages:#?}");
+        assert!(messages.iter().any(|m| m.starts_with("unknown projection argument `colour`")));
+        assert!(messages.iter().any(|m| m == "`partitions` must be at least 1"));
+        assert!(messages.iter().any(|m| m == "`A` is listed twice in `events(...)`"));
+        assert!(messages.iter().any(|m| m.starts_with("`#[projection]` must be on a struct")));
+        assert!(
+            messages.iter().any(|m| m.starts_with("`#[projection]` structs cannot be generic"))
+        );
+    }
+
+    #[test]
+    fn event_defaults_and_upcast() {
+        let input: syn::DeriveInput = syn::parse_quote! {
+            #[event(context = "Identity", aggregate = "User", version = 2, upcast_from = V1)]
+            struct UserCreated { email: String }
+        };
+        let model = EventModel::from_input(&input).expect("valid");
+        assert_eq!((model.name.value(), model.version), ("UserCreated".to_owned(), 2));
+        let code = super::event(&model).to_string();
+        assert!(
+            code.contains(
+                "< V1 as :: pupsource :: DomainEvent > :: decode_payload (payload , version)"
+            ),
+            "{code}"
+        );
+        assert!(code.contains("const VERSION : u32 = 2u32"), "{code}");
+    }
+
+    #[test]
+    fn main_takes_no_arguments() {
+        assert!(super::main(quote!()).is_ok());
+        let err = super::main(quote!(workers = 4)).expect_err("arguments are refused");
+        assert!(err.to_string().starts_with("`pupsource::main!()` takes no arguments"));
+    }
 }

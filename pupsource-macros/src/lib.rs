@@ -43,11 +43,9 @@ pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(input) => input,
         Err(err) => return with_error(item2, &err),
     };
-    let args = match parse::ProjectionArgs::parse(args.into()) {
-        Ok(args) => args,
-        Err(err) => return with_error(item2, &err),
-    };
-    match model::ProjectionModel::new(&input, args) {
+    let mut errors = parse::Errors::default();
+    let args = parse::ProjectionArgs::parse(args.into(), &mut errors);
+    match model::ProjectionModel::new(&input, args, errors) {
         Ok(model) => {
             let generated = expand::projection(&model);
             quote::quote!(#item2 #generated).into()
@@ -61,7 +59,13 @@ pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
 pub fn main(input: TokenStream) -> TokenStream {
     match expand::main(input.into()) {
         Ok(tokens) => tokens.into(),
-        Err(err) => err.to_compile_error().into(),
+        // An empty `fn main` too, so the error is the only one.
+        Err(err) => with_error(
+            quote::quote!(
+                fn main() {}
+            ),
+            &err,
+        ),
     }
 }
 

@@ -34,13 +34,7 @@ impl EventModel {
                 "`#[derive(Event)]` types cannot be generic: each stored event type maps to one Rust type",
             ));
         }
-        let args = match EventArgs::parse(&input.attrs) {
-            Ok(args) => args,
-            Err(err) => {
-                errors.push(err);
-                EventArgs::default()
-            }
-        };
+        let args = EventArgs::parse(&input.attrs, &mut errors);
         let anchor = input
             .attrs
             .iter()
@@ -120,8 +114,13 @@ pub(crate) struct ProjectionModel {
 }
 
 impl ProjectionModel {
-    pub(crate) fn new(input: &DeriveInput, args: ProjectionArgs) -> syn::Result<Self> {
-        let mut errors = Errors::default();
+    /// Builds the model; `errors` already holds the argument parser's problems, so every
+    /// problem is reported at once.
+    pub(crate) fn new(
+        input: &DeriveInput,
+        args: ProjectionArgs,
+        mut errors: Errors,
+    ) -> syn::Result<Self> {
         match &input.data {
             Data::Struct(_) => {}
             Data::Enum(data) => errors.push(syn::Error::new_spanned(

@@ -70,11 +70,11 @@ const PROJECTION_KEYS: &str =
     "`partitions`, `name`, `events`, `contexts`, `aggregates`, `new`, `reset`";
 
 impl ProjectionArgs {
-    pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Self> {
+    /// Parses what it can; problems go to `errors`, so the model can report its own too.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Self {
         let mut args = ProjectionArgs::default();
-        let mut errors = Errors::default();
         let what = "projection";
-        syn::meta::parser(|meta| {
+        let parsed = syn::meta::parser(|meta| {
             let key = meta.path.clone();
             let name = key.get_ident().map(ToString::to_string).unwrap_or_default();
             match name.as_str() {
@@ -84,25 +84,25 @@ impl ProjectionArgs {
                         syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(int), .. }) => IntArg::Int(int),
                         other => IntArg::Other(other),
                     };
-                    args.partitions.set(&key, value, what, &mut errors);
+                    args.partitions.set(&key, value, what, errors);
                 }
                 "name" => {
                     let value = meta.value()?.parse()?;
-                    args.name.set(&key, value, what, &mut errors);
+                    args.name.set(&key, value, what, errors);
                 }
                 "new" | "reset" => {
                     let value: Path = meta.value()?.parse()?;
                     let slot = if name == "new" { &mut args.new } else { &mut args.reset };
-                    slot.set(&key, value, what, &mut errors);
+                    slot.set(&key, value, what, errors);
                 }
                 "events" => {
                     let list = list_of::<Path>(&meta)?;
-                    args.events.set(&key, list, what, &mut errors);
+                    args.events.set(&key, list, what, errors);
                 }
                 "contexts" | "aggregates" => {
                     let list = list_of::<LitStr>(&meta)?;
                     let slot = if name == "contexts" { &mut args.contexts } else { &mut args.aggregates };
-                    slot.set(&key, list, what, &mut errors);
+                    slot.set(&key, list, what, errors);
                 }
                 _ => {
                     errors.push(syn::Error::new_spanned(
@@ -114,8 +114,11 @@ impl ProjectionArgs {
             }
             Ok(())
         })
-        .parse2(tokens)?;
-        errors.finish(args)
+        .parse2(tokens);
+        if let Err(err) = parsed {
+            errors.push(err);
+        }
+        args
     }
 }
 
@@ -132,10 +135,9 @@ pub(crate) struct EventArgs {
 const EVENT_KEYS: &str = "`context`, `aggregate`, `name`, `version`, `upcast_from`";
 
 impl EventArgs {
-    /// Parses every `#[event(...)]` attribute of the type.
-    pub(crate) fn parse(attrs: &[syn::Attribute]) -> syn::Result<Self> {
+    /// Parses every `#[event(...)]` attribute of the type; problems go to `errors`.
+    pub(crate) fn parse(attrs: &[syn::Attribute], errors: &mut Errors) -> Self {
         let mut args = EventArgs::default();
-        let mut errors = Errors::default();
         let what = "event";
         for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -149,7 +151,7 @@ impl EventArgs {
                             "aggregate" => &mut args.aggregate,
                             _ => &mut args.name,
                         };
-                        slot.set(&key, value, what, &mut errors);
+                        slot.set(&key, value, what, errors);
                     }
                     "version" => {
                         let expr: syn::Expr = meta.value()?.parse()?;
@@ -159,11 +161,11 @@ impl EventArgs {
                             }
                             other => IntArg::Other(other),
                         };
-                        args.version.set(&key, value, what, &mut errors);
+                        args.version.set(&key, value, what, errors);
                     }
                     "upcast_from" => {
                         let value: Path = meta.value()?.parse()?;
-                        args.upcast_from.set(&key, value, what, &mut errors);
+                        args.upcast_from.set(&key, value, what, errors);
                     }
                     _ => {
                         errors.push(syn::Error::new_spanned(
@@ -181,7 +183,7 @@ impl EventArgs {
                 errors.push(err);
             }
         }
-        errors.finish(args)
+        args
     }
 }
 

@@ -7,9 +7,6 @@ pub use serde_json;
 pub use std::boxed::Box;
 pub use std::sync::Arc;
 
-/// Asserts at compile time that a projection can be shared by all its partitions.
-pub const fn assert_send_sync<T: ?Sized + Send + Sync + 'static>() {}
-
 /// Whether two strings are equal, in a `const` context.
 pub const fn same_str(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());

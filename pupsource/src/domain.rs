@@ -204,7 +204,7 @@ impl<E> Deref for Envelope<E> {
     label = "missing `impl pupsource::Handle<{E}> for {Self}`",
     note = "add `impl pupsource::Handle<{E}> for {Self} {{ async fn handle(&self, event: pupsource::Envelope<{E}>, cx: &mut pupsource::Context<'_>) -> pupsource::HandlerResult {{ … }} }}`"
 )]
-pub trait Handle<E: DomainEvent>: Send + Sync {
+pub trait Handle<E: DomainEvent> {
     /// Handles one event.
     fn handle(
         &self,
@@ -220,7 +220,7 @@ pub trait Handle<E: DomainEvent>: Send + Sync {
     label = "missing `impl pupsource::HandleRaw for {Self}`",
     note = "list the typed events it handles with `#[projection(events(...))]`, or implement `pupsource::HandleRaw` to receive every event"
 )]
-pub trait HandleRaw: Send + Sync {
+pub trait HandleRaw {
     /// Handles one event.
     fn handle(
         &self,

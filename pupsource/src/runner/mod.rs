@@ -7,7 +7,7 @@
 //! here", which lets a partition that received nothing advance its checkpoint too.
 //!
 //! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it
-//! (see [`crate::checkpoint`]). Events of one aggregate share a partition and arrive in log
+//! (layout changes are handled as the `checkpoint` module explains). Events of one aggregate share a partition and arrive in log
 //! order, which is version order. A handler error rolls the batch back; the batch is then
 //! redone one event per transaction, the failing event retried with exponential backoff, and
 //! finally the projection stops ([`ErrorPolicy::Stop`], the default) or the event and every

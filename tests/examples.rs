@@ -1,4 +1,4 @@
-//! The counter example, run as a user runs it: its binary, on SQLite (the default database
+//! The examples' binaries, run as a user runs them. The counter example: its binary, on SQLite (the default database
 //! file in the working directory) and on PostgreSQL; its printed totals are checked against
 //! counts taken from the database.
 
@@ -10,12 +10,12 @@ use std::process::Command;
 use pupsource::{Event, EventStore, ExpectedVersion, SqliteStore, StreamId};
 use serde_json::json;
 
-/// The example's binary, built by `cargo build --examples` (the README's test command
-/// builds every target).
-fn counter_binary() -> PathBuf {
+/// An example's binary, built by `cargo build --examples` (the README's test command builds
+/// every target).
+fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let target = exe.parent().and_then(Path::parent).expect("target dir");
-    let binary = target.join("examples").join(format!("counter{}", std::env::consts::EXE_SUFFIX));
+    let binary = target.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.exists(),
         "{} is missing: build it with `cargo build --examples` (or run the README's test command)",
@@ -31,7 +31,7 @@ struct Output {
 }
 
 fn run_counter(dir: &Path, database_url: Option<&str>, args: &[&str]) -> Output {
-    let mut command = Command::new(counter_binary());
+    let mut command = Command::new(example_binary("counter"));
     command.current_dir(dir).args(args).env_remove("DATABASE_URL").env_remove("RUST_LOG");
     if let Some(url) = database_url {
         command.env("DATABASE_URL", url);
@@ -49,7 +49,7 @@ fn figure(stdout: &str, label: &str) -> i64 {
     stdout
         .lines()
         .find_map(|line| line.strip_prefix(label))
-        .and_then(|rest| rest.trim().split_whitespace().next().map(str::to_owned))
+        .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no `{label}` figure in:\n{stdout}"))
 }
@@ -156,4 +156,43 @@ fn bad_flags_and_urls_are_one_line_and_a_failure_exit() {
         assert!(lines[0].starts_with(expected), "{args:?}: {:?}", lines[0]);
         assert!(!out.stderr.contains("panicked"));
     }
+}
+
+/// `pupsource::main!()` as a user writes it: the `single_worker` example lists its projection
+/// and handles exactly the events of its type, once, across runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_macro_binary_lists_and_runs_its_projection() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let binary = example_binary("single_worker");
+    let run = |args: &[&str]| {
+        let output = Command::new(&binary)
+            .current_dir(dir.path())
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run single_worker");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(run(&["list"]), "welcome_emails\t1 partitions\n");
+
+    let store =
+        SqliteStore::connect(&format!("sqlite://{}", dir.path().join("pupsource.db").display()))
+            .await
+            .expect("open");
+    for i in 0..5 {
+        let user = StreamId::new("Identity", "User", format!("u{i}"));
+        let events = [
+            Event::new(&user, "UserRegistered", json!({ "email": format!("u{i}@example.com") })),
+            Event::new(&user, "UserRenamed", json!({ "name": "x" })),
+        ];
+        store.append_and_commit(ExpectedVersion::NoStream, &events).await.expect("append");
+    }
+    let first = run(&["--until-caught-up"]);
+    let emails: Vec<&str> = first.lines().filter(|l| l.starts_with("welcome email")).collect();
+    assert_eq!(emails.len(), 5, "{first}");
+    for i in 0..5 {
+        assert!(first.contains(&format!("to u{i}@example.com")), "{first}");
+    }
+    assert_eq!(run(&["--until-caught-up"]), "", "nothing is sent twice");
 }

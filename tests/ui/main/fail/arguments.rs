@@ -1,0 +1,1 @@
+pupsource::main!(workers = 4);

@@ -1,0 +1,11 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, pupsource::Event)]
+#[event(context = "Identity", aggregate = "User")]
+struct UserCreated {}
+
+#[pupsource::projection(events(UserCreated, UserCreated))]
+#[derive(Default)]
+struct Counter;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[pupsource::projection(partitions = 4, partitions = 8)]
+#[derive(Default)]
+struct Counter;
+
+fn main() {}

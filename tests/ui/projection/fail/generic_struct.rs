@@ -1,0 +1,7 @@
+#[pupsource::projection]
+#[derive(Default)]
+struct Counter<T> {
+    inner: T,
+}
+
+fn main() {}

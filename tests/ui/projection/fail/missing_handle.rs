@@ -1,0 +1,22 @@
+use pupsource::{Context, Envelope, Handle, HandlerResult};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, pupsource::Event)]
+#[event(context = "Identity", aggregate = "User")]
+struct UserCreated {}
+
+#[derive(Serialize, Deserialize, pupsource::Event)]
+#[event(context = "Identity", aggregate = "User")]
+struct UserDeleted {}
+
+#[pupsource::projection(events(UserCreated, UserDeleted))]
+#[derive(Default)]
+struct Counter;
+
+impl Handle<UserCreated> for Counter {
+    async fn handle(&self, _: Envelope<UserCreated>, _: &mut Context<'_>) -> HandlerResult {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[pupsource::projection(partitions = 2)]
+enum Counter {
+    A,
+}
+
+fn main() {}

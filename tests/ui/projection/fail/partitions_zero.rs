@@ -1,0 +1,5 @@
+#[pupsource::projection(partitions = 0)]
+#[derive(Default)]
+struct Counter;
+
+fn main() {}

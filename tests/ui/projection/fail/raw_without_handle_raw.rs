@@ -1,0 +1,5 @@
+#[pupsource::projection(contexts("Sales"))]
+#[derive(Default)]
+struct Publisher;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[pupsource::projection(partition = 4, worker = 2)]
+#[derive(Default)]
+struct Counter;
+
+fn main() {}
