@@ -1,9 +1,11 @@
-//! The examples' binaries, run as a user runs them. The counter example: its binary, on SQLite (the default database
-//! file in the working directory) and on PostgreSQL; its printed totals are checked against
-//! counts taken from the database.
+//! The examples' binaries, run as a user runs them, each in a temporary working directory.
+//! Their output is checked against what must hold: counts consistent with what was appended,
+//! and with the database where it outlives the run. The counter example runs on SQLite (the
+//! default database file in the working directory) and on PostgreSQL.
 
 mod common;
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -28,20 +30,68 @@ struct Output {
     stdout: String,
     stderr: String,
     success: bool,
+    code: Option<i32>,
 }
 
-fn run_counter(dir: &Path, database_url: Option<&str>, args: &[&str]) -> Output {
-    let mut command = Command::new(example_binary("counter"));
+/// Runs example `name` in `dir` with `args`; `DATABASE_URL` and `RUST_LOG` are unset unless
+/// `env` sets them.
+fn run_example(name: &str, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(example_binary(name));
     command.current_dir(dir).args(args).env_remove("DATABASE_URL").env_remove("RUST_LOG");
-    if let Some(url) = database_url {
-        command.env("DATABASE_URL", url);
-    }
-    let output = command.output().expect("run the counter example");
+    command.envs(env.iter().copied());
+    let output = command.output().unwrap_or_else(|e| panic!("run the {name} example: {e}"));
     Output {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         success: output.status.success(),
+        code: output.status.code(),
     }
+}
+
+/// Runs an example that must succeed; returns its stdout.
+fn stdout_of(name: &str, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = run_example(name, dir, env, args);
+    assert!(out.success, "{name} {args:?} failed:\n{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{name} {args:?}: {}", out.stderr);
+    out.stdout
+}
+
+fn run_counter(dir: &Path, database_url: Option<&str>, args: &[&str]) -> Output {
+    let env: Vec<(&str, &str)> =
+        database_url.map(|url| ("DATABASE_URL", url)).into_iter().collect();
+    run_example("counter", dir, &env, args)
+}
+
+/// The first line of `text` that starts with `prefix`.
+fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with `{prefix}` in:\n{text}"))
+}
+
+/// The number right after the first occurrence of `before` in `text`.
+fn number_after(text: &str, before: &str) -> u64 {
+    text.find(before)
+        .map(|at| &text[at + before.len()..])
+        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{before}` in:\n{text}"))
+}
+
+/// The text between `start` and the next `end` in `text`.
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    text.split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(inside, _)| inside)
+        .unwrap_or_else(|| panic!("no `{start}…{end}` in:\n{text}"))
+}
+
+/// The positions of a SQLite file's log, as the examples print them.
+async fn log_positions(file: &Path) -> Vec<String> {
+    let store = SqliteStore::connect(&format!("sqlite://{}", file.display())).await.expect("open");
+    let log = common::whole_log(&store).await;
+    store.pool().close().await;
+    log.iter().map(|e| e.position.to_string()).collect()
 }
 
 /// The number after `label` on the summary line that starts with it.
@@ -195,4 +245,430 @@ async fn main_macro_binary_lists_and_runs_its_projection() {
         assert!(first.contains(&format!("to u{i}@example.com")), "{first}");
     }
     assert_eq!(run(&["--until-caught-up"]), "", "nothing is sent twice");
+}
+
+/// `basic`: what it appends it reads back, and its projection handles exactly the events not
+/// handled before: on the second run, only the second run's (the checkpoint is in the file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_example_reads_back_and_projects_each_event_once_across_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut handled = Vec::new();
+    for _ in 0..2 {
+        let out = stdout_of("basic", dir.path(), &[], &[]);
+        let appended = number_after(&out, "appended ");
+        assert!(appended > 0, "{out}");
+        let stream = between(line(&out, "appended "), " events to ", ": versions ");
+        assert_eq!(number_after(&out, "read back "), appended, "{out}");
+        assert_eq!(number_after(&out, ", stream version "), appended, "{out}");
+        let listed: Vec<&str> = out.lines().filter(|l| l.starts_with("  v")).collect();
+        assert_eq!(listed.len() as u64, appended, "{out}");
+
+        assert_eq!(number_after(&out, "projection user_directory handled "), appended, "{out}");
+        let this_run: Vec<&str> = out.lines().filter(|l| l.starts_with("  position ")).collect();
+        assert_eq!(this_run.len() as u64, appended, "{out}");
+        assert!(this_run.iter().all(|l| l.contains(stream)), "only this run's user:\n{out}");
+        assert!(this_run[0].ends_with("registered with ada@example.com"), "{out}");
+        assert!(this_run[1].ends_with("renamed to Ada Lovelace"), "in version order:\n{out}");
+        handled.extend(this_run.iter().map(|l| between(l, "  position ", ":").to_owned()));
+    }
+    assert_eq!(handled, log_positions(&dir.path().join("pupsource-basic.db")).await);
+}
+
+/// Partition lines (`  partition i/n: k events`) under each projection's heading, by name.
+fn partitions_by_projection(out: &str) -> BTreeMap<String, Vec<(String, u64)>> {
+    let mut sections: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut current = None;
+    for line in out.lines() {
+        if let Some(partition) = line.strip_prefix("  partition ") {
+            let name: &String = current.as_ref().expect("a heading before its partitions");
+            let (partition, rest) = partition.split_once(": ").expect("`i/n: k events`");
+            let events = number_after(rest, "");
+            sections.entry(name.clone()).or_default().push((partition.to_owned(), events));
+        } else {
+            current = line.split_once(" (").map(|(name, _)| name.to_owned());
+        }
+    }
+    sections
+}
+
+#[test]
+fn multiple_projections_example_splits_each_projection_its_own_way() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = stdout_of("multiple_projections", dir.path(), &[], &[]);
+    let appended = line(&out, "appended ");
+    let users = number_after(appended, "events: ");
+    let changes = number_after(appended, "users registered, ");
+    let orders = number_after(appended, "email changes, ");
+    let shipped = number_after(appended, "orders placed, ");
+    let revenue = number_after(appended, "orders shipped, revenue ");
+    assert_eq!(number_after(appended, "appended "), users + changes + orders + shipped);
+    assert!(users > 0 && changes > 0 && orders > 0 && shipped > 0, "{out}");
+
+    let directory = line(&out, "user_directory (1 partition): ");
+    assert_eq!(number_after(directory, "): "), users, "{out}");
+    assert_eq!(number_after(directory, "users, "), changes, "{out}");
+    let sales = line(&out, "sales_report (4 partitions): ");
+    assert_eq!(number_after(sales, "): "), orders, "{out}");
+    assert_eq!(number_after(sales, "placed, "), shipped, "{out}");
+    assert_eq!(number_after(sales, "revenue "), revenue, "{out}");
+    let shipping = line(&out, "shipping_board (2 partitions): ");
+    assert_eq!(number_after(shipping, "): "), shipped, "{out}");
+
+    // Each projection's events were split among its own partitions, each handled once.
+    let sections = partitions_by_projection(&out);
+    for (name, count, events) in [
+        ("user_directory", 1, users + changes),
+        ("sales_report", 4, orders + shipped),
+        ("shipping_board", 2, shipped),
+    ] {
+        let partitions = &sections[name];
+        for (partition, _) in partitions {
+            let (index, of) = partition.split_once('/').expect("i/n");
+            assert_eq!(of, count.to_string(), "{name}: {out}");
+            assert!(index.parse::<u32>().expect("index") < count, "{name}: {out}");
+        }
+        assert_eq!(partitions.iter().map(|p| p.1).sum::<u64>(), events, "{name}: {out}");
+    }
+}
+
+/// `name: N events: A=1 B=2`: the total and the count of each event type.
+fn received(out: &str, name: &str) -> (u64, BTreeMap<String, u64>) {
+    let prefix = format!("{name}: ");
+    let line = line(out, &prefix);
+    let (total, by_type) =
+        line[prefix.len()..].split_once(" events: ").unwrap_or_else(|| panic!("`{line}`"));
+    let by_type = by_type
+        .split_whitespace()
+        .map(|pair| pair.split_once('=').expect("TYPE=N"))
+        .map(|(t, n)| (t.to_owned(), n.parse().expect("a count")))
+        .collect();
+    (total.parse().expect("a total"), by_type)
+}
+
+#[test]
+fn scoped_projections_example_delivers_each_projection_its_scope_and_the_publisher_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = stdout_of("scoped_projections", dir.path(), &[], &[]);
+    let (total, appended) = received(&out, "appended");
+    assert_eq!(appended.values().sum::<u64>(), total);
+    for event_type in ["UserCreated", "UserDeactivated", "OrderPlaced", "ProductAdded"] {
+        assert!(appended.get(event_type).is_some_and(|&n| n > 0), "{event_type}: {out}");
+    }
+    let only = |types: &[&str]| -> BTreeMap<String, u64> {
+        appended
+            .iter()
+            .filter(|(t, _)| types.contains(&t.as_str()))
+            .map(|(t, n)| (t.clone(), *n))
+            .collect()
+    };
+    for (projection, expected) in [
+        ("user_read_model", only(&["UserCreated"])),
+        ("order_read_model", only(&["OrderPlaced"])),
+        // contexts("Sales", "Catalog")
+        ("commerce_audit", only(&["OrderPlaced", "ProductAdded"])),
+        ("integration_publisher", appended.clone()),
+    ] {
+        let (handled, by_type) = received(&out, projection);
+        assert_eq!(by_type, expected, "{projection}: {out}");
+        assert_eq!(handled, expected.values().sum::<u64>(), "{projection}: {out}");
+    }
+    let keys: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("publish "))
+        .map(|l| between(l, "(key ", ")"))
+        .collect();
+    assert_eq!(keys.len() as u64, total, "one publication per event:\n{out}");
+    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len(), "distinct keys:\n{out}");
+}
+
+/// The positions a `stop_resume process` run printed, in order.
+fn processed(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("processed #"))
+        .map(|l| between(l, " at position ", ":").to_owned())
+        .collect()
+}
+
+/// `stop_resume`: stopped after a few events, resumed, given more events: every event of the
+/// log is processed exactly once, in order, and status agrees with each run's summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_resume_example_resumes_exactly_after_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pupsource-stop-resume.db");
+    let run = |args: &[&str]| stdout_of("stop_resume", dir.path(), &[], args);
+    assert_eq!(run(&["status"]), "reliable_projection: not started\n");
+    assert!(run(&["append", "50"]).starts_with("appended 50 events"));
+    let log = log_positions(&file).await;
+    assert_eq!(log.len(), 50);
+
+    let first = run(&["process", "--stop-after", "4"]);
+    assert!(first.starts_with("starting from the beginning of the log\n"), "{first}");
+    let first_positions = processed(&first);
+    // On shutdown each worker finishes its batch in flight (of one event here) and no more
+    // (`pupsource::runner`): the run stops well short of 50.
+    assert!((4..50).contains(&first_positions.len()), "{first}");
+    assert_eq!(first_positions, log[..first_positions.len()], "in log order, from the start");
+    let checkpoint = first_positions.last().expect("some processed");
+    let to_go = 50 - first_positions.len() as u64;
+    let summary = format!(
+        "processed {} events in this run; checkpoint {checkpoint}, {to_go} events to go\n",
+        first_positions.len()
+    );
+    assert!(first.ends_with(&summary), "{first}");
+    assert_eq!(
+        run(&["status"]),
+        format!("reliable_projection: checkpoint {checkpoint}, {to_go} events to go\n")
+    );
+
+    let second = run(&["process"]);
+    assert!(second.starts_with(&format!("resuming after checkpoint {checkpoint}\n")), "{second}");
+    let second_positions = processed(&second);
+    assert_eq!(second_positions, log[first_positions.len()..], "exactly the rest:\n{second}");
+    assert!(second.ends_with(", 0 events to go\n"), "{second}");
+
+    assert!(run(&["append", "5"]).starts_with("appended 5 events"));
+    let log = log_positions(&file).await;
+    let third = run(&["process"]);
+    assert_eq!(processed(&third), log[50..], "only the new events:\n{third}");
+    let fourth = run(&["process"]);
+    assert!(processed(&fourth).is_empty(), "{fourth}");
+    assert!(fourth.contains(&format!("resuming after checkpoint {}\n", log[54])), "{fourth}");
+
+    let bad = run_example("stop_resume", dir.path(), &[], &["process", "--stop-after", "x"]);
+    assert_eq!(bad.code, Some(2));
+    assert!(bad.stderr.starts_with("usage: stop_resume "), "{}", bad.stderr);
+}
+
+/// `with_logging`: the runner's `projection.batch` spans and a handler's retry show up in the
+/// log, with fields that account for every event; the summary is on stdout.
+#[test]
+fn with_logging_example_logs_batches_and_retries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_example("with_logging", dir.path(), &[("RUST_LOG", "info,pupsource=debug")], &[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let users = number_after(&out.stdout, "users registered: ");
+    assert!(users > 0);
+    assert_eq!(number_after(&out.stdout, "welcome emails delivered: "), users, "{}", out.stdout);
+    assert_eq!(number_after(&out.stdout, "events handled: "), users, "{}", out.stdout);
+
+    // One closed span per batch; their `events` fields add up to every event, once.
+    let closed: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" projection.batch{") && l.contains("pupsource::runner: close"))
+        .collect();
+    assert!(!closed.is_empty(), "{}", out.stderr);
+    let mut batched = 0;
+    for line in &closed {
+        let fields = between(line, "projection.batch{", "}");
+        assert!(fields.starts_with("projection=welcome_emails partition="), "{line}");
+        let partition = between(fields, "partition=", " ");
+        assert!(["0/2", "1/2"].contains(&partition), "{line}");
+        number_after(fields, "position=");
+        batched += number_after(fields, "events=");
+    }
+    assert_eq!(batched, users, "{}", out.stderr);
+
+    let in_span = |level: &str, message: &str| {
+        out.stderr.lines().any(|l| {
+            l.contains(level)
+                && l.contains("projection.batch{projection=welcome_emails")
+                && l.contains(message)
+        })
+    };
+    assert!(in_span("INFO", "with_logging: welcome email sent"), "{}", out.stderr);
+    assert!(in_span("DEBUG", "handler failed in batch"), "{}", out.stderr);
+    assert!(in_span("WARN", "attempt=1 error=mail server busy"), "{}", out.stderr);
+    assert!(out.stderr.contains("projection stopped projection=welcome_emails"), "{}", out.stderr);
+    assert!(!out.stdout.contains("INFO"), "logs go to stderr");
+}
+
+/// `sqlite_basic`: on a given file that outlives it, twice; and on a temporary one that does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_basic_example_appends_reads_and_refuses_a_stale_writer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("orders.db");
+    let path = file.to_str().expect("a UTF-8 path");
+    let mut version = 0;
+    for run in 1..=2 {
+        let out = stdout_of("sqlite_basic", dir.path(), &[], &[path]);
+        assert_eq!(line(&out, "event store: "), format!("event store: {path}"));
+        let appended = line(&out, "appended to ");
+        let stream = between(appended, "appended to ", ": versions ");
+        version = number_after(appended, "..=");
+        assert_eq!(
+            line(&out, "stream "),
+            format!("stream {stream} is at version {version} with {version} events:")
+        );
+        let listed: Vec<&str> = out.lines().filter(|l| l.starts_with("  v")).collect();
+        assert_eq!(listed.len() as u64, version, "{out}");
+        let event_type = |l: &&str| l.split_whitespace().nth(1).expect("a type").to_owned();
+        let types: Vec<String> = listed.iter().map(event_type).collect();
+        assert_eq!(
+            line(&out, "versions 2..=3: "),
+            format!("versions 2..=3: {}", types[1..3].join(", "))
+        );
+        let refused = format!(
+            "refused a stale writer: it expected version 1, the stream is at version {version}"
+        );
+        assert_eq!(line(&out, "refused "), refused);
+        assert_eq!(
+            line(&out, "reopened the file: "),
+            format!("reopened the file: {stream} is at version {version}")
+        );
+        // Each run writes one order of its own: the log grows by as much every run.
+        let items = types.iter().filter(|t| *t == "ItemAdded").count() as u64;
+        assert_eq!(number_after(&out, "the log holds "), run * version, "{out}");
+        assert_eq!(number_after(&out, "ItemAdded events in the log: "), run * items, "{out}");
+    }
+    assert_eq!(log_positions(&file).await.len() as u64, 2 * version);
+
+    let out = stdout_of("sqlite_basic", dir.path(), &[], &[]);
+    let temporary = line(&out, "event store: ").trim_start_matches("event store: ");
+    assert!(!Path::new(temporary).starts_with(dir.path()), "{out}");
+    assert!(!Path::new(temporary).exists(), "the temporary file is deleted at exit");
+}
+
+/// `postgres_basic`, in a schema of its own: the caller's transaction, a rollback, a stale
+/// writer, and the read fence; checked against the schema's tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_basic_example_on_a_schema_of_its_own() {
+    let schema = common::PgSchema::create().await;
+    let url = format!("{}?options=-c%20search_path%3D{}", common::postgres_url(), schema.name);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = stdout_of("postgres_basic", dir.path(), &[("DATABASE_URL", &url)], &[]);
+
+    let appended = line(&out, "appended to ");
+    let stream = between(appended, "appended to ", " in one transaction");
+    let version = number_after(appended, "..=");
+    assert_eq!(
+        line(&out, "rolled back an append: "),
+        format!("rolled back an append: {stream} is still at version {version}")
+    );
+    assert_eq!(
+        line(&out, "refused "),
+        format!(
+            "refused a stale writer: it expected version 1, the stream is at version {version}"
+        )
+    );
+    assert_eq!(
+        line(&out, "stream "),
+        format!("stream {stream} is at version {version} with {version} events:")
+    );
+    let listed: Vec<&str> = out.lines().filter(|l| l.starts_with("  v")).collect();
+    assert_eq!(listed.len() as u64, version, "{out}");
+    assert!(
+        listed.iter().all(|l| l.contains("@tx")),
+        "PostgreSQL positions name their transaction"
+    );
+
+    // The second order committed first, yet neither is visible while the first's
+    // transaction is open; then both are, the first one first.
+    assert_eq!(
+        line(&out, "while the first order's transaction is open, "),
+        "while the first order's transaction is open, readers see 0 of the 2 new orders"
+    );
+    let seen = line(&out, "once it committed, readers see: ");
+    let first = seen.find("first at ").expect("the first order is seen");
+    let second = seen.find("second at ").expect("the second order is seen");
+    assert!(first < second, "{seen}");
+
+    let pool = schema.pool(1).await;
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_type, count(*) FROM events GROUP BY event_type ORDER BY event_type",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("count events");
+    pool.close().await;
+    // The order's events as listed, and the two orders of the fence.
+    let listed_of = |t: &str| listed.iter().filter(|l| l.contains(&format!(" {t} at "))).count();
+    let expected = vec![
+        ("ItemAdded".to_owned(), listed_of("ItemAdded") as i64),
+        ("OrderPlaced".to_owned(), listed_of("OrderPlaced") as i64 + 2),
+    ];
+    assert_eq!(stored, expected, "nothing of the rollback or the stale writer is stored");
+}
+
+#[test]
+fn postgres_basic_example_without_a_postgres_url_is_one_line_and_a_failure_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for env in [&[][..], &[("DATABASE_URL", "sqlite::memory:")][..]] {
+        let out = run_example("postgres_basic", dir.path(), env, &[]);
+        assert_eq!(out.code, Some(2), "{env:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{env:?}: {}", out.stderr);
+        assert!(lines[0].starts_with("error: postgres_basic needs DATABASE_URL=postgres://"));
+    }
+}
+
+/// `optimistic_concurrency`: concurrent withdrawals, each retried on conflicts, all applied
+/// exactly once; an overdraft refused.
+#[test]
+fn optimistic_concurrency_example_loses_no_withdrawal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (tasks, per_task) = (6, 20);
+    let args = [tasks.to_string(), per_task.to_string()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = stdout_of("optimistic_concurrency", dir.path(), &[], &args);
+    let opened = number_after(line(&out, "opened account "), " with ");
+    let plan = line(&out, &format!("{tasks} tasks withdraw {per_task} times "));
+    let amount = number_after(plan, " times ");
+    let expected = opened - tasks * per_task * amount;
+
+    let result = line(&out, "final balance ");
+    assert_eq!(number_after(result, "final balance "), expected, "{out}");
+    assert_eq!(number_after(result, "(expected "), expected, "{out}");
+    let version = 1 + tasks * per_task;
+    assert_eq!(number_after(result, "stream version "), version, "one event per withdrawal");
+    // How many conflicts depends on the interleaving; that it is reported does not.
+    number_after(result, &format!("stream version {version}, "));
+    assert!(result.ends_with(" conflicts retried"), "{result}");
+    assert_eq!(
+        line(&out, "withdrawing "),
+        format!("withdrawing {} cents: refused, the balance is {expected}", expected + 1)
+    );
+}
+
+/// `typed_events`: a version 1 event stored as raw JSON decodes as version 2 through the
+/// upcast; what cannot be decoded is refused with the reason.
+#[test]
+fn typed_events_example_upcasts_v1_and_refuses_what_it_cannot_decode() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = stdout_of("typed_events", dir.path(), &[], &[]);
+    let current = number_after(&out, "current schema version ");
+    assert!(current > 1, "{out}");
+
+    let v1: serde_json::Value = serde_json::from_str(
+        line(&out, "appending v1 as raw JSON: ").trim_start_matches("appending v1 as raw JSON: "),
+    )
+    .expect("the raw payload is JSON");
+    let name = v1["name"].as_str().expect("v1 has a full name");
+    let (first, last) = name.split_once(' ').expect("first and last name");
+    let ada = line(&out, "ada: ");
+    assert!(ada.starts_with("ada: stored as v1, decoded as UserRegistered {"), "{ada}");
+    assert!(ada.contains(&format!("first_name: {first:?}, last_name: {last:?}")), "{ada}");
+    assert!(ada.contains(&format!("email: {:?}", v1["email"].as_str().expect("email"))), "{ada}");
+    assert!(ada.contains("(upcast from v1)"), "{ada}");
+
+    let grace = line(&out, "grace: ");
+    assert!(
+        grace.starts_with(&format!("grace: stored as v{current}, decoded as UserRegistered {{"))
+    );
+    assert!(!grace.contains("upcast"), "{grace}");
+    assert!(grace.ends_with("correlation id Some(\"signup-42\")"), "metadata travels: {grace}");
+
+    let future = line(&out, "future: ");
+    assert!(future.starts_with("future: stored as v3, refused: "), "{future}");
+    assert!(future.contains("no decoder for schema version 3"), "{future}");
+    let drifted = line(&out, "drifted: ");
+    assert!(drifted.starts_with(&format!("drifted: stored as v{current}, refused: ")), "{drifted}");
+    assert!(drifted.contains("does not match its type"), "{drifted}");
+
+    let wrong = line(&out, "decoding ada's event as UserRenamed: ");
+    assert!(wrong.ends_with("refused: expected event `UserRenamed`, found `UserRegistered`"));
+    let old = line(&out, "decoding ada's event as UserRegisteredV1: ");
+    assert!(old.contains(&format!("name: {name:?}")), "the old type reads the old shape: {old}");
 }

@@ -193,7 +193,10 @@ impl Error {
                 }
                 Error::Database(err)
             }
+            // A protocol error leaves the connection in an unknown state: sqlx drops it, and a
+            // new one may well work.
             sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed

@@ -96,6 +96,7 @@ pub enum RunMode {
 #[derive(Debug, Default)]
 pub struct Metrics {
     log_reads: AtomicU64,
+    events_read: AtomicU64,
     events_handled: AtomicU64,
     batches: AtomicU64,
 }
@@ -104,6 +105,11 @@ impl Metrics {
     /// How many times a reader queried the log.
     pub fn log_reads(&self) -> u64 {
         self.log_reads.load(Ordering::Relaxed)
+    }
+
+    /// How many events the readers read from the log (each event once per projection).
+    pub fn events_read(&self) -> u64 {
+        self.events_read.load(Ordering::Relaxed)
     }
 
     /// How many events handlers handled successfully.

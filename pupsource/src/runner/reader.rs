@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{Message, Worker};
+use super::worker::{Delivery, Worker};
 use super::{Metrics, RunMode, Settings};
 use crate::error::{Error, Result};
 use crate::event::Position;
@@ -54,7 +54,8 @@ pub(crate) async fn run_projection(
     let mut workers = JoinSet::new();
     let mut senders = Vec::with_capacity(count as usize);
     for index in 0..count {
-        let (tx, rx) = mpsc::channel(settings.batch_size.saturating_mul(2).max(16));
+        // Two pages in flight per partition at most: memory stays bounded however far behind.
+        let (tx, rx) = mpsc::channel(2);
         senders.push(tx);
         let worker = Worker::new(
             store.clone(),
@@ -122,12 +123,13 @@ async fn read_log(
     settings: &Settings,
     metrics: &Metrics,
     cancel: &CancellationToken,
-    senders: Vec<mpsc::Sender<Message>>,
+    senders: Vec<mpsc::Sender<Delivery>>,
     checkpoints: &[Position],
 ) -> Result<()> {
     let scope = projection.scope();
     let count = u32::try_from(senders.len()).unwrap_or(u32::MAX);
-    let page_size = settings.batch_size.saturating_mul(senders.len()).clamp(100, 10_000);
+    // Pages of at least 1,000 events: one query feeds several batches of every partition.
+    let page_size = settings.batch_size.saturating_mul(senders.len()).clamp(1_000, 10_000);
     let mut after = checkpoints.iter().copied().min().unwrap_or(Position::START);
     // Until caught up: every event committed before the run started must be handled.
     let head = match settings.mode {
@@ -179,19 +181,18 @@ async fn read_log(
             continue;
         };
         idle_wait = FIRST_IDLE_WAIT;
+        metrics.events_read.fetch_add(page.len() as u64, Ordering::Relaxed);
         let full_page = page.len() >= page_size;
+        let mut per_partition: Vec<Vec<_>> = senders.iter().map(|_| Vec::new()).collect();
         for event in page {
             let index = partition_of(event.partition_hash, count) as usize;
-            if event.position <= checkpoints[index] {
-                continue;
-            }
-            if !send(cancel, &senders[index], Message::Event(event)).await {
-                return Ok(());
+            if event.position > checkpoints[index] {
+                per_partition[index].push(event);
             }
         }
         after = last;
-        for sender in &senders {
-            if !send(cancel, sender, Message::Marker(after)).await {
+        for (sender, events) in senders.iter().zip(per_partition) {
+            if !send(cancel, sender, Delivery { events, through: after }).await {
                 return Ok(());
             }
         }
@@ -208,8 +209,8 @@ async fn read_log(
 /// Sends unless cancelled first or the worker is gone; returns whether it was sent.
 async fn send(
     cancel: &CancellationToken,
-    sender: &mpsc::Sender<Message>,
-    message: Message,
+    sender: &mpsc::Sender<Delivery>,
+    message: Delivery,
 ) -> bool {
     tokio::select! {
         () = cancel.cancelled() => false,

@@ -1,6 +1,6 @@
 //! The worker of one partition: handles batches in transactions that also write its checkpoint.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -16,17 +16,13 @@ use crate::event::{PersistedEvent, Position, StreamId};
 use crate::projection::{Context, Partition, Projection};
 use crate::store::{BatchTx, Store};
 
-/// What the reader sends a worker.
+/// What the reader sends a worker after each page of the log: the page's events of this
+/// partition (in log order), and that every event of the partition up to `through` has now
+/// been sent, so an idle partition's checkpoint can move too.
 #[derive(Debug)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "nearly every message is an event; boxing would cost an allocation per event"
-)]
-pub(crate) enum Message {
-    /// An event of this partition, in log order.
-    Event(PersistedEvent),
-    /// Every event of this partition up to here has been sent.
-    Marker(Position),
+pub(crate) struct Delivery {
+    pub(crate) events: Vec<PersistedEvent>,
+    pub(crate) through: Position,
 }
 
 /// Whether a batch went through or the worker was told to stop meanwhile.
@@ -79,40 +75,58 @@ impl Worker {
         }
     }
 
-    /// Handles batches until the reader is done or the worker is cancelled.
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Message>) -> Result<()> {
+    /// Handles batches until the reader is done or the worker is cancelled. A batch is up to
+    /// `batch_size` events, taken from as many deliveries as are waiting.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Delivery>) -> Result<()> {
+        let mut pending: VecDeque<PersistedEvent> = VecDeque::new();
+        let mut through = self.checkpoint;
         loop {
-            let first = tokio::select! {
-                () = self.cancel.cancelled() => return Ok(()),
-                message = rx.recv() => match message {
-                    Some(message) => message,
-                    None => return Ok(()),
-                },
-            };
-            let mut events = Vec::new();
-            let mut through = self.checkpoint;
-            let mut message = Some(first);
-            while let Some(m) = message.take() {
-                match m {
-                    Message::Event(event) => {
-                        through = through.max(event.position);
-                        if event.position > self.checkpoint {
-                            events.push(event);
-                        }
-                    }
-                    Message::Marker(position) => through = through.max(position),
-                }
-                if events.len() < self.settings.batch_size {
-                    message = rx.try_recv().ok();
+            // Shutdown: the batch in flight was finished; what is still pending is delivered
+            // again from the checkpoint on the next run.
+            if self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            if pending.is_empty() {
+                let delivery = tokio::select! {
+                    () = self.cancel.cancelled() => return Ok(()),
+                    delivery = rx.recv() => match delivery {
+                        Some(delivery) => delivery,
+                        None => return Ok(()),
+                    },
+                };
+                self.accept(delivery, &mut pending, &mut through);
+            }
+            while pending.len() < self.settings.batch_size {
+                match rx.try_recv() {
+                    Ok(delivery) => self.accept(delivery, &mut pending, &mut through),
+                    Err(_) => break,
                 }
             }
-            if through <= self.checkpoint {
+            let take = pending.len().min(self.settings.batch_size);
+            let batch: Vec<PersistedEvent> = pending.drain(..take).collect();
+            // The batch's checkpoint: its last event, or everything delivered when it is the
+            // last of what is pending.
+            let batch_through = match (pending.front(), batch.last()) {
+                (Some(_), Some(last)) => last.position,
+                _ => through,
+            };
+            if batch_through <= self.checkpoint {
                 continue;
             }
-            if let Flow::Cancelled = self.process(&events, through).await? {
+            if let Flow::Cancelled = self.process(&batch, batch_through).await? {
                 return Ok(());
             }
         }
+    }
+
+    fn accept(
+        &self,
+        delivery: Delivery,
+        pending: &mut VecDeque<PersistedEvent>,
+        through: &mut Position,
+    ) {
+        *through = (*through).max(delivery.through);
+        pending.extend(delivery.events.into_iter().filter(|e| e.position > self.checkpoint));
     }
 
     /// Handles `events` and moves the checkpoint to `through`.

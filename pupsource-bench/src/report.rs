@@ -1,0 +1,146 @@
+//! The results table and the BENCHMARKS.md document.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::Sizes;
+
+/// One workload's figures.
+pub(crate) struct Row {
+    pub(crate) backend: &'static str,
+    pub(crate) workload: String,
+    /// Unit of `lib` and `raw`, e.g. "events/s".
+    pub(crate) unit: &'static str,
+    pub(crate) lib: f64,
+    pub(crate) raw: Option<f64>,
+    pub(crate) lib_latency: Option<Latency>,
+    pub(crate) raw_latency: Option<Latency>,
+}
+
+/// Median and 99th percentile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Latency {
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+}
+
+impl Latency {
+    pub(crate) fn of(samples: &mut [Duration]) -> Option<Latency> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            // Nearest-rank percentile.
+            let rank = (q * samples.len() as f64).ceil() as usize;
+            samples[rank.clamp(1, samples.len()) - 1]
+        };
+        Some(Latency { p50: at(0.50), p99: at(0.99) })
+    }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1_000.0)
+}
+
+fn latency(l: Option<Latency>) -> String {
+    l.map_or_else(|| "—".to_owned(), |l| format!("{} / {}", millis(l.p50), millis(l.p99)))
+}
+
+fn figure(value: f64, unit: &str) -> String {
+    if value >= 100.0 { format!("{:.0} {unit}", value) } else { format!("{value:.1} {unit}") }
+}
+
+pub(crate) fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| backend | workload | pupsource | baseline | ratio | p50 / p99 pupsource | p50 / p99 baseline |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        let raw = row.raw.map_or_else(|| "—".to_owned(), |raw| figure(raw, row.unit));
+        let ratio = row
+            .raw
+            .filter(|raw| *raw > 0.0)
+            .map_or_else(|| "—".to_owned(), |raw| format!("{:.2}", row.lib / raw));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.backend,
+            row.workload,
+            figure(row.lib, row.unit),
+            raw,
+            ratio,
+            latency(row.lib_latency),
+            latency(row.raw_latency),
+        );
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
+        })
+        .map_or_else(String::new, |kib| format!(", {:.0} GiB memory", kib as f64 / 1_048_576.0));
+    format!("{cores} cores ({cpu}){memory}")
+}
+
+pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
+    format!(
+        "# Benchmarks\n\n\
+         This file is written by the benchmark binary (`pupsource-bench --write BENCHMARKS.md`); \
+         do not edit it by hand.\n\n\
+         ## Method\n\n\
+         Each workload runs twice in one run, on the same server (PostgreSQL: two schemas; \
+         SQLite: two files in WAL mode) with the tables of pupsource's own migrations: once \
+         through pupsource's public API, once through a baseline written directly on sqlx that \
+         does the minimum work for the same rows (one statement per append, a keyset-paged scan \
+         in the same order for catch-up). Tables are emptied between workloads. The ratio is \
+         pupsource / baseline (higher is better).\n\n\
+         - appends: each writer appends to new streams (`NoStream`) for {append:.1} s; \
+         latency is per committed transaction;\n\
+         - catch-up: {catch_up} preloaded events (about 200-byte JSON payloads over 10,000 \
+         aggregates), a no-op typed projection; time until every partition's checkpoint is at \
+         the head; the baseline decodes the payloads into the same type;\n\
+         - catch-up with a SQL read model: {read_model} events, one upsert per event through \
+         the batch transaction (baseline: the same upserts and a checkpoint write per page of 100);\n\
+         - idle latency: {latency} single-event appends 5 ms apart to a running, idle runner; \
+         time from the append's commit to the handler's call;\n\
+         - peak RSS: the resident set of the whole benchmark process while the 8-partition \
+         catch-up runs (sampled every 10 ms).\n\n\
+         ## Machine\n\n{machine}\n\n\
+         ## Command\n\n```text\n{command}\n```\n\n\
+         ## Results\n\n{table}",
+        append = sizes.append_time.as_secs_f64(),
+        catch_up = sizes.catch_up_events,
+        read_model = sizes.read_model_events,
+        latency = sizes.latency_appends,
+        machine = machine(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let l = Latency::of(&mut samples).expect("samples");
+        assert_eq!((l.p50, l.p99), (Duration::from_millis(50), Duration::from_millis(99)));
+        assert!(Latency::of(&mut []).is_none());
+    }
+}

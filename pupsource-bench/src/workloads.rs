@@ -1,0 +1,325 @@
+//! The workloads, each measured through pupsource and through the baseline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pupsource::runner::Runner;
+use pupsource::{Context, DomainEvent, Envelope, ExpectedVersion, Handle, HandlerResult, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::report::{Latency, Row};
+use crate::{BenchResult, Side, Sizes, baseline};
+
+/// Aggregates the catch-up log is spread over.
+pub(crate) const AGGREGATES: u64 = 10_000;
+
+/// The benchmark's event: about 200 bytes of JSON.
+#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[event(context = "Bench", aggregate = "Account")]
+pub(crate) struct Deposited {
+    pub(crate) account: i64,
+    pub(crate) amount: i64,
+    pub(crate) memo: String,
+}
+
+fn deposit(i: u64) -> Deposited {
+    Deposited { account: (i % AGGREGATES) as i64, amount: (i % 1000) as i64, memo: "m".repeat(140) }
+}
+
+/// Does nothing with its (decoded) events.
+#[pupsource::projection(events(Deposited))]
+#[derive(Default)]
+struct NoOp;
+
+impl Handle<Deposited> for NoOp {
+    async fn handle(&self, event: Envelope<Deposited>, _: &mut Context<'_>) -> HandlerResult {
+        std::hint::black_box(event);
+        Ok(())
+    }
+}
+
+/// One upsert per event, in the batch transaction.
+#[pupsource::projection(events(Deposited))]
+#[derive(Default)]
+struct Balances;
+
+impl Handle<Deposited> for Balances {
+    async fn handle(&self, event: Envelope<Deposited>, cx: &mut Context<'_>) -> HandlerResult {
+        let sql = "INSERT INTO bench_balances (account, total) VALUES ($1, $2) \
+                   ON CONFLICT (account) DO UPDATE SET total = bench_balances.total + excluded.total";
+        pupsource::with_transaction!(cx.transaction(), |tx| {
+            sqlx::query(sql)
+                .bind(event.account)
+                .bind(event.amount)
+                .execute(tx)
+                .await
+                .map(|d| d.rows_affected())
+        })?;
+        Ok(())
+    }
+}
+
+/// Reports when each event reaches its handler.
+struct Arrivals(mpsc::UnboundedSender<(uuid::Uuid, Instant)>);
+
+impl pupsource::Projection for Arrivals {
+    fn name(&self) -> &str {
+        "bench_latency"
+    }
+
+    fn handle<'a>(
+        &'a self,
+        event: &'a pupsource::PersistedEvent,
+        _: &'a mut Context<'_>,
+    ) -> pupsource::projection::HandleFuture<'a> {
+        let _ = self.0.send((event.event_id, Instant::now()));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+pub(crate) async fn all(
+    side: &Side,
+    sizes: Sizes,
+    only: &[String],
+    rows: &mut Vec<Row>,
+) -> BenchResult<()> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if wanted("append") {
+        for writers in [1, 4, 16] {
+            rows.push(appends(side, writers, 1, sizes.append_time).await?);
+        }
+        for writers in [1, 4] {
+            rows.push(appends(side, writers, 100, sizes.append_time).await?);
+        }
+    }
+    if wanted("latency") {
+        rows.push(idle_latency(side, sizes.latency_appends).await?);
+    }
+    if wanted("read-model") {
+        rows.push(read_model(side, sizes).await?);
+    }
+    if wanted("catch-up") {
+        rows.extend(catch_up(side, sizes).await?);
+    }
+    Ok(())
+}
+
+/// `writers` tasks append `per_append` events per transaction to new streams until `time`
+/// has passed: once through pupsource, once through the baseline.
+async fn appends(
+    side: &Side,
+    writers: usize,
+    per_append: usize,
+    time: Duration,
+) -> BenchResult<Row> {
+    baseline::truncate(side).await?;
+    let mut figures = Vec::new();
+    for lib in [true, false] {
+        let started = Instant::now();
+        let deadline = started + time;
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let store = side.store();
+            let raw = !lib;
+            let side = side.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let stream = format!("w{w}-{i}");
+                    let at = Instant::now();
+                    if raw {
+                        let payloads: Vec<String> = (0..per_append as u64)
+                            .map(|k| serde_json::to_string(&deposit(i + k)))
+                            .collect::<Result<_, _>>()?;
+                        baseline::append(&side, &stream, &payloads).await?;
+                    } else {
+                        let events = (0..per_append as u64)
+                            .map(|k| deposit(i + k).to_event(&stream))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        store.append_and_commit(ExpectedVersion::NoStream, &events).await?;
+                    }
+                    latencies.push(at.elapsed());
+                    i += 1;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let events = (latencies.len() * per_append) as f64;
+        figures.push((events / elapsed, Latency::of(&mut latencies)));
+    }
+    let workload = if per_append == 1 {
+        format!("append, 1 event/tx, {writers} writer{}", if writers == 1 { "" } else { "s" })
+    } else {
+        format!(
+            "append, {per_append} events/tx, {writers} writer{}",
+            if writers == 1 { "" } else { "s" }
+        )
+    };
+    Ok(Row {
+        backend: side.name(),
+        workload,
+        unit: "events/s",
+        lib: figures[0].0,
+        raw: Some(figures[1].0),
+        lib_latency: figures[0].1,
+        raw_latency: figures[1].1,
+    })
+}
+
+/// Catch-up of a preloaded log with a no-op typed projection (1, 4, 8 partitions) against a
+/// keyset scan decoding the same payloads; and the peak RSS during the 8-partition run.
+async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
+    let events = sizes.catch_up_events;
+    baseline::truncate(side).await?;
+    baseline::preload(side, events, Deposited::NAME).await?;
+    let started = Instant::now();
+    let decoded = baseline::scan(side, 1_000).await?;
+    let raw = decoded as f64 / started.elapsed().as_secs_f64();
+    if decoded != events {
+        return Err(format!("the baseline scan decoded {decoded} of {events} events").into());
+    }
+
+    let mut rows = Vec::new();
+    let mut rss = (0u64, 0u64);
+    for partitions in [1u32, 4, 8] {
+        let runner = Runner::new(side.store())
+            .projection(Arc::new(NoOp))
+            .partitions(partitions)
+            .until_caught_up();
+        runner.rebuild("no_op").await?;
+        let before = resident_bytes();
+        let peak = Arc::new(AtomicU64::new(before));
+        let sampler = {
+            let peak = Arc::clone(&peak);
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(resident_bytes(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let started = Instant::now();
+        runner.run_until(std::future::pending()).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        sampler.abort();
+        let handled = runner.metrics().events_handled();
+        if handled != events {
+            return Err(format!("the no-op projection handled {handled} of {events} events").into());
+        }
+        if partitions == 8 {
+            rss = (before, peak.load(Ordering::Relaxed));
+        }
+        rows.push(Row {
+            backend: side.name(),
+            workload: format!(
+                "catch-up {events} events, no-op typed projection, {partitions} partition{}",
+                if partitions == 1 { "" } else { "s" }
+            ),
+            unit: "events/s",
+            lib: events as f64 / elapsed,
+            raw: Some(raw),
+            lib_latency: None,
+            raw_latency: None,
+        });
+    }
+    rows.push(Row {
+        backend: side.name(),
+        workload: format!(
+            "peak RSS during the 8-partition catch-up (before: {:.0} MiB)",
+            rss.0 as f64 / 1_048_576.0
+        ),
+        unit: "MiB",
+        lib: rss.1 as f64 / 1_048_576.0,
+        raw: None,
+        lib_latency: None,
+        raw_latency: None,
+    });
+    Ok(rows)
+}
+
+/// Catch-up with one upsert per event through the batch transaction.
+async fn read_model(side: &Side, sizes: Sizes) -> BenchResult<Row> {
+    let events = sizes.read_model_events;
+    baseline::truncate(side).await?;
+    baseline::preload(side, events, Deposited::NAME).await?;
+    let started = Instant::now();
+    let handled = baseline::read_model(side).await?;
+    let raw = handled as f64 / started.elapsed().as_secs_f64();
+
+    let runner = Runner::new(side.store())
+        .projection(Arc::new(Balances))
+        .batch_size(sizes.batch_size)
+        .until_caught_up();
+    let started = Instant::now();
+    runner.run_until(std::future::pending()).await?;
+    let lib = events as f64 / started.elapsed().as_secs_f64();
+    if runner.metrics().events_handled() != events || handled != events {
+        return Err("the read-model workloads did not handle every event".into());
+    }
+    Ok(Row {
+        backend: side.name(),
+        workload: format!(
+            "catch-up {events} events, SQL read model (upsert per event), 1 partition"
+        ),
+        unit: "events/s",
+        lib,
+        raw: Some(raw),
+        lib_latency: None,
+        raw_latency: None,
+    })
+}
+
+/// Appends spaced 5 ms apart to an idle, running runner: commit → handler latency.
+async fn idle_latency(side: &Side, appends: u32) -> BenchResult<Row> {
+    baseline::truncate(side).await?;
+    let (tx, mut arrivals) = mpsc::unbounded_channel();
+    let runner = Runner::new(side.store()).projection(Arc::new(Arrivals(tx)));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let task = {
+        let (runner, stop) = (runner.clone(), Arc::clone(&stop));
+        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
+    };
+    let store: Store = side.store();
+    let mut latencies = Vec::with_capacity(appends as usize);
+    for i in 0..u64::from(appends) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let event = deposit(i).to_event(format!("latency-{i}"))?;
+        let id = event.event_id;
+        store.append_and_commit(ExpectedVersion::NoStream, &[event]).await?;
+        let committed = Instant::now();
+        loop {
+            let (arrived_id, at) = arrivals.recv().await.ok_or("the runner stopped")?;
+            if arrived_id == id {
+                latencies.push(at.saturating_duration_since(committed));
+                break;
+            }
+        }
+    }
+    stop.notify_one();
+    task.await??;
+    Ok(Row {
+        backend: side.name(),
+        workload: format!("idle runner, append → handler, {appends} appends 5 ms apart"),
+        unit: "appends",
+        lib: f64::from(appends),
+        raw: None,
+        lib_latency: Latency::of(&mut latencies),
+        raw_latency: None,
+    })
+}
+
+/// The process's resident set, from `/proc/self/statm` (0 where unavailable).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|pages| pages.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
