@@ -108,36 +108,32 @@ impl Handle<OrderShipped> for Counter {
 /// Users in the demo workload.
 const DEMO_USERS: u64 = 1_000;
 
-/// Appends the demo workload in transactions of 100 users, unless the log has events.
+/// Appends the demo workload in one transaction, unless the log has events: a run stopped
+/// while seeding leaves nothing behind, and the next run seeds again.
 async fn seed<S: EventStore>(store: &S) -> pupsource::Result<u64> {
     let log = store.read_all(pupsource::Position::START, 1, &pupsource::Scope::all()).await?;
     if !log.is_empty() {
         return Ok(0);
     }
     let mut appended = 0;
-    for chunk in 0..DEMO_USERS / 100 {
-        let mut tx = store.begin().await?;
-        for u in chunk * 100..(chunk + 1) * 100 {
-            let user = format!("user-{u}");
-            let registered =
-                UserRegistered { email: format!("{user}@example.com") }.to_event(&user)?;
-            store.append(&mut tx, ExpectedVersion::NoStream, &[registered]).await?;
-            appended += 1;
-            for o in 0..u % 4 {
-                let order = format!("order-{u}-{o}");
-                let mut events = vec![
-                    OrderPlaced { user_id: user.clone(), total_cents: 100 * (o + 1) }
-                        .to_event(&order)?,
-                ];
-                if o % 2 == 0 {
-                    events.push(OrderShipped {}.to_event(&order)?);
-                }
-                appended += events.len() as u64;
-                store.append(&mut tx, ExpectedVersion::NoStream, &events).await?;
+    let mut tx = store.begin().await?;
+    for u in 0..DEMO_USERS {
+        let user = format!("user-{u}");
+        let registered = UserRegistered { email: format!("{user}@example.com") }.to_event(&user)?;
+        store.append(&mut tx, ExpectedVersion::NoStream, &[registered]).await?;
+        appended += 1;
+        for o in 0..u % 4 {
+            let order = format!("order-{u}-{o}");
+            let placed = OrderPlaced { user_id: user.clone(), total_cents: 100 * (o + 1) };
+            let mut events = vec![placed.to_event(&order)?];
+            if o % 2 == 0 {
+                events.push(OrderShipped {}.to_event(&order)?);
             }
+            appended += events.len() as u64;
+            store.append(&mut tx, ExpectedVersion::NoStream, &events).await?;
         }
-        tx.commit().await?;
     }
+    tx.commit().await?;
     Ok(appended)
 }
 

@@ -6,25 +6,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use pupsource::{Event, EventStore, ExpectedVersion, SqliteStore, StreamId};
 use serde_json::json;
 
-/// An example's binary, built by `cargo build --examples` (the README's test command builds
-/// every target).
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let target = exe.parent().and_then(Path::parent).expect("target dir");
-    let binary = target.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build --examples` (or run the README's test command)",
-        binary.display()
-    );
-    binary
-}
+use common::example_binary;
 
 struct Output {
     stdout: String,

@@ -2,6 +2,7 @@
 //! run in parallel and leave nothing behind.
 #![allow(dead_code, reason = "each test binary uses part of the harness")]
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use pupsource::{EventStore, PostgresStore, SqliteStore};
@@ -183,4 +184,18 @@ pub(crate) async fn log_of_at_least<S: EventStore>(
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// An example's binary, built by `cargo build --examples` (the README's test command builds
+/// every target).
+pub(crate) fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe.parent().and_then(Path::parent).expect("target dir");
+    let binary = target.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build --examples` (or run the README's test command)",
+        binary.display()
+    );
+    binary
 }
