@@ -312,6 +312,15 @@ pub enum InvalidInput {
         count: u32,
     },
 
+    /// A read's scope names something no event can have (a NUL character).
+    #[error("scope name {name:?} {problem}")]
+    ScopeName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        problem: FieldProblem,
+    },
+
     /// A payload string was not valid JSON.
     #[error("payload is not valid JSON: {reason}")]
     Payload {
@@ -343,5 +352,14 @@ pub enum FieldProblem {
     OutOfRange {
         /// The maximum.
         max: u64,
+    },
+    /// A timestamp outside what both stores hold: 4714-11-24 BC to 9999-12-31 (UTC).
+    #[error("is outside 4714-11-24 BC to 9999-12-31 (UTC)")]
+    TimestampOutOfRange,
+    /// JSON nested deeper than can be read back.
+    #[error("is nested more than {max} levels deep")]
+    TooDeep {
+        /// The deepest nesting accepted.
+        max: usize,
     },
 }

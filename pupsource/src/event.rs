@@ -16,6 +16,16 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Longest aggregate id, causation id, correlation id or trace id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 
+/// The earliest `created_at` accepted: PostgreSQL's `timestamptz` starts here.
+pub const EARLIEST_CREATED_AT: OffsetDateTime = time::macros::datetime!(-4713-11-24 00:00 UTC);
+/// The latest `created_at` accepted (the `time` crate's default range).
+pub const LATEST_CREATED_AT: OffsetDateTime =
+    time::macros::datetime!(9999-12-31 23:59:59.999_999 UTC);
+
+/// Deepest nesting of arrays and objects accepted in a payload or metadata: what serde_json
+/// reads back.
+pub const MAX_JSON_DEPTH: usize = 127;
+
 /// Identifies one aggregate's stream: bounded context, aggregate type and aggregate id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
@@ -285,12 +295,43 @@ pub(crate) fn validate_append(events: &[Event]) -> Result<&StreamId> {
                 check_text(value, MAX_ID_LEN).map_err(|p| field(name, p))?;
             }
         }
+        for (name, value) in [("payload", &event.payload), ("metadata", &event.metadata)] {
+            if json_depth(value) > MAX_JSON_DEPTH {
+                return Err(field(name, FieldProblem::TooDeep { max: MAX_JSON_DEPTH }).into());
+            }
+        }
+        if !(EARLIEST_CREATED_AT..=LATEST_CREATED_AT).contains(&event.created_at) {
+            return Err(field("created_at", FieldProblem::TimestampOutOfRange).into());
+        }
         if event.event_version == 0 || i32::try_from(event.event_version).is_err() {
             let max = i32::MAX.unsigned_abs().into();
             return Err(field("event_version", FieldProblem::OutOfRange { max }).into());
         }
     }
     Ok(stream)
+}
+
+/// How deeply arrays and objects nest in `value` (a scalar is 0), without recursion.
+fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
+}
+
+/// Whether a stream with this id can exist: appends refuse NUL characters.
+pub(crate) fn storable(stream: &StreamId) -> bool {
+    ![&stream.context, &stream.aggregate_type, &stream.aggregate_id]
+        .iter()
+        .any(|part| part.contains('\0'))
 }
 
 fn check_text(value: &str, max: usize) -> Result<(), FieldProblem> {

@@ -48,7 +48,8 @@ mod version;
 pub use domain::{DecodeError, DomainEvent, Envelope, Handle, HandleRaw};
 pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
 pub use event::{
-    AppendResult, Event, MAX_ID_LEN, MAX_NAME_LEN, PersistedEvent, Position, Stream, StreamId,
+    AppendResult, EARLIEST_CREATED_AT, Event, LATEST_CREATED_AT, MAX_ID_LEN, MAX_JSON_DEPTH,
+    MAX_NAME_LEN, PersistedEvent, Position, Stream, StreamId,
 };
 pub use projection::{Context, HandlerError, HandlerResult, Projection};
 pub use pupsource_macros::{Event, main, projection};

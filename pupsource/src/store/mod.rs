@@ -140,6 +140,19 @@ impl Scope {
         self
     }
 
+    /// Refuses names no event can have (a NUL character).
+    pub(crate) fn validate(&self) -> Result<()> {
+        let names = self.contexts.iter().chain(&self.aggregate_types).chain(&self.event_types);
+        match names.into_iter().find(|name| name.contains('\0')) {
+            Some(name) => Err(InvalidInput::ScopeName {
+                name: name.clone(),
+                problem: crate::FieldProblem::NulCharacter,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the scope lets every event through.
     pub fn is_all(&self) -> bool {
         self.contexts.is_empty() && self.aggregate_types.is_empty() && self.event_types.is_empty()

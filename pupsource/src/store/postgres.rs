@@ -37,7 +37,7 @@ use super::{
 use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::{ConstraintKind, Error, Result};
 use crate::event::{
-    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
+    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
 };
 use crate::partition::partition_hash;
 use crate::projection::Partition;
@@ -760,7 +760,7 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Stream> {
-        let Some((from, to)) = version_bounds(&versions) else {
+        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
             return Ok(Stream { id: stream.clone(), events: Vec::new() });
         };
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_stream)))
@@ -781,8 +781,13 @@ impl EventStore for PostgresStore {
         limit: usize,
         scope: &Scope,
     ) -> Result<Vec<PersistedEvent>> {
+        scope.validate()?;
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        // Not a persistent (named) statement: PostgreSQL then plans each page with its actual
+        // parameters. A cached generic plan cannot see the `LIMIT`, assumes a tenth of the
+        // table and, on a large log, prefers a parallel scan and sort to the index.
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_all)))
+            .persistent(false)
             .bind(after.transaction_id)
             .bind(after.global_position)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -28,7 +28,7 @@ use super::{
 use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
+    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
 };
 use crate::partition::partition_hash;
 use crate::projection::Partition;
@@ -502,25 +502,31 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Whether any of these event ids is already stored.
+    /// Whether any of these event ids is already stored (in chunks: SQLite limits the bind
+    /// parameters of one statement).
     async fn any_event_stored(
         &self,
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         events: &[Event],
     ) -> Result<bool> {
-        let mut sql = self
-            .inner
-            .tables
-            .render("SELECT EXISTS (SELECT 1 FROM \"{events}\" WHERE event_id IN (");
-        for i in 0..events.len() {
-            sql.push_str(if i == 0 { "?" } else { ", ?" });
+        for chunk in events.chunks(MAX_PARAMS) {
+            let mut sql = self
+                .inner
+                .tables
+                .render("SELECT EXISTS (SELECT 1 FROM \"{events}\" WHERE event_id IN (");
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+            }
+            sql.push_str("))");
+            let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
+            for event in chunk {
+                query = query.bind(event.event_id);
+            }
+            if query.fetch_one(&mut **tx).await? {
+                return Ok(true);
+            }
         }
-        sql.push_str("))");
-        let mut query = sqlx::query_scalar(AssertSqlSafe(sql));
-        for event in events {
-            query = query.bind(event.event_id);
-        }
-        Ok(query.fetch_one(&mut **tx).await?)
+        Ok(false)
     }
 }
 
@@ -611,7 +617,7 @@ impl EventStore for SqliteStore {
         stream: &StreamId,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Stream> {
-        let Some((from, to)) = version_bounds(&versions) else {
+        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
             return Ok(Stream { id: stream.clone(), events: Vec::new() });
         };
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.read_stream)))
@@ -632,6 +638,7 @@ impl EventStore for SqliteStore {
         limit: usize,
         scope: &Scope,
     ) -> Result<Vec<PersistedEvent>> {
+        scope.validate()?;
         let mut sql = self.inner.tables.render(&format!(
             "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"
         ));
