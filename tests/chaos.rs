@@ -359,3 +359,125 @@ async fn sqlite_processes_appending_and_projecting_at_once_lose_nothing() {
         .count();
     assert_eq!(processed, 451, "every appended event processed exactly once across the runs");
 }
+
+/// Records each handled event id in a SQL table (primary key: a second delivery fails).
+struct Recorder;
+
+impl pupsource::Projection for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    fn handle<'a>(
+        &'a self,
+        event: &'a pupsource::PersistedEvent,
+        cx: &'a mut Context<'_>,
+    ) -> pupsource::projection::HandleFuture<'a> {
+        Box::pin(async move {
+            let id = event.event_id.to_string();
+            pupsource::with_transaction!(cx.transaction(), |tx| {
+                sqlx::query("INSERT INTO recorded (event_id) VALUES ($1)")
+                    .bind(&id)
+                    .execute(tx)
+                    .await
+                    .map(|done| done.rows_affected())
+            })?;
+            Ok(())
+        })
+    }
+}
+
+/// `pg_ctlcluster` for the local server (the first cluster under /etc/postgresql).
+fn pg_ctlcluster(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("a local PostgreSQL cluster")
+        .filter_map(|entry| entry.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .max()
+        .expect("a cluster version");
+    let status = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", action, "-m", "fast"])
+        .status()
+        .expect("run pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {action} failed");
+}
+
+/// PostgreSQL is stopped for two seconds and started again while an appender and a projection
+/// run: appends fail with `Connection` meanwhile, the runner keeps retrying with backoff (a
+/// handful of log reads, no busy loop) instead of failing, and afterwards every committed
+/// event is in the read model exactly once.
+///
+/// It restarts the shared server, so it is ignored by default and run alone:
+/// `cargo nextest run --test chaos --run-ignored only` (`.ci/run` does, after the suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the local PostgreSQL server; run alone with --run-ignored only"]
+async fn database_restart_is_survived_without_loss_or_spinning() {
+    let db = common::postgres().await;
+    sqlx::query("CREATE TABLE recorded (event_id TEXT PRIMARY KEY)")
+        .execute(db.store.pool())
+        .await
+        .expect("read model");
+    let runner = Runner::new(db.store.clone())
+        .projection(Arc::new(Recorder))
+        .poll_interval(Duration::from_millis(200));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let task = {
+        let (runner, stop) = (runner.clone(), Arc::clone(&stop));
+        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
+    };
+    let appender = {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            let (mut committed, mut refused) = (HashSet::new(), 0u32);
+            let until = Instant::now() + Duration::from_secs(6);
+            let mut i = 0;
+            while Instant::now() < until {
+                let s = StreamId::new("Bank", "Account", format!("acct-{i}"));
+                let e = Event::new(&s, "Deposited", json!({ "amount": i }));
+                match store
+                    .append_and_commit(ExpectedVersion::NoStream, std::slice::from_ref(&e))
+                    .await
+                {
+                    Ok(_) => {
+                        committed.insert(e.event_id.to_string());
+                    }
+                    Err(Error::Connection(_)) => refused += 1,
+                    Err(other) => panic!("append during the outage: {other}"),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (committed, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg_ctlcluster("stop");
+    let reads_before = runner.metrics().log_reads();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads_during_outage = runner.metrics().log_reads() - reads_before;
+    pg_ctlcluster("start");
+    let (committed, refused) = appender.await.expect("appender");
+    assert!(refused > 0, "the outage was seen by the appender");
+    assert!(
+        reads_during_outage <= 20,
+        "{reads_during_outage} log reads in a 2 s outage: a busy loop"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let recorded = loop {
+        let rows: Vec<String> = match sqlx::query_scalar("SELECT event_id FROM recorded")
+            .fetch_all(db.store.pool())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(_) => Vec::new(),
+        };
+        if rows.len() >= committed.len() || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.notify_one();
+    task.await.expect("task").expect("the runner survived the outage");
+    assert_eq!(recorded.len(), committed.len(), "each committed event recorded once");
+    assert_eq!(recorded.into_iter().collect::<HashSet<_>>(), committed);
+}

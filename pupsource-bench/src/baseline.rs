@@ -225,10 +225,10 @@ pub(crate) async fn scan(side: &Side, page: i64) -> BenchResult<u64> {
     loop {
         let rows: Vec<(i64, i64, String)> = match side {
             Side::Postgres { raw, .. } => sqlx::query_as(
-                "SELECT transaction_id::text::bigint, global_position, payload::text FROM events \
+                "SELECT transaction_id::text::bigint, global_position, payload::text FROM events AS e \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                        AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                     ORDER BY transaction_id, global_position LIMIT $3",
+                     ORDER BY e.transaction_id, e.global_position LIMIT $3",
             )
             .bind(after.transaction_id)
             .bind(after.global_position)
@@ -276,10 +276,10 @@ pub(crate) async fn read_model(side: &Side) -> BenchResult<u64> {
         let page: Vec<(i64, i64, String)> = match side {
             Side::Postgres { raw, .. } => {
                 sqlx::query_as(
-                    "SELECT transaction_id::text::bigint, global_position, payload::text FROM events \
+                    "SELECT transaction_id::text::bigint, global_position, payload::text FROM events AS e \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                        AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                     ORDER BY transaction_id, global_position LIMIT 100",
+                     ORDER BY e.transaction_id, e.global_position LIMIT 100",
                 )
                 .bind(after.transaction_id)
                 .bind(after.global_position)

@@ -140,17 +140,28 @@ impl Worker {
             events = events.len(),
         );
         async {
+            let mut events = events;
+            let mut backoff = self.settings.retry.initial_backoff;
             loop {
                 match self.try_batch(events, through).await {
                     Ok(true) => return Ok(Flow::Done),
                     // A handler failed and the batch was rolled back: go one event at a time.
                     Ok(false) => return self.process_one_by_one(events, through).await,
                     Err(err @ Error::Connection(_)) => {
-                        tracing::warn!(error = %err, "batch failed; retrying");
-                        if !sleep_or_cancel(&self.cancel, self.settings.retry.initial_backoff).await
-                        {
+                        tracing::warn!(error = %err, retry_in = ?backoff, "batch failed; retrying");
+                        if !sleep_or_cancel(&self.cancel, backoff).await {
                             return Ok(Flow::Cancelled);
                         }
+                        backoff = (backoff * 2).min(self.settings.retry.max_backoff);
+                        // The connection may have died after the commit reached the server:
+                        // trust the stored checkpoint, not this worker's memory.
+                        let Some(stored) = self.stored_checkpoint().await else { continue };
+                        if stored >= through {
+                            self.checkpoint = stored;
+                            return Ok(Flow::Done);
+                        }
+                        let done = events.iter().take_while(|e| e.position <= stored).count();
+                        events = &events[done..];
                     }
                     Err(err) => return Err(err),
                 }
@@ -158,6 +169,12 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// This partition's checkpoint as stored, if the database answers.
+    async fn stored_checkpoint(&self) -> Option<Position> {
+        let rows = self.store.checkpoints(&self.name).await.ok()?;
+        rows.into_iter().find(|row| row.partition == self.partition).map(|row| row.position)
     }
 
     /// One transaction for the whole batch. `Ok(false)` if a handler failed (rolled back).

@@ -219,13 +219,15 @@ impl Sql {
                 .into(),
             read_all: tables
                 .render(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" \
+                    // `e.transaction_id`, qualified: unqualified, ORDER BY would name the
+                    // output column (the `::bigint` cast) and sort instead of using the index.
+                    "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" AS e \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                        AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
                        AND ($4::text[] IS NULL OR bounded_context = ANY($4)) \
                        AND ($5::text[] IS NULL OR aggregate_type = ANY($5)) \
                        AND ($6::text[] IS NULL OR event_type = ANY($6)) \
-                     ORDER BY transaction_id, global_position LIMIT $3"
+                     ORDER BY e.transaction_id, e.global_position LIMIT $3"
                 ))
                 .into(),
             read_stream: tables
