@@ -402,9 +402,9 @@ fn pg_ctlcluster(action: &str) {
 }
 
 /// PostgreSQL is stopped for two seconds and started again while an appender and a projection
-/// run: appends fail with `Connection` meanwhile, the runner keeps retrying with backoff (a
-/// handful of log reads, no busy loop) instead of failing, and afterwards every committed
-/// event is in the read model exactly once.
+/// run: appends wait or fail with `Connection` meanwhile, the runner keeps retrying with
+/// backoff (a handful of log reads, no busy loop) instead of failing, and afterwards every
+/// committed event is in the read model exactly once.
 ///
 /// It restarts the shared server, so it is ignored by default and run alone:
 /// `cargo nextest run --test chaos --run-ignored only` (`.ci/run` does, after the suite).
@@ -451,12 +451,16 @@ async fn database_restart_is_survived_without_loss_or_spinning() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     pg_ctlcluster("stop");
+    let down = <sqlx::PgConnection as sqlx::Connection>::connect(&common::postgres_url()).await;
+    assert!(down.is_err(), "the server is down during the outage");
     let reads_before = runner.metrics().log_reads();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reads_during_outage = runner.metrics().log_reads() - reads_before;
     pg_ctlcluster("start");
+    // Appends during the outage either waited for a connection or failed with `Connection`
+    // (nothing else: see the appender); only the committed ones must be in the read model.
     let (committed, refused) = appender.await.expect("appender");
-    assert!(refused > 0, "the outage was seen by the appender");
+    eprintln!("{} appends committed, {refused} refused during the outage", committed.len());
     assert!(
         reads_during_outage <= 20,
         "{reads_during_outage} log reads in a 2 s outage: a busy loop"
