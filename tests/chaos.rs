@@ -185,11 +185,7 @@ async fn leaked_transaction_stalls_projections_without_skipping_and_status_names
     let runner = Runner::new(db.store.clone())
         .projection(ledger.clone())
         .poll_interval(Duration::from_millis(50));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let task = {
-        let (runner, stop) = (runner.clone(), Arc::clone(&stop));
-        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
-    };
+    let running = common::Running::start(&runner);
 
     // The fence names the leaked session, and grows older.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -218,8 +214,7 @@ async fn leaked_transaction_stalls_projections_without_skipping_and_status_names
     while ledger.handled().len() < 10 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.notify_one();
-    task.await.expect("task").expect("run");
+    running.stop().await.expect("run");
     let handled: HashSet<String> = ledger.handled().into_iter().collect();
     let expected: HashSet<String> = (0..10).map(|i| format!("acct-{i}:{i}")).collect();
     assert_eq!(handled, expected);
@@ -419,11 +414,7 @@ async fn database_restart_is_survived_without_loss_or_spinning() {
     let runner = Runner::new(db.store.clone())
         .projection(Arc::new(Recorder))
         .poll_interval(Duration::from_millis(200));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let task = {
-        let (runner, stop) = (runner.clone(), Arc::clone(&stop));
-        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
-    };
+    let running = common::Running::start(&runner);
     let appender = {
         let store = db.store.clone();
         tokio::spawn(async move {
@@ -478,8 +469,7 @@ async fn database_restart_is_survived_without_loss_or_spinning() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    stop.notify_one();
-    task.await.expect("task").expect("the runner survived the outage");
+    running.stop().await.expect("the runner survived the outage");
     assert_eq!(recorded.len(), committed.len(), "each committed event recorded once");
     assert_eq!(recorded.into_iter().collect::<HashSet<_>>(), committed);
 }

@@ -285,12 +285,9 @@ async fn concurrent_writers_with_open_and_rolled_back_transactions_lose_nothing<
     let runner_store: Store = store.clone().into();
     create_read_model(&runner_store).await;
     let tally = Tally::new("writers", 3);
-    let stop = Arc::new(Notify::new());
-    let runner = {
-        let runner = Runner::new(runner_store.clone()).projection(tally.clone()).batch_size(20);
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
-    };
+    let running = common::Running::start(
+        &Runner::new(runner_store.clone()).projection(tally.clone()).batch_size(20),
+    );
 
     let mut writers = Vec::new();
     for w in 0..8u64 {
@@ -340,8 +337,7 @@ async fn concurrent_writers_with_open_and_rolled_back_transactions_lose_nothing<
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.notify_one();
-    runner.await.expect("runner task").expect("runner");
+    running.stop().await.expect("runner");
     assert_eq!(handled_ids(&runner_store, "writers").await, ids);
     assert_eq!(counts(&runner_store, "writers").await, truth);
 }
@@ -601,17 +597,12 @@ async fn idle_runner_does_not_busy_loop<S: EventStore + Into<Store>>(store: S) {
         .projection(Tally::new("idle", 4))
         .poll_interval(Duration::from_millis(100));
     let metrics = runner.metrics();
-    let stop = Arc::new(Notify::new());
-    let task = {
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
-    };
+    let running = common::Running::start(&runner);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let before = metrics.log_reads();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during_one_idle_second = metrics.log_reads() - before;
-    stop.notify_one();
-    task.await.expect("task").expect("run");
+    running.stop().await.expect("run");
     assert!(before >= 1, "the runner polled");
     assert!(during_one_idle_second <= 12, "{during_one_idle_second} reads in one idle second");
 }
@@ -626,11 +617,7 @@ async fn append_in_this_process_wakes_the_runner_at_once<S: EventStore + Into<St
         .projection(tally.clone())
         .poll_interval(Duration::from_secs(60));
     let metrics = runner.metrics();
-    let stop = Arc::new(Notify::new());
-    let task = {
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
-    };
+    let running = common::Running::start(&runner);
     // 13 empty polls: the reader now waits 4 s or more before the next one.
     while metrics.log_reads() < 13 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -648,8 +635,7 @@ async fn append_in_this_process_wakes_the_runner_at_once<S: EventStore + Into<St
         .await
         .expect("woken without waiting for the poll");
     assert!(appended_at.elapsed() < Duration::from_secs(2));
-    stop.notify_one();
-    task.await.expect("task").expect("run");
+    running.stop().await.expect("run");
 }
 
 async fn status_reports_checkpoints_lag_and_errors<S: EventStore + Into<Store>>(store: S) {
@@ -754,11 +740,7 @@ async fn append_in_another_process_wakes_the_runner_through_notify() {
     let runner =
         Runner::new(runner_store).projection(tally.clone()).poll_interval(Duration::from_secs(60));
     let metrics = runner.metrics();
-    let stop = Arc::new(Notify::new());
-    let task = {
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move { runner.run_until(async move { stop.notified().await }).await })
-    };
+    let running = common::Running::start(&runner);
     while metrics.log_reads() < 13 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -774,6 +756,5 @@ async fn append_in_another_process_wakes_the_runner_through_notify() {
     tokio::time::timeout(Duration::from_secs(2), handled)
         .await
         .expect("woken by NOTIFY, not by the poll");
-    stop.notify_one();
-    task.await.expect("task").expect("run");
+    running.stop().await.expect("run");
 }

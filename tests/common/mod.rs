@@ -199,3 +199,27 @@ pub(crate) fn example_binary(name: &str) -> PathBuf {
     );
     binary
 }
+
+/// A runner running in the background until [`Running::stop`].
+pub(crate) struct Running {
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<pupsource::Result<()>>,
+}
+
+impl Running {
+    /// Starts `runner` (a clone of it keeps working in the background).
+    pub(crate) fn start(runner: &pupsource::Runner) -> Self {
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (runner, notified) = (runner.clone(), std::sync::Arc::clone(&stop));
+        let task = tokio::spawn(async move {
+            runner.run_until(async move { notified.notified().await }).await
+        });
+        Running { stop, task }
+    }
+
+    /// Asks the runner to stop and returns how its run ended.
+    pub(crate) async fn stop(self) -> pupsource::Result<()> {
+        self.stop.notify_one();
+        self.task.await.expect("the runner task")
+    }
+}
