@@ -185,6 +185,11 @@ fn bad_flags_and_urls_are_one_line_and_a_failure_exit() {
         (&["--workers", "0"][..], None, "error: invalid value '0' for '--workers <WORKERS>'"),
         (&["--bogus"][..], None, "error: unexpected argument '--bogus' found"),
         (&[][..], Some("mysql://localhost/x"), "error: invalid database URL `mysql://localhost/x`"),
+        (
+            &[][..],
+            Some("sqlite:"),
+            "error: invalid database URL `sqlite:`: a SQLite URL needs a file name",
+        ),
         (&["rebuild", "nope"][..], None, "error: no projection is named `nope`; known: counter"),
     ] {
         let out = run_counter(dir.path(), url, args);

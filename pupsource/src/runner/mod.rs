@@ -354,7 +354,8 @@ impl Runner {
                         }),
                     };
                     if let Err(err) = result {
-                        tracing::error!(target: "pupsource::runner", error = %err, "projection failed; stopping the others");
+                        // Returned to the caller, who reports it: log it only for debugging.
+                        tracing::debug!(target: "pupsource::runner", error = %err, "projection failed; stopping the others");
                         first_error.get_or_insert(err);
                         cancel.cancel();
                     }

@@ -131,6 +131,15 @@ impl SqliteStore {
             .create_if_missing(true)
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // An empty file name makes SQLite give every connection a temporary database of its
+        // own: tables created on one would be missing on the others.
+        if !in_memory && options.get_filename().as_os_str().is_empty() {
+            return Err(crate::InvalidInput::DatabaseUrl {
+                url: url.to_owned(),
+                problem: "a SQLite URL needs a file name (`sqlite:app.db`) or `sqlite::memory:`",
+            }
+            .into());
+        }
         let pool = if in_memory {
             // Every connection to `:memory:` is a database of its own: keep exactly one, forever.
             SqlitePoolOptions::new()
