@@ -254,7 +254,9 @@ async fn sigkill_rounds(dir: &Path, url: &str, store: Store) {
         let workers = (1 + next(8)).to_string();
         let mut child = Command::new(&binary)
             .current_dir(dir)
-            .args(["--workers", &workers])
+            // One worker id for every round, as a restarted service would keep: on PostgreSQL
+            // each round takes its predecessor's leases back at once (with a new epoch).
+            .args(["--workers", &workers, "--worker-id", "chaos"])
             .env("DATABASE_URL", url)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -279,7 +281,7 @@ async fn sigkill_rounds(dir: &Path, url: &str, store: Store) {
     }
     let output = Command::new(&binary)
         .current_dir(dir)
-        .args(["--workers", "3", "--until-caught-up"])
+        .args(["--workers", "3", "--until-caught-up", "--worker-id", "chaos"])
         .env("DATABASE_URL", url)
         .output()
         .expect("final run");

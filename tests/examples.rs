@@ -665,3 +665,161 @@ fn typed_events_example_upcasts_v1_and_refuses_what_it_cannot_decode() {
     let old = line(&out, "decoding ada's event as UserRegisteredV1: ");
     assert!(old.contains(&format!("name: {name:?}")), "the old type reads the old shape: {old}");
 }
+
+/// The partitions, among 3, of the events in the log, from the aggregate ids `rows` counts
+/// (`aggregate_id, count(*)`): what each process of the `partitioned` example must handle.
+fn events_per_partition_of_three(rows: &[(String, i64)]) -> [i64; 3] {
+    let mut events = [0; 3];
+    for (aggregate_id, count) in rows {
+        let hash = pupsource::partition::partition_hash(aggregate_id);
+        events[pupsource::partition::partition_of(hash, 3) as usize] += count;
+    }
+    events
+}
+
+const EVENTS_PER_AGGREGATE: &str =
+    "SELECT aggregate_id, count(*) FROM events GROUP BY aggregate_id";
+const PARTITIONED_READ_MODEL: &str = "SELECT CAST(partition AS BIGINT), events \
+    FROM partitioned_events WHERE partition_count = 3 ORDER BY partition";
+
+/// One `partitioned` process's summary: it succeeded, ran partition `key` of 3 and no other,
+/// and found that partition's read model equal to the log. Returns how many events it handled.
+fn assert_partition_matches_the_log(out: &Output, key: u32) -> i64 {
+    assert!(out.success, "key {key} failed:\n{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("panicked"), "key {key}: {}", out.stderr);
+    let ours = format!("partition {key}/3");
+    assert_eq!(
+        line(&out.stdout, "this process ran "),
+        format!("this process ran {ours} (static assignment)")
+    );
+    assert!(
+        out.stdout.lines().filter(|l| l.starts_with("partition ")).all(|l| l.starts_with(&ours)),
+        "only its own partition:\n{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(&format!("{ours} matches the log\n")), "{}", out.stdout);
+    figure(&out.stdout, "handled by this process:")
+}
+
+/// `partitioned` on the default SQLite file: the processes of keys 0, 1 and 2 of 3, one after
+/// the other, each handle exactly the events of their partition, and together the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_example_keys_run_in_turn_on_sqlite_handle_each_event_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut outputs = Vec::new();
+    for key in 0..3u32 {
+        let key = key.to_string();
+        let args = ["--partition-key", &key, "--total-partitions", "3", "--until-caught-up"];
+        outputs.push(run_example("partitioned", dir.path(), &[], &args));
+    }
+    let handled: Vec<i64> = (0..3u32)
+        .zip(&outputs)
+        .map(|(key, out)| assert_partition_matches_the_log(out, key))
+        .collect();
+
+    let file = dir.path().join("pupsource.db");
+    let store = SqliteStore::connect(&format!("sqlite://{}", file.display())).await.expect("open");
+    let log: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(store.pool())
+        .await
+        .expect("log");
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as(EVENTS_PER_AGGREGATE).fetch_all(store.pool()).await.expect("aggregates");
+    let read_model: Vec<(i64, i64)> =
+        sqlx::query_as(PARTITIONED_READ_MODEL).fetch_all(store.pool()).await.expect("read model");
+    store.pool().close().await;
+
+    assert!(log > 0);
+    assert_eq!(figure(&outputs[0].stdout, "appended a demo workload of"), log);
+    assert!(outputs[1..].iter().all(|out| !out.stdout.contains("appended")), "seeded once");
+    assert_eq!(handled.iter().sum::<i64>(), log, "every event of the log, once");
+    let expected = events_per_partition_of_three(&rows);
+    assert_eq!(handled, expected, "each process handled exactly its partition's events");
+    assert_eq!(read_model, vec![(0, expected[0]), (1, expected[1]), (2, expected[2])]);
+}
+
+/// `partitioned` on PostgreSQL: the three processes start at the same moment on a fresh
+/// schema; one of them seeds, each handles its leased partition, together the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_example_three_processes_started_together_on_postgres_seed_once() {
+    let schema = common::PgSchema::create().await;
+    let url = format!("{}?options=-c%20search_path%3D{}", common::postgres_url(), schema.name);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let binary = example_binary("partitioned");
+    let children: Vec<std::process::Child> = (0..3u32)
+        .map(|key| {
+            Command::new(&binary)
+                .current_dir(dir.path())
+                .args(["--partition-key", &key.to_string(), "--total-partitions", "3"])
+                .arg("--until-caught-up")
+                .env("DATABASE_URL", &url)
+                .env_remove("RUST_LOG")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a partitioned process")
+        })
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().expect("wait for a partitioned process");
+            Output {
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                success: output.status.success(),
+                code: output.status.code(),
+            }
+        })
+        .collect();
+    let handled: Vec<i64> = (0..3u32)
+        .zip(&outputs)
+        .map(|(key, out)| assert_partition_matches_the_log(out, key))
+        .collect();
+    for out in &outputs {
+        assert!(line(&out.stdout, "leased by worker ").ends_with(" (epoch 1)"), "{}", out.stdout);
+    }
+
+    let pool = schema.pool(1).await;
+    let log: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("log");
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as(EVENTS_PER_AGGREGATE).fetch_all(&pool).await.expect("aggregates");
+    let read_model: Vec<(i64, i64)> =
+        sqlx::query_as(PARTITIONED_READ_MODEL).fetch_all(&pool).await.expect("read model");
+    pool.close().await;
+
+    let seeded: Vec<i64> = outputs
+        .iter()
+        .filter(|out| out.stdout.contains("appended"))
+        .map(|out| figure(&out.stdout, "appended a demo workload of"))
+        .collect();
+    assert_eq!(seeded, vec![log], "exactly one process seeded, and the log is that workload");
+    assert_eq!(handled.iter().sum::<i64>(), log, "every event of the log, once");
+    let expected = events_per_partition_of_three(&rows);
+    assert_eq!(handled, expected, "each process handled exactly its partition's events");
+    assert_eq!(read_model, vec![(0, expected[0]), (1, expected[1]), (2, expected[2])]);
+}
+
+/// A key outside the partition count fails the run (exit 1, one line); a key without a count
+/// is an argument error (exit 2).
+#[test]
+fn partitioned_example_refuses_a_key_outside_the_count_and_a_key_without_a_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_example(
+        "partitioned",
+        dir.path(),
+        &[],
+        &["--partition-key", "3", "--total-partitions", "3"],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
+    assert!(lines[0].starts_with("error: invalid partition key 3"), "{:?}", lines[0]);
+
+    let out = run_example("partitioned", dir.path(), &[], &["--partition-key", "1"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
+    assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
+}

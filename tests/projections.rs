@@ -27,7 +27,7 @@ on_backends!([postgres, sqlite_file], {
     idle_runner_does_not_busy_loop,
     append_in_this_process_wakes_the_runner_at_once,
     status_reports_checkpoints_lag_and_errors,
-    first_failure_stops_every_projection,
+    failing_partition_halts_alone_and_the_run_reports_it,
 });
 
 /// Runs `$body` with `$pool` bound to the store's pool, whichever database it is.
@@ -680,25 +680,77 @@ async fn status_reports_checkpoints_lag_and_errors<S: EventStore + Into<Store>>(
     }
 }
 
-async fn first_failure_stops_every_projection<S: EventStore + Into<Store>>(store: S) {
-    append_workload(&store, "f", 3, 1, 1).await;
-    let store: Store = store.into();
+/// A partition whose handler fails for good halts alone: the projection's other partition and
+/// the other projection go on (also with events appended after the failure), status names
+/// the error, and the run reports it when it stops.
+async fn failing_partition_halts_alone_and_the_run_reports_it<S: EventStore + Into<Store>>(
+    source: S,
+) {
+    // Streams f0..f7: with 2 partitions both get some (the hash is fixed, so this is too).
+    let (_, first_ids) = append_workload(&source, "f", 8, 2, 1).await;
+    let store: Store = source.clone().into();
     create_read_model(&store).await;
-    let bad = Tally::new("bad", 1);
-    for i in 0..3 {
-        bad.fail(&format!("f{i}"), 1, u32::MAX);
-    }
+    let bad = Tally::new("bad", 2);
+    bad.fail("f0", 1, u32::MAX);
+    let poisoned =
+        pupsource::partition::partition_of(pupsource::partition::partition_hash("f0"), 2);
+    let healthy_streams: HashSet<String> = (0..8)
+        .map(|s| format!("f{s}"))
+        .filter(|s| {
+            pupsource::partition::partition_of(pupsource::partition::partition_hash(s), 2)
+                != poisoned
+        })
+        .collect();
+    assert!(!healthy_streams.is_empty() && healthy_streams.len() < 8, "{healthy_streams:?}");
     let runner = Runner::new(store.clone())
         .projection(Tally::new("good", 2))
         .projection(bad)
-        .retry(quick_retry(1));
-    // Continuous mode: only the failure can end this run.
-    let err =
-        tokio::time::timeout(Duration::from_secs(30), runner.run_until(std::future::pending()))
-            .await
-            .expect("fail-fast")
-            .expect_err("bad fails");
-    assert!(matches!(&err, Error::Handler { projection, .. } if projection == "bad"), "{err:?}");
+        .retry(quick_retry(2))
+        .poll_interval(Duration::from_millis(20));
+    let running = common::Running::start(&runner);
+
+    // The halt is recorded; the healthy partition of `bad` catches up meanwhile.
+    let halted = eventually(|| async {
+        let status = runner.status().await.expect("status");
+        let bad = status.projections.iter().find(|p| p.name == "bad").expect("bad");
+        let failing = bad.partitions.iter().find(|p| p.partition.index == poisoned)?;
+        let healthy = bad.partitions.iter().find(|p| p.partition.index != poisoned)?;
+        failing.last_error.clone().filter(|_| healthy.lag == 0)
+    })
+    .await;
+    assert!(halted.is_some_and(|e| e.contains("injected")), "status names the handler error");
+    let bad_counts = counts(&store, "bad").await;
+    assert_eq!(bad_counts.keys().cloned().collect::<HashSet<_>>(), healthy_streams);
+
+    // The process goes on: new events reach `good`.
+    let (_, more_ids) = append_workload(&source, "g", 4, 1, 1).await;
+    let all: HashSet<String> = first_ids.union(&more_ids).cloned().collect();
+    let caught_up =
+        eventually(|| async { (handled_ids(&store, "good").await == all).then_some(()) }).await;
+    assert!(caught_up.is_some(), "the good projection handles events appended after the halt");
+
+    let err = running.stop().await.expect_err("the halted partition is reported");
+    assert!(
+        matches!(&err, Error::Handler { projection, partition, .. }
+            if projection == "bad" && partition.index == poisoned),
+        "{err:?}"
+    );
+}
+
+/// Polls `check` (every 20 ms, up to 30 s) until it returns `Some`.
+async fn eventually<T, F, Fut>(mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! app [run] [--database-url URL] [--workers N] [--projection NAME]... [--batch-size N]
-//!           [--poll-interval 500ms] [--until-caught-up]
+//!           [--poll-interval 500ms] [--until-caught-up] [--worker-id ID] [--heartbeat 2s]
+//!           [--partition-key K --total-partitions N]
 //! app migrate | list | status | rebuild NAME | replay NAME
 //! ```
 //!
@@ -115,6 +116,21 @@ struct RunArgs {
     /// Stop once every partition has reached the head of the log.
     #[arg(long)]
     until_caught_up: bool,
+    /// This process's id among the workers sharing the projections on PostgreSQL (default:
+    /// host name, process id and a random suffix).
+    #[arg(long, value_name = "ID")]
+    worker_id: Option<String>,
+    /// How often this worker renews its partition leases on PostgreSQL; a worker silent for
+    /// three heartbeats loses its partitions to the others.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Static assignment: run only partition K (of --total-partitions) of every projection.
+    #[arg(long, value_name = "K", requires = "total_partitions")]
+    partition_key: Option<u32>,
+    /// Static assignment: the partition count every process of the projections uses.
+    #[arg(long, value_name = "N", requires = "partition_key", conflicts_with = "workers",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    total_partitions: Option<u32>,
 }
 
 /// Parses `250ms`, `2s` or `1m`.
@@ -171,8 +187,18 @@ impl App {
                     let _ = err.print();
                     return ExitCode::SUCCESS;
                 }
+                // Clap's first paragraph (e.g. the missing arguments, one per line) on one line.
                 let rendered = err.to_string();
-                let first = rendered.lines().next().unwrap_or("error: invalid arguments");
+                let first: Vec<&str> = rendered
+                    .lines()
+                    .map(str::trim)
+                    .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+                    .collect();
+                let first = if first.is_empty() {
+                    "error: invalid arguments".to_owned()
+                } else {
+                    first.join(" ")
+                };
                 eprintln!("{first} (see --help)");
                 return ExitCode::from(2);
             }
@@ -239,7 +265,8 @@ impl App {
     ) -> std::result::Result<(), HandlerError> {
         let mut runner = Runner::with_projections(store, projections)
             .batch_size(args.batch_size as usize)
-            .poll_interval(args.poll_interval);
+            .poll_interval(args.poll_interval)
+            .heartbeat(args.heartbeat);
         if !args.projections.is_empty() {
             runner = runner.only(&args.projections)?;
         }
@@ -249,6 +276,14 @@ impl App {
         if args.until_caught_up {
             runner = runner.until_caught_up();
         }
+        if let Some(id) = args.worker_id {
+            runner = runner.worker_id(id);
+        }
+        if let (Some(key), Some(total)) = (args.partition_key, args.total_partitions) {
+            runner = runner.assign(key, total);
+        }
+        // Bad settings fail before the hook runs (it may seed data, print, …).
+        runner.check()?;
         if let Some(hook) = &self.before_run {
             hook(runner.clone()).await?;
         }
@@ -297,12 +332,22 @@ async fn print_status(runner: &Runner) -> std::result::Result<(), HandlerError> 
             println!("  not started");
         }
         for p in &projection.partitions {
+            let lease = p.lease.as_ref().map_or(String::new(), |lease| {
+                let until = lease.until.map_or(String::new(), |t| format!(" until {t}"));
+                format!("  owner {} epoch {}{until}", lease.owner, lease.epoch)
+            });
             println!(
-                "  partition {:>7}  checkpoint {:>14}  lag {:>8}  {}",
+                "  partition {:>7}  checkpoint {:>14}  lag {:>8}{lease}{}",
                 p.partition.to_string(),
                 p.checkpoint.to_string(),
                 p.lag,
-                p.last_error.as_deref().map_or(String::new(), |e| format!("last error: {e}")),
+                p.last_error.as_deref().map_or(String::new(), |e| format!("  last error: {e}")),
+            );
+        }
+        for worker in &projection.workers {
+            println!(
+                "  worker {} ({} partitions)  last heartbeat {}  expires {}",
+                worker.id, worker.partition_count, worker.heartbeat_at, worker.expires_at
             );
         }
     }

@@ -118,6 +118,41 @@ pub enum Error {
         partition: Partition,
     },
 
+    /// This worker's lease on a partition was taken over by another worker (it expired while
+    /// this one was paused, slow or cut off): the batch in flight was rolled back and the
+    /// partition is left to its new owner. The runner handles this itself; it is returned
+    /// only by lower-level calls.
+    #[error(
+        "projection `{projection}` partition {partition}: the lease of worker `{worker}` (epoch {epoch}) was taken over"
+    )]
+    LeaseLost {
+        /// The projection.
+        projection: String,
+        /// The partition.
+        partition: Partition,
+        /// This worker's id.
+        worker: String,
+        /// The epoch of this worker's claim.
+        epoch: u64,
+    },
+
+    /// The projection runs with another partition count in a live worker: every worker of a
+    /// projection must use the same count, so stop the others first (their leases end with
+    /// them) and start again.
+    #[error(
+        "projection `{projection}` runs with {running} partitions in live worker `{worker}`; stop it before running with {requested}"
+    )]
+    LayoutInUse {
+        /// The projection.
+        projection: String,
+        /// The partition count asked for.
+        requested: u32,
+        /// The partition count of the live worker.
+        running: u32,
+        /// That worker's id.
+        worker: String,
+    },
+
     /// Two projections were registered under one name.
     #[error("two projections are named `{name}`; projection names must be unique")]
     DuplicateProjection {
@@ -183,11 +218,12 @@ impl Error {
                     let constraint = db.constraint().map(str::to_owned);
                     return Error::Constraint { kind, constraint, source: err };
                 }
-                // Class 08: connection exception; 57P01..57P03: the server is shutting down
+                // Class 08: connection exception; 57P01..57P03: the server is shutting down;
+                // 25P03: the server closed a transaction left idle too long (a paused worker)
                 // or not yet accepting connections.
                 let code = db.code();
                 if code.as_deref().is_some_and(|c| {
-                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "25P03")
                 }) {
                     return Error::Connection(err);
                 }
@@ -305,11 +341,29 @@ pub enum InvalidInput {
         problem: &'static str,
     },
 
-    /// A partition count of 0, or a partition outside the count.
+    /// A partition count of 0.
     #[error("invalid partition count {count}: a projection has at least one partition")]
     PartitionCount {
         /// The rejected count.
         count: u32,
+    },
+
+    /// A statically assigned partition outside the partition count.
+    #[error("invalid partition key {key}: with {total} partitions the keys are 0 to {}", total.saturating_sub(1))]
+    PartitionKey {
+        /// The rejected key.
+        key: u32,
+        /// The partition count.
+        total: u32,
+    },
+
+    /// A worker id that is empty, longer than 200 bytes, or holds a NUL character.
+    #[error("invalid worker id {id:?}: {problem}")]
+    WorkerId {
+        /// The rejected id.
+        id: String,
+        /// What is wrong with it.
+        problem: FieldProblem,
     },
 
     /// A read's scope names something no event can have (a NUL character).

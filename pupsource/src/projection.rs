@@ -151,12 +151,25 @@ macro_rules! with_transaction {
     };
 }
 
+/// The lease under which a partition runs when processes share a projection (PostgreSQL):
+/// which worker holds it, and the epoch of its claim. Every claim of a partition increments
+/// its epoch, and a batch commits only while its worker still holds that epoch, so the pair
+/// names at most one worker at any time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The worker holding the partition (`Runner::worker_id`).
+    pub owner: std::sync::Arc<str>,
+    /// The epoch of its claim.
+    pub epoch: u64,
+}
+
 /// What a handler knows about the event it handles, and the batch's open transaction.
 #[derive(Debug)]
 pub struct Context<'a> {
     projection: &'a str,
     partition: Partition,
     position: Position,
+    lease: Option<&'a Lease>,
     transaction: Transaction<'a>,
 }
 
@@ -167,7 +180,18 @@ impl<'a> Context<'a> {
         position: Position,
         transaction: Transaction<'a>,
     ) -> Self {
-        Context { projection, partition, position, transaction }
+        Context { projection, partition, position, lease: None, transaction }
+    }
+
+    pub(crate) fn with_lease(mut self, lease: Option<&'a Lease>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The lease the partition runs under: on PostgreSQL, where processes share partitions;
+    /// `None` on SQLite and when replaying parked events.
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease
     }
 
     /// The projection's name.

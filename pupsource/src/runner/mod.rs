@@ -20,6 +20,7 @@
 //! Shutdown: the first error cancels every projection (fail-fast); Ctrl-C or SIGTERM lets
 //! each worker finish the batch in flight. [`Runner::run`] returns once every task stopped.
 
+mod coordinator;
 mod reader;
 mod status;
 mod worker;
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use status::{Fence, ParkedEvent, PartitionStatus, ProjectionStatus, Status};
 
-use crate::error::{Error, InvalidInput, Result};
+use crate::error::{Error, FieldProblem, InvalidInput, Result};
 use crate::partition::partition_of;
 use crate::projection::{Context, Partition, Projection};
 use crate::store::Store;
@@ -132,6 +133,20 @@ pub(crate) struct Settings {
     pub(crate) retry: RetryPolicy,
     pub(crate) on_error: ErrorPolicy,
     pub(crate) partitions: Option<u32>,
+    /// Static assignment: run only this partition.
+    pub(crate) assigned: Option<u32>,
+    /// This process's id among the workers of a projection (PostgreSQL leases).
+    pub(crate) worker_id: Arc<str>,
+    /// How often leases are renewed; they last three heartbeats.
+    pub(crate) heartbeat: Duration,
+}
+
+impl Settings {
+    /// How long a lease or a worker registration lasts without a heartbeat: a worker counts
+    /// as dead, and its partitions as free, only after it missed two heartbeats.
+    pub(crate) fn lease(&self) -> Duration {
+        self.heartbeat.saturating_mul(3)
+    }
 }
 
 /// Runs projections over an event store.
@@ -202,6 +217,9 @@ impl Runner {
                 retry: RetryPolicy::default(),
                 on_error: ErrorPolicy::Stop,
                 partitions: None,
+                assigned: None,
+                worker_id: default_worker_id().into(),
+                heartbeat: Duration::from_secs(2),
             },
             metrics: Arc::new(Metrics::default()),
         }
@@ -290,6 +308,45 @@ impl Runner {
         self
     }
 
+    /// Runs only partition `key` of `total` (static assignment, e.g. one process per key):
+    /// every projection runs with `total` partitions, of which this runner handles `key`.
+    /// On PostgreSQL the partition is still leased, so two runners given the same key never
+    /// both handle it. Checked when the run starts.
+    pub fn assign(mut self, key: u32, total: u32) -> Self {
+        self.settings.partitions = Some(total);
+        self.settings.assigned = Some(key);
+        self
+    }
+
+    /// This process's id among the workers of a projection (PostgreSQL), shown by status.
+    /// Default: host name, process id and a random suffix. Ids must be unique among live
+    /// processes; a restarted process that reuses its id takes its partitions back at once
+    /// (with a new epoch) instead of waiting for its old leases to expire.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.settings.worker_id = id.into().into();
+        self
+    }
+
+    /// How often a worker renews its registration and leases (PostgreSQL; default 2 s, at
+    /// least 10 ms). Leases last three heartbeats: a worker counts as dead, and its
+    /// partitions as free, once it missed two. A batch transaction left idle longer than a
+    /// lease (a paused process) is closed by the server.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.settings.heartbeat = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// This runner's worker id.
+    pub fn id(&self) -> &str {
+        &self.settings.worker_id
+    }
+
+    /// The statically assigned partition ([`Runner::assign`]), if any.
+    pub fn assignment(&self) -> Option<Partition> {
+        let (index, count) = (self.settings.assigned?, self.settings.partitions?);
+        Some(Partition { index, count })
+    }
+
     /// The runner's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
@@ -325,7 +382,7 @@ impl Runner {
         let mut tasks = JoinSet::new();
         let mut names = std::collections::HashMap::new();
         for projection in &self.projections {
-            let run = reader::run_projection(
+            let run = coordinator::run_projection(
                 self.store.clone(),
                 Arc::clone(projection),
                 self.settings.clone(),
@@ -367,10 +424,33 @@ impl Runner {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Validates the projection set: at least one, unique names, no partition count of 0.
-    fn check(&self) -> Result<()> {
+    /// Validates the projection set (at least one, unique names, no partition count of 0),
+    /// the assigned partition and the worker id, as [`Runner::run`] does first.
+    ///
+    /// # Errors
+    /// [`Error::NoProjections`], [`Error::DuplicateProjection`], or [`Error::InvalidInput`]
+    /// (partition count, partition key, worker id).
+    pub fn check(&self) -> Result<()> {
         if self.projections.is_empty() {
             return Err(Error::NoProjections);
+        }
+        if let (Some(key), Some(total)) = (self.settings.assigned, self.settings.partitions)
+            && key >= total
+        {
+            return Err(InvalidInput::PartitionKey { key, total }.into());
+        }
+        let id = &*self.settings.worker_id;
+        let problem = if id.is_empty() {
+            Some(FieldProblem::Empty)
+        } else if id.len() > MAX_WORKER_ID {
+            Some(FieldProblem::TooLong { len: id.len(), max: MAX_WORKER_ID })
+        } else if id.contains('\0') {
+            Some(FieldProblem::NulCharacter)
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(InvalidInput::WorkerId { id: id.to_owned(), problem }.into());
         }
         let mut names = HashSet::new();
         for projection in &self.projections {
@@ -463,6 +543,21 @@ impl Runner {
     pub async fn status(&self) -> Result<Status> {
         status::status(&self.store, &self.projections).await
     }
+}
+
+/// The longest worker id, in bytes.
+const MAX_WORKER_ID: usize = 200;
+
+/// Host name, process id and a random suffix: unique among live processes.
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= 100 && !h.contains('\0'))
+        .unwrap_or_else(|| "host".to_owned());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
 
 /// Completes on Ctrl-C, or SIGTERM on Unix.

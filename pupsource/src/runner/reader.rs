@@ -1,5 +1,6 @@
 //! The reader of one projection: pages through the log once and feeds the partition workers.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use super::{Metrics, RunMode, Settings};
 use crate::error::{Error, Result};
 use crate::event::Position;
 use crate::partition::partition_of;
-use crate::projection::{Partition, Projection};
+use crate::projection::{Lease, Partition, Projection};
 use crate::store::Store;
 
 /// The first wait after activity; doubled on every empty poll up to the poll interval.
@@ -23,13 +24,15 @@ const FIRST_IDLE_WAIT: Duration = Duration::from_millis(1);
 const RECONNECT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(5));
 
-/// Runs one projection: its workers and its reader, until cancelled, caught up, or failed.
-pub(crate) async fn run_projection(
+/// Runs the `owned` partitions of one projection (with the lease each runs under, if any):
+/// their workers and one reader, until cancelled, caught up, or failed.
+pub(crate) async fn run_partitions(
     store: Store,
     projection: Arc<dyn Projection>,
     settings: Settings,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    owned: BTreeMap<u32, Option<Lease>>,
 ) -> Result<()> {
     let name = projection.name().to_owned();
     let count = settings.partitions.unwrap_or_else(|| projection.partitions());
@@ -46,21 +49,24 @@ pub(crate) async fn run_projection(
     tracing::info!(
         target: "pupsource::runner",
         projection = %name,
-        partitions = count,
+        partitions = ?owned.keys().collect::<Vec<_>>(),
+        of = count,
         old_layouts = state.old.len(),
-        "projection starting"
+        "partitions starting"
     );
 
     let mut workers = JoinSet::new();
-    let mut senders = Vec::with_capacity(count as usize);
-    for index in 0..count {
+    let mut senders: Vec<Option<mpsc::Sender<Delivery>>> = (0..count).map(|_| None).collect();
+    for (index, lease) in owned {
+        let Some(slot) = senders.get_mut(index as usize) else { continue };
         // Two pages in flight per partition at most: memory stays bounded however far behind.
         let (tx, rx) = mpsc::channel(2);
-        senders.push(tx);
+        *slot = Some(tx);
         let worker = Worker::new(
             store.clone(),
             Arc::clone(&projection),
             Partition { index, count },
+            lease,
             Arc::clone(&state),
             parked.clone(),
             settings.clone(),
@@ -109,28 +115,36 @@ pub(crate) async fn run_projection(
     match first_error {
         Some(err) => Err(err),
         None => {
-            tracing::info!(target: "pupsource::runner", projection = %name, "projection stopped");
+            tracing::debug!(target: "pupsource::runner", projection = %name, "partitions stopped");
             Ok(())
         }
     }
 }
 
-/// Pages through the log and feeds the workers; returns when cancelled, or (until caught up)
-/// at the head of the log. Dropping the senders tells the workers no more will come.
+/// Pages through the log and feeds the workers (one sender per partition, `None` for the
+/// partitions this process does not run); returns when cancelled, or (until caught up) at the
+/// head of the log. Dropping the senders tells the workers no more will come.
 async fn read_log(
     store: &Store,
     projection: &dyn Projection,
     settings: &Settings,
     metrics: &Metrics,
     cancel: &CancellationToken,
-    senders: Vec<mpsc::Sender<Delivery>>,
+    senders: Vec<Option<mpsc::Sender<Delivery>>>,
     checkpoints: &[Position],
 ) -> Result<()> {
     let scope = projection.scope();
     let count = u32::try_from(senders.len()).unwrap_or(u32::MAX);
+    let running = senders.iter().flatten().count();
     // Pages of at least 1,000 events: one query feeds several batches of every partition.
-    let page_size = settings.batch_size.saturating_mul(senders.len()).clamp(1_000, 10_000);
-    let mut after = checkpoints.iter().copied().min().unwrap_or(Position::START);
+    let page_size = settings.batch_size.saturating_mul(running).clamp(1_000, 10_000);
+    let mut after = senders
+        .iter()
+        .zip(checkpoints)
+        .filter(|(sender, _)| sender.is_some())
+        .map(|(_, &checkpoint)| checkpoint)
+        .min()
+        .unwrap_or(Position::START);
     // Until caught up: every event committed before the run started must be handled.
     let head = match settings.mode {
         RunMode::UntilCaughtUp => store.head().await?,
@@ -186,12 +200,13 @@ async fn read_log(
         let mut per_partition: Vec<Vec<_>> = senders.iter().map(|_| Vec::new()).collect();
         for event in page {
             let index = partition_of(event.partition_hash, count) as usize;
-            if event.position > checkpoints[index] {
+            if senders[index].is_some() && event.position > checkpoints[index] {
                 per_partition[index].push(event);
             }
         }
         after = last;
         for (sender, events) in senders.iter().zip(per_partition) {
+            let Some(sender) = sender else { continue };
             if !send(cancel, sender, Delivery { events, through: after }).await {
                 return Ok(());
             }

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::error::Result;
 use crate::event::{Position, StreamId};
 use crate::projection::{Partition, Projection};
-use crate::store::Store;
+use crate::store::{LeaseInfo, Store, WorkerStatus};
 
 /// The state of every projection of a runner.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct ProjectionStatus {
     pub partitions: Vec<PartitionStatus>,
     /// How many events are parked.
     pub parked: u64,
+    /// PostgreSQL: the live worker processes sharing its partitions.
+    pub workers: Vec<WorkerStatus>,
 }
 
 /// The state of one partition.
@@ -48,6 +50,8 @@ pub struct PartitionStatus {
     pub updated_at: OffsetDateTime,
     /// The last handler error since the last committed batch.
     pub last_error: Option<String>,
+    /// PostgreSQL: the worker holding the partition, its epoch and the lease's expiry.
+    pub lease: Option<LeaseInfo>,
 }
 
 /// The oldest transaction in flight on a PostgreSQL server.
@@ -92,10 +96,12 @@ pub(super) async fn status(store: &Store, projections: &[Arc<dyn Projection>]) -
                 lag,
                 updated_at: row.updated_at,
                 last_error: row.last_error,
+                lease: row.lease,
             });
         }
         let parked = u64::try_from(store.parked(name).await?.len()).unwrap_or(u64::MAX);
-        result.push(ProjectionStatus { name: name.to_owned(), partitions, parked });
+        let workers = store.workers(name).await?;
+        result.push(ProjectionStatus { name: name.to_owned(), partitions, parked, workers });
     }
     Ok(Status { projections: result, fence: store.fence().await? })
 }

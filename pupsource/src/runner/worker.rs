@@ -13,7 +13,7 @@ use super::{ErrorPolicy, Metrics, Settings};
 use crate::checkpoint::CheckpointState;
 use crate::error::{Error, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
-use crate::projection::{Context, Partition, Projection};
+use crate::projection::{Context, Lease, Partition, Projection};
 use crate::store::{BatchTx, Store};
 
 /// What the reader sends a worker after each page of the log: the page's events of this
@@ -36,6 +36,8 @@ pub(crate) struct Worker {
     projection: Arc<dyn Projection>,
     name: String,
     partition: Partition,
+    /// The lease the partition runs under (PostgreSQL): every batch checks it first.
+    lease: Option<Lease>,
     /// The partition's committed checkpoint.
     checkpoint: Position,
     state: Arc<CheckpointState>,
@@ -54,6 +56,7 @@ impl Worker {
         store: Store,
         projection: Arc<dyn Projection>,
         partition: Partition,
+        lease: Option<Lease>,
         state: Arc<CheckpointState>,
         parked: HashSet<StreamId>,
         settings: Settings,
@@ -68,6 +71,7 @@ impl Worker {
             retire_after: state.retire_after(),
             state,
             partition,
+            lease,
             parked,
             settings,
             metrics,
@@ -177,9 +181,19 @@ impl Worker {
         rows.into_iter().find(|row| row.partition == self.partition).map(|row| row.position)
     }
 
+    /// Opens a batch transaction; under a lease, locks the partition's row first, checking
+    /// that this worker still holds it ([`Error::LeaseLost`] otherwise).
+    async fn begin(&self) -> Result<BatchTx> {
+        let mut tx = self.store.begin_batch().await?;
+        if let Some(lease) = &self.lease {
+            tx.lock_lease(&self.name, self.partition, lease, self.settings.lease()).await?;
+        }
+        Ok(tx)
+    }
+
     /// One transaction for the whole batch. `Ok(false)` if a handler failed (rolled back).
     async fn try_batch(&mut self, events: &[PersistedEvent], through: Position) -> Result<bool> {
-        let mut tx = self.store.begin_batch().await?;
+        let mut tx = self.begin().await?;
         let mut handled = 0u64;
         for event in events {
             if self.state.handled_by_old_layout(event.position, event.partition_hash) {
@@ -189,7 +203,8 @@ impl Worker {
                 tx.park(&self.name, event, None, 0).await?;
                 continue;
             }
-            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction());
+            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction())
+                .with_lease(self.lease.as_ref());
             if let Err(err) = self.projection.handle(event, &mut cx).await {
                 tracing::debug!(position = %event.position, error = %err, "handler failed in batch");
                 tx.rollback().await?;
@@ -230,9 +245,7 @@ impl Worker {
             }
         }
         if through > self.checkpoint {
-            let Some(tx) =
-                retry_connection(&self.cancel, "begin a batch", || self.store.begin_batch())
-                    .await?
+            let Some(tx) = retry_connection(&self.cancel, "begin a batch", || self.begin()).await?
             else {
                 return Ok(Flow::Cancelled);
             };
@@ -246,8 +259,7 @@ impl Worker {
         loop {
             attempt += 1;
             let Some(mut tx) =
-                retry_connection(&self.cancel, "begin a batch", || self.store.begin_batch())
-                    .await?
+                retry_connection(&self.cancel, "begin a batch", || self.begin()).await?
             else {
                 return Ok(Flow::Cancelled);
             };
@@ -260,7 +272,8 @@ impl Worker {
                 self.commit(tx, event.position).await?;
                 return Ok(Flow::Done);
             }
-            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction());
+            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction())
+                .with_lease(self.lease.as_ref());
             let failure = match self.projection.handle(event, &mut cx).await {
                 Ok(()) => {
                     self.commit(tx, event.position).await?;
@@ -297,7 +310,7 @@ impl Worker {
                     source: failure,
                 }),
                 ErrorPolicy::Park => {
-                    let mut tx = self.store.begin_batch().await?;
+                    let mut tx = self.begin().await?;
                     tx.park(&self.name, event, Some(&message), attempt).await?;
                     self.commit(tx, event.position).await?;
                     self.parked.insert(event.stream.clone());

@@ -13,7 +13,7 @@ use super::{EventStore, PostgresStore, Scope, SqliteStore};
 use crate::checkpoint::CheckpointState;
 use crate::error::{Error, InvalidInput, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
-use crate::projection::{Partition, Transaction};
+use crate::projection::{Lease, Partition, Transaction};
 use crate::runner::{Fence, ParkedEvent};
 
 /// An event store on either database, e.g. chosen from a URL at run time.
@@ -154,6 +154,14 @@ impl Store {
         dispatch!(self, s => s.checkpoints(projection).await)
     }
 
+    /// The live workers of `projection` (PostgreSQL; SQLite has none).
+    pub(crate) async fn workers(&self, projection: &str) -> Result<Vec<super::WorkerStatus>> {
+        match self {
+            Store::Postgres(s) => s.workers(projection).await,
+            Store::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
     /// Records a handler failure for status (outside any batch transaction).
     pub(crate) async fn record_error(
         &self,
@@ -225,6 +233,20 @@ pub(crate) struct CheckpointInfo {
     pub(crate) position: Position,
     pub(crate) updated_at: OffsetDateTime,
     pub(crate) last_error: Option<String>,
+    /// PostgreSQL: who holds the partition.
+    pub(crate) lease: Option<LeaseInfo>,
+}
+
+/// Who holds a partition's lease, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseInfo {
+    /// The worker holding it.
+    pub owner: String,
+    /// The epoch of its claim.
+    pub epoch: u64,
+    /// When it expires unless renewed (database clock); `None` if never set.
+    pub until: Option<OffsetDateTime>,
 }
 
 /// The transaction of one batch, with the store that opened it.
@@ -273,6 +295,23 @@ impl BatchTx {
                 dispatch_tx!(self, s, tx => s.retire_layouts(tx, projection, partition.count, after).await)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// PostgreSQL: locks the partition's row if `lease` still holds it; see
+    /// [`PostgresStore::lock_lease`]. SQLite has no leases.
+    pub(crate) async fn lock_lease(
+        &mut self,
+        projection: &str,
+        partition: Partition,
+        lease: &Lease,
+        lease_duration: std::time::Duration,
+    ) -> Result<()> {
+        match self {
+            BatchTx::Postgres(s, tx) => {
+                s.lock_lease(tx, projection, partition, lease, lease_duration).await
+            }
+            BatchTx::Sqlite(..) => Ok(()),
         }
     }
 

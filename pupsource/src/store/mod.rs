@@ -24,9 +24,11 @@ mod any;
 mod postgres;
 mod sqlite;
 
+pub use any::LeaseInfo;
 pub use any::Store;
 pub(crate) use any::{BatchTx, CheckpointInfo};
-pub use postgres::PostgresStore;
+pub(crate) use postgres::Heartbeat;
+pub use postgres::{PostgresStore, WorkerStatus};
 pub use sqlite::SqliteStore;
 
 /// An append-only log of events with per-aggregate streams.
@@ -228,6 +230,7 @@ pub struct Tables {
     aggregate_heads: Identifier,
     checkpoints: Identifier,
     dead_letters: Identifier,
+    workers: Identifier,
 }
 
 impl Default for Tables {
@@ -237,6 +240,7 @@ impl Default for Tables {
             aggregate_heads: Identifier(Cow::Borrowed("aggregate_heads")),
             checkpoints: Identifier(Cow::Borrowed("checkpoints")),
             dead_letters: Identifier(Cow::Borrowed("dead_letters")),
+            workers: Identifier(Cow::Borrowed("projection_workers")),
         }
     }
 }
@@ -278,6 +282,16 @@ impl Tables {
         Ok(self)
     }
 
+    /// Sets the table of live projection workers' name (default `projection_workers`;
+    /// PostgreSQL only, where processes share partitions through leases).
+    ///
+    /// # Errors
+    /// [`InvalidInput::TableName`] if it is not a plain identifier.
+    pub fn with_workers(mut self, name: impl Into<Cow<'static, str>>) -> Result<Self> {
+        self.workers = Identifier::new(name)?;
+        Ok(self)
+    }
+
     /// The events table.
     pub fn events(&self) -> &Identifier {
         &self.events
@@ -298,14 +312,20 @@ impl Tables {
         &self.dead_letters
     }
 
-    /// Replaces `{events}`, `{aggregate_heads}`, `{checkpoints}` and `{dead_letters}` in a SQL
-    /// template by the validated names.
+    /// The live projection workers table.
+    pub fn workers(&self) -> &Identifier {
+        &self.workers
+    }
+
+    /// Replaces `{events}`, `{aggregate_heads}`, `{checkpoints}`, `{dead_letters}` and
+    /// `{workers}` in a SQL template by the validated names.
     pub(crate) fn render(&self, template: &str) -> String {
         template
             .replace("{events}", self.events.as_str())
             .replace("{aggregate_heads}", self.aggregate_heads.as_str())
             .replace("{checkpoints}", self.checkpoints.as_str())
             .replace("{dead_letters}", self.dead_letters.as_str())
+            .replace("{workers}", self.workers.as_str())
     }
 }
 

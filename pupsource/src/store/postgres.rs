@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    CheckpointInfo, EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version,
-    partition_sql_args, stored_version, version_bounds,
+    CheckpointInfo, EventStore, LeaseInfo, Scope, Tables, hash_from_stored, hash_to_stored,
+    next_version, partition_sql_args, stored_version, version_bounds,
 };
 use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::{ConstraintKind, Error, Result};
@@ -44,9 +44,15 @@ use crate::projection::Partition;
 use crate::runner::{Fence, ParkedEvent};
 use crate::version::ExpectedVersion;
 
+mod leases;
+
+pub(crate) use leases::Heartbeat;
+pub use leases::WorkerStatus;
+
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_event_store.sql"),
     include_str!("../../../migrations/postgres/0002_projections.sql"),
+    include_str!("../../../migrations/postgres/0003_leases.sql"),
 ];
 
 /// At most one cross-process `NOTIFY` hint per this interval per process.
@@ -109,6 +115,7 @@ struct Sql {
     unpark: Arc<str>,
     parked: Arc<str>,
     delete_parked: Arc<str>,
+    leases: leases::LeaseSql,
 }
 
 impl Sql {
@@ -190,7 +197,8 @@ impl Sql {
                    AND c.partition_count = $2 AND (c.transaction_id, c.global_position) < ($3, $4))",
             ),
             checkpoints: render(
-                "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error \
+                "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error, \
+                 owner, epoch, lease_until \
                  FROM \"{checkpoints}\" WHERE projection = $1 ORDER BY partition_count, partition",
             ),
             delete_checkpoints: render("DELETE FROM \"{checkpoints}\" WHERE projection = $1"),
@@ -211,6 +219,7 @@ impl Sql {
                  ORDER BY transaction_id, global_position",
             ),
             delete_parked: render("DELETE FROM \"{dead_letters}\" WHERE projection = $1"),
+            leases: leases::LeaseSql::new(tables),
             append_any: append(&any),
             append_new: append(&new),
             append_exact: append(&exact),
@@ -466,6 +475,14 @@ impl PostgresStore {
                     },
                     updated_at: row.try_get(4)?,
                     last_error: row.try_get(5)?,
+                    lease: match row.try_get::<Option<String>, _>(6)? {
+                        Some(owner) => Some(LeaseInfo {
+                            owner,
+                            epoch: row.try_get::<i64, _>(7)?.unsigned_abs(),
+                            until: row.try_get(8)?,
+                        }),
+                        None => None,
+                    },
                 })
             })
             .collect()

@@ -297,6 +297,7 @@ impl SqliteStore {
                     updated_at: from_unix_micros(row.try_get(4)?)
                         .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                     last_error: row.try_get(5)?,
+                    lease: None,
                 })
             })
             .collect()

@@ -1,0 +1,363 @@
+//! Partition leases on PostgreSQL: how processes share a projection's partitions.
+//!
+//! - Each process registers in the workers table with a heartbeat; a registration expires
+//!   when it missed two heartbeats, and only unexpired workers count.
+//! - A checkpoint row is also a lease: `owner`, `epoch` (incremented on every claim, the
+//!   fencing token) and `lease_until` (database clock). Free or expired rows are claimed with
+//!   `FOR UPDATE SKIP LOCKED`, up to a fair share: `ceil(partitions / live workers)`.
+//! - Each batch transaction first locks its row checking owner and epoch, so a worker whose
+//!   lease was taken over cannot commit. The lock is `FOR KEY SHARE`: it blocks claims (their
+//!   `FOR UPDATE SKIP LOCKED` passes over the row) but not the owner's own lease renewals, so
+//!   a long batch never delays a heartbeat. It also sets `idle_in_transaction_session_timeout`
+//!   to the lease duration, so a paused worker's open batch cannot hold the row past its lease.
+//! - Every heartbeat runs under the projection's advisory lock (the same one that creates
+//!   checkpoint rows), so registrations, claims and partition-count checks never interleave.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Row as _};
+use time::OffsetDateTime;
+
+use super::PostgresStore;
+use crate::error::{Error, Result};
+use crate::projection::{Lease, Partition};
+use crate::store::{Scope, Tables, partition_sql_args};
+
+/// The lease statements, rendered once with the store's table names.
+pub(super) struct LeaseSql {
+    register: Arc<str>,
+    purge: Arc<str>,
+    other_layout: Arc<str>,
+    live: Arc<str>,
+    renew: Arc<str>,
+    claim: Arc<str>,
+    release: Arc<str>,
+    deregister: Arc<str>,
+    lock: Arc<str>,
+    pending: Arc<str>,
+    workers: Arc<str>,
+}
+
+impl LeaseSql {
+    pub(super) fn new(tables: &Tables) -> Self {
+        let render = |sql: &str| -> Arc<str> { tables.render(sql).into() };
+        let key = "projection = $1 AND partition_count = $2";
+        LeaseSql {
+            register: render(
+                "INSERT INTO \"{workers}\" (projection, worker_id, partition_count, expires_at) \
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
+                 ON CONFLICT (projection, worker_id) DO UPDATE SET \
+                   partition_count = EXCLUDED.partition_count, heartbeat_at = now(), \
+                   expires_at = EXCLUDED.expires_at",
+            ),
+            purge: render("DELETE FROM \"{workers}\" WHERE projection = $1 AND expires_at < now()"),
+            other_layout: render(
+                "SELECT worker_id, partition_count FROM \"{workers}\" \
+                 WHERE projection = $1 AND partition_count <> $2 AND worker_id <> $3 \
+                 ORDER BY worker_id LIMIT 1",
+            ),
+            live: render("SELECT count(*) FROM \"{workers}\" WHERE projection = $1"),
+            renew: render(&format!(
+                "UPDATE \"{{checkpoints}}\" SET lease_until = now() + make_interval(secs => $4) \
+                 WHERE {key} AND owner = $3 \
+                   AND (partition, epoch) IN (SELECT * FROM UNNEST($5::int4[], $6::int8[])) \
+                 RETURNING partition, epoch"
+            )),
+            // Rows of this worker id it does not know of (an earlier process with the same
+            // id) are claimed again with a new epoch, never silently adopted.
+            claim: render(&format!(
+                "UPDATE \"{{checkpoints}}\" AS c SET owner = $3, epoch = c.epoch + 1, \
+                   lease_until = now() + make_interval(secs => $4) \
+                 FROM (SELECT partition FROM \"{{checkpoints}}\" \
+                       WHERE {key} AND NOT (partition = ANY($5)) \
+                         AND (owner IS NULL OR owner = $3 OR lease_until IS NULL OR lease_until < now()) \
+                         AND ($6::int4 IS NULL OR partition = $6) \
+                       ORDER BY partition LIMIT $7 FOR UPDATE SKIP LOCKED) AS free \
+                 WHERE c.projection = $1 AND c.partition_count = $2 AND c.partition = free.partition \
+                 RETURNING c.partition, c.epoch"
+            )),
+            release: render(&format!(
+                "UPDATE \"{{checkpoints}}\" SET owner = NULL, lease_until = NULL \
+                 WHERE {key} AND owner = $3 AND partition = ANY($4)"
+            )),
+            deregister: render(
+                "DELETE FROM \"{workers}\" WHERE projection = $1 AND worker_id = $2",
+            ),
+            lock: render(&format!(
+                "SELECT set_config('idle_in_transaction_session_timeout', $6, true) \
+                 FROM \"{{checkpoints}}\" \
+                 WHERE {key} AND partition = $3 AND owner = $4 AND epoch = $5 FOR KEY SHARE"
+            )),
+            pending: render(&format!(
+                "SELECT c.partition FROM \"{{checkpoints}}\" AS c \
+                 WHERE c.projection = $1 AND c.partition_count = $2 AND NOT (c.partition = ANY($9)) \
+                   AND EXISTS (SELECT 1 FROM \"{{events}}\" \
+                     WHERE (transaction_id, global_position) > (c.transaction_id::text::xid8, c.global_position) \
+                       AND global_position <= $8 \
+                       AND ($3::text[] IS NULL OR bounded_context = ANY($3)) \
+                       AND ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
+                       AND ($5::text[] IS NULL OR event_type = ANY($5)) \
+                       AND {} = c.partition) \
+                 ORDER BY c.partition",
+                crate::store::PARTITION_OF_SQL
+            )),
+            workers: render(
+                "SELECT worker_id, partition_count, started_at, heartbeat_at, expires_at \
+                 FROM \"{workers}\" WHERE projection = $1 AND expires_at > now() ORDER BY worker_id",
+            ),
+        }
+    }
+}
+
+/// What one worker asks of a heartbeat.
+#[derive(Debug)]
+pub(crate) struct Heartbeat<'a> {
+    pub(crate) projection: &'a str,
+    pub(crate) worker: &'a str,
+    pub(crate) partition_count: u32,
+    /// How long a registration and a lease last without renewal.
+    pub(crate) lease: Duration,
+    /// The partitions this worker holds, with the epoch of its claim.
+    pub(crate) held: &'a BTreeMap<u32, u64>,
+    /// `Some(k)`: claim only partition `k` (static assignment); `None`: a fair share.
+    pub(crate) only: Option<u32>,
+}
+
+/// What a heartbeat found: the partitions this worker now holds, and its fair share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Beat {
+    pub(crate) held: BTreeMap<u32, u64>,
+    pub(crate) share: usize,
+}
+
+/// A live worker, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// Its id.
+    pub id: String,
+    /// The partition count it runs the projection with.
+    pub partition_count: u32,
+    /// When it registered.
+    pub started_at: OffsetDateTime,
+    /// Its last heartbeat.
+    pub heartbeat_at: OffsetDateTime,
+    /// When it counts as dead unless it beats again.
+    pub expires_at: OffsetDateTime,
+}
+
+fn int4(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn int8(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    /// Registers (or renews) the worker, renews the leases it holds and claims free or
+    /// expired partitions up to its share. Refuses a partition count other than that of a
+    /// live worker of the projection.
+    pub(crate) async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Beat> {
+        let sql = &self.inner.sql.leases;
+        let count = int4(beat.partition_count);
+        let seconds = beat.lease.as_secs_f64();
+        let mut tx = self.inner.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pupsource.checkpoints.' || $1))")
+            .bind(beat.projection)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(Arc::clone(&sql.purge)))
+            .bind(beat.projection)
+            .execute(&mut *tx)
+            .await?;
+        let other: Option<(String, i32)> =
+            sqlx::query_as(AssertSqlSafe(Arc::clone(&sql.other_layout)))
+                .bind(beat.projection)
+                .bind(count)
+                .bind(beat.worker)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((worker, running)) = other {
+            return Err(Error::LayoutInUse {
+                projection: beat.projection.to_owned(),
+                requested: beat.partition_count,
+                running: running.unsigned_abs(),
+                worker,
+            });
+        }
+        sqlx::query(AssertSqlSafe(Arc::clone(&sql.register)))
+            .bind(beat.projection)
+            .bind(beat.worker)
+            .bind(count)
+            .bind(seconds)
+            .execute(&mut *tx)
+            .await?;
+        let live: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&sql.live)))
+            .bind(beat.projection)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (partitions, epochs): (Vec<i32>, Vec<i64>) =
+            beat.held.iter().map(|(&p, &e)| (int4(p), int8(e))).unzip();
+        let mut held = collect(
+            sqlx::query(AssertSqlSafe(Arc::clone(&sql.renew)))
+                .bind(beat.projection)
+                .bind(count)
+                .bind(beat.worker)
+                .bind(seconds)
+                .bind(&partitions)
+                .bind(&epochs)
+                .fetch_all(&mut *tx)
+                .await?,
+        )?;
+        let share = match beat.only {
+            Some(_) => 1,
+            None => {
+                let live = usize::try_from(live.max(1)).unwrap_or(1);
+                (beat.partition_count as usize).div_ceil(live)
+            }
+        };
+        if held.len() < share {
+            let kept: Vec<i32> = held.keys().map(|&p| int4(p)).collect();
+            let claimed = collect(
+                sqlx::query(AssertSqlSafe(Arc::clone(&sql.claim)))
+                    .bind(beat.projection)
+                    .bind(count)
+                    .bind(beat.worker)
+                    .bind(seconds)
+                    .bind(&kept)
+                    .bind(beat.only.map(int4))
+                    .bind(int8((share - held.len()) as u64))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?;
+            held.extend(claimed);
+        }
+        tx.commit().await?;
+        Ok(Beat { held, share })
+    }
+
+    /// Gives up `partitions` (if this worker still holds them), so others can claim them.
+    pub(crate) async fn release(
+        &self,
+        projection: &str,
+        partition_count: u32,
+        worker: &str,
+        partitions: &[u32],
+    ) -> Result<()> {
+        let partitions: Vec<i32> = partitions.iter().map(|&p| int4(p)).collect();
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.release)))
+            .bind(projection)
+            .bind(int4(partition_count))
+            .bind(worker)
+            .bind(partitions)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the worker's registration (it stopped).
+    pub(crate) async fn deregister(&self, projection: &str, worker: &str) -> Result<()> {
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.deregister)))
+            .bind(projection)
+            .bind(worker)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// In a batch transaction: locks the partition's row if `lease` still holds it, and closes
+    /// the transaction server-side if it stays idle longer than `lease_duration`.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if another worker claimed the partition since.
+    pub(crate) async fn lock_lease(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        projection: &str,
+        partition: Partition,
+        lease: &Lease,
+        lease_duration: Duration,
+    ) -> Result<()> {
+        let idle_timeout = format!("{}ms", lease_duration.as_millis().max(1));
+        let locked = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.lock)))
+            .bind(projection)
+            .bind(int4(partition.count))
+            .bind(int4(partition.index))
+            .bind(&*lease.owner)
+            .bind(int8(lease.epoch))
+            .bind(idle_timeout)
+            .fetch_optional(&mut **tx)
+            .await?;
+        match locked {
+            Some(_) => Ok(()),
+            None => Err(Error::LeaseLost {
+                projection: projection.to_owned(),
+                partition,
+                worker: lease.owner.to_string(),
+                epoch: lease.epoch,
+            }),
+        }
+    }
+
+    /// The partitions (other than `except`) whose checkpoint is behind an event in `scope` at
+    /// or below `head`.
+    pub(crate) async fn pending_partitions(
+        &self,
+        projection: &str,
+        partition_count: u32,
+        scope: &Scope,
+        head: i64,
+        except: &[u32],
+    ) -> Result<Vec<u32>> {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let (modulus, wrap) = partition_sql_args(partition_count);
+        let except: Vec<i32> = except.iter().map(|&p| int4(p)).collect();
+        let rows: Vec<i32> =
+            sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.pending)))
+                .bind(projection)
+                .bind(int4(partition_count))
+                .bind(list(&scope.contexts))
+                .bind(list(&scope.aggregate_types))
+                .bind(list(&scope.event_types))
+                .bind(modulus)
+                .bind(wrap)
+                .bind(head)
+                .bind(except)
+                .fetch_all(&self.inner.pool)
+                .await?;
+        Ok(rows.into_iter().map(i32::unsigned_abs).collect())
+    }
+
+    /// The live workers of `projection`.
+    pub(crate) async fn workers(&self, projection: &str) -> Result<Vec<WorkerStatus>> {
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.workers)))
+            .bind(projection)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerStatus {
+                    id: row.try_get(0)?,
+                    partition_count: row.try_get::<i32, _>(1)?.unsigned_abs(),
+                    started_at: row.try_get(2)?,
+                    heartbeat_at: row.try_get(3)?,
+                    expires_at: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `(partition, epoch)` rows into a map.
+fn collect(rows: Vec<sqlx::postgres::PgRow>) -> Result<BTreeMap<u32, u64>> {
+    rows.iter()
+        .map(|row| {
+            let partition: i32 = row.try_get(0)?;
+            let epoch: i64 = row.try_get(1)?;
+            Ok((partition.unsigned_abs(), epoch.unsigned_abs()))
+        })
+        .collect()
+}

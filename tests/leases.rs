@@ -1,0 +1,343 @@
+//! Partition leases with real processes on a real PostgreSQL: several processes of the
+//! `scaling` example share one projection's 8 partitions. Each applied event is recorded in
+//! the read model with the worker and the lease epoch it was applied under, in the batch's
+//! transaction, so the tests can check after the fact that every event was applied once and
+//! that each partition had exactly one owner at every commit.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pupsource::{Event, EventStore, ExpectedVersion, PostgresStore, StreamId};
+use serde_json::json;
+
+use common::{PgSchema, example_binary};
+
+/// A process of the `scaling` example, killed if the test ends without stopping it.
+struct Worker {
+    id: String,
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Worker {
+    fn start(dir: &Path, url: &str, id: &str, heartbeat: &str, delay_ms: u64) -> Self {
+        let stderr = dir.join(format!("{id}.stderr"));
+        let child = Command::new(example_binary("scaling"))
+            .current_dir(dir)
+            .args(["--worker-id", id, "--heartbeat", heartbeat, "--poll-interval", "50ms"])
+            .env("DATABASE_URL", url)
+            .env("SCALING_SEED_EVENTS", "0")
+            .env("SCALING_HANDLER_DELAY_MS", delay_ms.to_string())
+            .env("RUST_LOG", "pupsource=info")
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start the scaling example");
+        Worker { id: id.to_owned(), child: Some(child), stderr }
+    }
+
+    fn pid(&self) -> String {
+        self.child.as_ref().map(|c| c.id().to_string()).expect("running")
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.pid()]).status().expect("kill");
+        assert!(status.success(), "kill {signal} {}", self.id);
+    }
+
+    /// SIGTERM, then the exit status, stdout and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String, String) {
+        self.signal("-TERM");
+        let output = self.child.take().expect("running").wait_with_output().expect("wait");
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        (output.status, String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+    }
+
+    /// SIGKILL: no shutdown, no lease given back.
+    fn crash(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn url_of(schema: &PgSchema) -> String {
+    format!("{}?options=-c%20search_path%3D{}", common::postgres_url(), schema.name)
+}
+
+/// Appends `events` readings over 200 meters, 50 per append.
+async fn append_readings(store: &PostgresStore, from: u64, events: u64) {
+    let mut n = from;
+    while n < from + events {
+        let meter = StreamId::new("Metering", "Meter", format!("meter-{}", (n / 50) % 200));
+        let batch: Vec<Event> =
+            (0..50).map(|i| Event::new(&meter, "MeterRead", json!({ "value": n + i }))).collect();
+        store.append_and_commit(ExpectedVersion::Any, &batch).await.expect("append");
+        n += 50;
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn applied(pool: &sqlx::PgPool, owner: Option<&str>) -> i64 {
+    // The read model table appears once a worker prepared it.
+    sqlx::query_scalar("SELECT count(*) FROM scaling_applied WHERE $1::text IS NULL OR owner = $1")
+        .bind(owner)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+/// The holder of each partition of the 8-partition layout: (owner, epoch).
+async fn holders(pool: &sqlx::PgPool) -> BTreeMap<i32, (Option<String>, i64)> {
+    let rows: Vec<(i32, Option<String>, i64)> = sqlx::query_as(
+        "SELECT partition, owner, epoch FROM checkpoints \
+         WHERE projection = 'scaling' AND partition_count = 8 \
+           AND (lease_until IS NULL OR lease_until > now()) ORDER BY partition",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    rows.into_iter().map(|(p, owner, epoch)| (p, (owner, epoch))).collect()
+}
+
+/// The checks every test ends with: each event of the log applied exactly once; each
+/// (partition, epoch) applied by one worker only; per partition, epochs never go back, in
+/// log order nor in the order the rows were written; each meter's readings in version order.
+async fn assert_applied_exactly_once_under_one_owner(pool: &sqlx::PgPool, log: i64) {
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT global_position) FROM scaling_applied")
+            .fetch_one(pool)
+            .await
+            .expect("totals");
+    assert_eq!((rows, distinct), (log, log), "every event applied exactly once");
+    let missing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events e WHERE NOT EXISTS \
+         (SELECT 1 FROM scaling_applied a WHERE a.global_position = e.global_position)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("missing");
+    assert_eq!(missing, 0, "no event of the log is missing");
+    let shared: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT partition, epoch, count(DISTINCT owner) FROM scaling_applied \
+         GROUP BY partition, epoch HAVING count(DISTINCT owner) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("owners");
+    assert!(shared.is_empty(), "one owner per (partition, epoch): {shared:?}");
+    for order in ["e.transaction_id, e.global_position", "a.seq"] {
+        let regressions: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM (SELECT a.epoch, \
+               lag(a.epoch) OVER (PARTITION BY a.partition ORDER BY {order}) AS previous \
+             FROM scaling_applied a JOIN events e USING (global_position)) x \
+             WHERE epoch < previous"
+        )))
+        .fetch_one(pool)
+        .await
+        .expect("epoch order");
+        assert_eq!(regressions, 0, "an older epoch applied after a newer one (by {order})");
+    }
+    let out_of_order: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT aggregate_version, \
+           lag(aggregate_version) OVER (PARTITION BY aggregate_id ORDER BY seq) AS previous \
+         FROM scaling_applied) x WHERE aggregate_version <= previous",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("version order");
+    assert_eq!(out_of_order, 0, "each meter's readings applied in version order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_a_sigkill_and_a_fourth_apply_every_event_once() {
+    let schema = PgSchema::create().await;
+    let url = url_of(&schema);
+    let pool = schema.pool(4).await;
+    let store = PostgresStore::new(pool.clone());
+    store.migrate().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let p1 = Worker::start(dir.path(), &url, "p1", "300ms", 2);
+    let p2 = Worker::start(dir.path(), &url, "p2", "300ms", 2);
+    let p3 = Worker::start(dir.path(), &url, "p3", "300ms", 2);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { append_readings(&store, 0, 50_000).await })
+    };
+
+    // Kill p2 in the middle of its work (it is busy: each batch takes ~100 events × 2 ms).
+    eventually("p2 applied 500 events", Duration::from_secs(120), || async {
+        (applied(&pool, Some("p2")).await >= 500).then_some(())
+    })
+    .await;
+    p2.crash();
+    let p4 = Worker::start(dir.path(), &url, "p4", "300ms", 2);
+    writer.await.expect("writer");
+
+    eventually("every event is applied", Duration::from_secs(240), || async {
+        (applied(&pool, None).await >= 50_000).then_some(())
+    })
+    .await;
+    for worker in [p1, p3, p4] {
+        let id = worker.id.clone();
+        let (status, stdout, stderr) = worker.stop();
+        assert!(status.success(), "{id} exits cleanly: {stderr}");
+        assert!(stdout.contains("applied twice 0"), "{id}: {stdout}");
+        assert!(!stderr.contains("panicked"), "{id}: {stderr}");
+    }
+    assert_applied_exactly_once_under_one_owner(&pool, 50_000).await;
+    for (owner, at_least) in [("p1", 1), ("p2", 500), ("p3", 1), ("p4", 1)] {
+        let n = applied(&pool, Some(owner)).await;
+        assert!(n >= at_least, "{owner} applied {n} events");
+    }
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
+    let schema = PgSchema::create().await;
+    let url = url_of(&schema);
+    let pool = schema.pool(4).await;
+    let store = PostgresStore::new(pool.clone());
+    store.migrate().await.expect("migrate");
+    append_readings(&store, 0, 6_000).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // Lease 600 ms; a batch of 100 events takes at least 500 ms, so p1 is paused mid-batch.
+    let p1 = Worker::start(dir.path(), &url, "p1", "200ms", 5);
+    let p2 = Worker::start(dir.path(), &url, "p2", "200ms", 5);
+    let before =
+        eventually("both hold 4 partitions, p1 applying", Duration::from_secs(60), || async {
+            let held = holders(&pool).await;
+            let p1_held = held.values().filter(|(o, _)| o.as_deref() == Some("p1")).count();
+            let p2_held = held.values().filter(|(o, _)| o.as_deref() == Some("p2")).count();
+            (p1_held == 4 && p2_held == 4 && applied(&pool, Some("p1")).await > 0).then_some(held)
+        })
+        .await;
+
+    p1.signal("-STOP");
+    let paused_at = applied(&pool, Some("p1")).await;
+    let taken = eventually("p2 took every partition over", Duration::from_secs(60), || async {
+        let held = holders(&pool).await;
+        (held.len() == 8 && held.values().all(|(o, _)| o.as_deref() == Some("p2"))).then_some(held)
+    })
+    .await;
+    p1.signal("-CONT");
+
+    eventually("every event is applied", Duration::from_secs(120), || async {
+        (applied(&pool, None).await >= 6_000).then_some(())
+    })
+    .await;
+    let (p1_status, _, p1_stderr) = p1.stop();
+    let (p2_status, p2_stdout, _) = p2.stop();
+    assert!(p1_status.success() && p2_status.success(), "{p1_stderr}");
+    assert!(p2_stdout.contains("applied twice 0"), "{p2_stdout}");
+    assert!(
+        p1_stderr.contains("lease lost") || p1_stderr.contains("lease taken over"),
+        "the resumed worker noticed it lost its leases:\n{p1_stderr}"
+    );
+    assert_applied_exactly_once_under_one_owner(&pool, 6_000).await;
+    // p2 took p1's partitions under new epochs; by the epoch-order check above, nothing p1
+    // had in flight under the epochs it lost was committed after p2's first commit.
+    for (partition, (owner, epoch)) in &before {
+        if owner.as_deref() == Some("p1") {
+            assert!(
+                taken[partition].1 > *epoch,
+                "partition {partition}: {before:?} then {taken:?}"
+            );
+        }
+    }
+    assert!(applied(&pool, Some("p1")).await >= paused_at);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_settle_at_two_partitions_each_and_stay() {
+    const HEARTBEAT: Duration = Duration::from_millis(500);
+    let schema = PgSchema::create().await;
+    let url = url_of(&schema);
+    let pool = schema.pool(2).await;
+    PostgresStore::new(pool.clone()).migrate().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let started = Instant::now();
+    let workers: Vec<Worker> = ["w1", "w2", "w3", "w4"]
+        .into_iter()
+        .map(|id| Worker::start(dir.path(), &url, id, "500ms", 0))
+        .collect();
+    let settled = eventually("each worker holds 2 partitions", HEARTBEAT * 40, || async {
+        let held = holders(&pool).await;
+        let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+        for (owner, _) in held.values() {
+            *per_owner.entry(owner.clone().unwrap_or_default()).or_default() += 1;
+        }
+        let ids: Vec<&str> = per_owner.keys().map(String::as_str).collect();
+        (ids == ["w1", "w2", "w3", "w4"] && per_owner.values().all(|&n| n == 2)).then_some(held)
+    })
+    .await;
+    let intervals = started.elapsed().as_secs_f64() / HEARTBEAT.as_secs_f64();
+    eprintln!("settled after {intervals:.1} heartbeat intervals (process start included)");
+
+    // No oscillation: the same owners and epochs for 10 more heartbeat intervals.
+    let watch_until = Instant::now() + HEARTBEAT * 10;
+    while Instant::now() < watch_until {
+        assert_eq!(holders(&pool).await, settled, "assignments changed after settling");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let status = Command::new(example_binary("scaling"))
+        .current_dir(dir.path())
+        .arg("status")
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    for id in ["w1", "w2", "w3", "w4"] {
+        assert_eq!(text.matches(&format!("owner {id} epoch")).count(), 2, "{text}");
+        assert_eq!(text.matches(&format!("worker {id} (8 partitions)")).count(), 1, "{text}");
+    }
+    for worker in workers {
+        let id = worker.id.clone();
+        let (exit, _, stderr) = worker.stop();
+        assert!(exit.success(), "{id}: {stderr}");
+    }
+    // Stopped workers give their leases back and deregister.
+    assert!(holders(&pool).await.values().all(|(owner, _)| owner.is_none()));
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_workers")
+        .fetch_one(&pool)
+        .await
+        .expect("workers");
+    assert_eq!(live, 0);
+    pool.close().await;
+}
