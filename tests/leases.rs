@@ -230,7 +230,7 @@ async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
     let pool = schema.pool(4).await;
     let store = PostgresStore::new(pool.clone());
     store.migrate().await.expect("migrate");
-    append_readings(&store, 0, 6_000).await;
+    append_readings(&store, 0, 12_000).await;
     let dir = tempfile::tempdir().expect("temp dir");
 
     // Lease 600 ms; a batch of 100 events takes at least 500 ms, so p1 is paused mid-batch.
@@ -255,18 +255,24 @@ async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
     p1.signal("-CONT");
 
     eventually("every event is applied", Duration::from_secs(120), || async {
-        (applied(&pool, None).await >= 6_000).then_some(())
+        (applied(&pool, None).await >= 12_000).then_some(())
     })
     .await;
     let (p1_status, _, p1_stderr) = p1.stop();
     let (p2_status, p2_stdout, _) = p2.stop();
     assert!(p1_status.success() && p2_status.success(), "{p1_stderr}");
     assert!(p2_stdout.contains("applied twice 0"), "{p2_stdout}");
+    // p1 was paused mid-batch (its partitions had thousands of events to go): the server
+    // closed those idle transactions, so the batches failed instead of committing.
+    assert!(
+        p1_stderr.contains("batch failed; retrying"),
+        "the resumed worker's batches in flight failed:\n{p1_stderr}"
+    );
     assert!(
         p1_stderr.contains("lease lost") || p1_stderr.contains("lease taken over"),
         "the resumed worker noticed it lost its leases:\n{p1_stderr}"
     );
-    assert_applied_exactly_once_under_one_owner(&pool, 6_000).await;
+    assert_applied_exactly_once_under_one_owner(&pool, 12_000).await;
     // p2 took p1's partitions under new epochs; by the epoch-order check above, nothing p1
     // had in flight under the epochs it lost was committed after p2's first commit.
     for (partition, (owner, epoch)) in &before {
@@ -340,4 +346,86 @@ async fn four_workers_settle_at_two_partitions_each_and_stay() {
         .expect("workers");
     assert_eq!(live, 0);
     pool.close().await;
+}
+
+/// A projection that does nothing: these tests look at leases, not at a read model.
+struct Idle(u32);
+
+impl pupsource::Projection for Idle {
+    fn name(&self) -> &str {
+        "idle"
+    }
+
+    fn partitions(&self) -> u32 {
+        self.0
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _: &'a pupsource::PersistedEvent,
+        _: &'a mut pupsource::Context<'_>,
+    ) -> pupsource::projection::HandleFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_partition_count_is_refused_while_live_workers_run_the_old_one() {
+    let db = common::postgres().await;
+    let store: pupsource::Store = db.store.clone().into();
+    let four = pupsource::Runner::new(store.clone())
+        .projection(std::sync::Arc::new(Idle(4)))
+        .worker_id("four")
+        .heartbeat(Duration::from_millis(100));
+    let running = common::Running::start(&four);
+    eventually("`four` holds its partitions", Duration::from_secs(30), || async {
+        let owners: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT owner FROM checkpoints WHERE projection = 'idle' AND partition_count = 4",
+        )
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap_or_default();
+        (owners.len() == 4 && owners.iter().all(|o| o.as_deref() == Some("four"))).then_some(())
+    })
+    .await;
+
+    let eight = pupsource::Runner::new(store.clone())
+        .projection(std::sync::Arc::new(Idle(8)))
+        .worker_id("eight")
+        .until_caught_up();
+    let err = eight.run_until(std::future::pending()).await.expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "projection `idle` runs with 4 partitions in live worker `four`; stop it before running with 8"
+    );
+    let layouts: Vec<i32> = sqlx::query_scalar(
+        "SELECT DISTINCT partition_count FROM checkpoints WHERE projection = 'idle'",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .expect("layouts");
+    assert_eq!(layouts, [4], "the refused run created no checkpoint rows");
+
+    running.stop().await.expect("four stops");
+    eight.run_until(std::future::pending()).await.expect("8 partitions once `four` stopped");
+}
+
+#[tokio::test]
+async fn bad_assignments_and_worker_ids_are_refused_before_anything_runs() {
+    let store = pupsource::SqliteStore::connect("sqlite::memory:").await.expect("open");
+    let runner = pupsource::Runner::new(store).projection(std::sync::Arc::new(Idle(2)));
+    let cases = [
+        (
+            runner.clone().assign(3, 3),
+            "invalid partition key 3: with 3 partitions the keys are 0 to 2",
+        ),
+        (runner.clone().worker_id(""), "invalid worker id \"\": is empty"),
+        (runner.clone().worker_id("a\0b"), "invalid worker id \"a\\0b\": contains a NUL character"),
+    ];
+    for (runner, expected) in cases {
+        let err = runner.check().expect_err("refused");
+        assert_eq!(err.to_string(), expected);
+    }
+    assert_eq!(runner.clone().assign(1, 3).assignment().map(|p| (p.index, p.count)), Some((1, 3)));
+    assert!(runner.id().contains(&std::process::id().to_string()), "{}", runner.id());
 }

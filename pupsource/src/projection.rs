@@ -68,7 +68,7 @@ pub trait Projection: std::any::Any + Send + Sync + 'static {
         Scope::all()
     }
 
-    /// Handles one event. An error is retried with backoff, then stops the projection or parks
+    /// Handles one event. An error is retried with backoff, then halts the partition or parks
     /// the event, as the runner's [`ErrorPolicy`](crate::runner::ErrorPolicy) says.
     fn handle<'a>(&'a self, event: &'a PersistedEvent, cx: &'a mut Context<'_>)
     -> HandleFuture<'a>;

@@ -7,17 +7,24 @@
 //! here", which lets a partition that received nothing advance its checkpoint too.
 //!
 //! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it
-//! (layout changes are handled as the `checkpoint` module explains). Events of one aggregate share a partition and arrive in log
-//! order, which is version order. A handler error rolls the batch back; the batch is then
+//! (layout changes are handled as the `checkpoint` module explains). Events of one aggregate
+//! share a partition and arrive in log order, which is version order. A handler error rolls the batch back; the batch is then
 //! redone one event per transaction, the failing event retried with exponential backoff, and
-//! finally the projection stops ([`ErrorPolicy::Stop`], the default) or the event and every
+//! finally the partition halts ([`ErrorPolicy::Stop`], the default) or the event and every
 //! later event of its aggregate are parked ([`ErrorPolicy::Park`]).
 //!
 //! Wake-ups: an append in this process wakes the readers at once; on PostgreSQL other
 //! processes' appends arrive as a coalesced `NOTIFY` hint; polling backs off while idle, up to
 //! [`Runner::poll_interval`].
 //!
-//! Shutdown: the first error cancels every projection (fail-fast); Ctrl-C or SIGTERM lets
+//! Several processes: on PostgreSQL each projection's partitions are leases that the processes
+//! running it share (fair share, heartbeats, fencing epochs checked by every batch); see
+//! [`Runner::worker_id`], [`Runner::heartbeat`] and [`Runner::assign`]. On SQLite one process
+//! runs every partition of a projection (or its assigned one).
+//!
+//! Failures: a partition whose handler keeps failing halts alone (see [`ErrorPolicy::Stop`]);
+//! any other error (a lost checkpoint, a partition count that conflicts with live workers, an
+//! undecodable row) cancels every projection (fail-fast); Ctrl-C or SIGTERM lets
 //! each worker finish the batch in flight. [`Runner::run`] returns once every task stopped.
 
 mod coordinator;
@@ -45,7 +52,12 @@ use crate::store::Store;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ErrorPolicy {
-    /// Stop the projection (and, fail-fast, the runner) with [`Error::Handler`].
+    /// Halt the failing partition: it is no longer run (on PostgreSQL it stays leased by this
+    /// process, so the failure does not travel to another worker) while every other partition
+    /// and projection goes on; its error is shown by status and returned as
+    /// [`Error::Handler`] when the run ends, at once if nothing else is left to run in this
+    /// process. Restart the process (after a fix, [`Runner::rebuild`] or a parked replay) to
+    /// retry it.
     #[default]
     Stop,
     /// Park the event, and every later event of its aggregate, in the dead-letter table, and

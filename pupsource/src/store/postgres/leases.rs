@@ -86,9 +86,8 @@ impl LeaseSql {
                 "DELETE FROM \"{workers}\" WHERE projection = $1 AND worker_id = $2",
             ),
             lock: render(&format!(
-                "SELECT set_config('idle_in_transaction_session_timeout', $6, true) \
-                 FROM \"{{checkpoints}}\" \
-                 WHERE {key} AND partition = $3 AND owner = $4 AND epoch = $5 FOR KEY SHARE"
+                "SELECT owner, epoch, set_config('idle_in_transaction_session_timeout', $4, true) \
+                 FROM \"{{checkpoints}}\" WHERE {key} AND partition = $3 FOR KEY SHARE"
             )),
             pending: render(&format!(
                 "SELECT c.partition FROM \"{{checkpoints}}\" AS c \
@@ -272,7 +271,8 @@ impl PostgresStore {
     /// the transaction server-side if it stays idle longer than `lease_duration`.
     ///
     /// # Errors
-    /// [`Error::LeaseLost`] if another worker claimed the partition since.
+    /// [`Error::LeaseLost`] if another worker claimed the partition since (or this one gave
+    /// it back); [`Error::CheckpointLost`] if the row is gone (the projection was rebuilt).
     pub(crate) async fn lock_lease(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
@@ -282,18 +282,22 @@ impl PostgresStore {
         lease_duration: Duration,
     ) -> Result<()> {
         let idle_timeout = format!("{}ms", lease_duration.as_millis().max(1));
-        let locked = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.lock)))
-            .bind(projection)
-            .bind(int4(partition.count))
-            .bind(int4(partition.index))
-            .bind(&*lease.owner)
-            .bind(int8(lease.epoch))
-            .bind(idle_timeout)
-            .fetch_optional(&mut **tx)
-            .await?;
-        match locked {
-            Some(_) => Ok(()),
-            None => Err(Error::LeaseLost {
+        let row: Option<(Option<String>, i64, String)> =
+            sqlx::query_as(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.lock)))
+                .bind(projection)
+                .bind(int4(partition.count))
+                .bind(int4(partition.index))
+                .bind(idle_timeout)
+                .fetch_optional(&mut **tx)
+                .await?;
+        match row {
+            None => Err(Error::CheckpointLost { projection: projection.to_owned(), partition }),
+            Some((Some(owner), epoch, _))
+                if *owner == *lease.owner && epoch.unsigned_abs() == lease.epoch =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(Error::LeaseLost {
                 projection: projection.to_owned(),
                 partition,
                 worker: lease.owner.to_string(),
