@@ -129,6 +129,17 @@ async fn holders(pool: &sqlx::PgPool) -> BTreeMap<i32, (Option<String>, i64)> {
     rows.into_iter().map(|(p, owner, epoch)| (p, (owner, epoch))).collect()
 }
 
+/// Partitions held per owner.
+fn per_owner(held: &BTreeMap<i32, (Option<String>, i64)>) -> BTreeMap<String, usize> {
+    let mut per = BTreeMap::new();
+    for (owner, _) in held.values() {
+        if let Some(owner) = owner {
+            *per.entry(owner.clone()).or_default() += 1;
+        }
+    }
+    per
+}
+
 /// The checks every test ends with: each event of the log applied exactly once; each
 /// (partition, epoch) applied by one worker only; per partition, epochs never go back, in
 /// log order nor in the order the rows were written; each meter's readings in version order.
@@ -296,23 +307,29 @@ async fn four_workers_settle_at_two_partitions_each_and_stay() {
     PostgresStore::new(pool.clone()).migrate().await.expect("migrate");
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let started = Instant::now();
-    let workers: Vec<Worker> = ["w1", "w2", "w3", "w4"]
-        .into_iter()
-        .map(|id| Worker::start(dir.path(), &url, id, "500ms", 0))
-        .collect();
-    let settled = eventually("each worker holds 2 partitions", HEARTBEAT * 40, || async {
+    // 1, then 2, then 4 processes: each step moves partitions by releases and claims.
+    let mut workers = vec![Worker::start(dir.path(), &url, "w1", "500ms", 0)];
+    let mut started = Instant::now();
+    for ids in [&["w2"][..], &["w3", "w4"]] {
+        eventually("the running workers split the partitions", HEARTBEAT * 40, || async {
+            let n = workers.len();
+            let per = per_owner(&holders(&pool).await);
+            (per.len() == n && per.values().all(|&held| held == 8 / n)).then_some(())
+        })
+        .await;
+        started = Instant::now();
+        workers.extend(ids.iter().map(|id| Worker::start(dir.path(), &url, id, "500ms", 0)));
+    }
+    let settled = eventually("each of 4 workers holds 2 partitions", HEARTBEAT * 40, || async {
         let held = holders(&pool).await;
-        let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
-        for (owner, _) in held.values() {
-            *per_owner.entry(owner.clone().unwrap_or_default()).or_default() += 1;
-        }
-        let ids: Vec<&str> = per_owner.keys().map(String::as_str).collect();
-        (ids == ["w1", "w2", "w3", "w4"] && per_owner.values().all(|&n| n == 2)).then_some(held)
+        let per = per_owner(&held);
+        let ids: Vec<&str> = per.keys().map(String::as_str).collect();
+        (ids == ["w1", "w2", "w3", "w4"] && per.values().all(|&n| n == 2)).then_some(held)
     })
     .await;
     let intervals = started.elapsed().as_secs_f64() / HEARTBEAT.as_secs_f64();
-    eprintln!("settled after {intervals:.1} heartbeat intervals (process start included)");
+    eprintln!("2 → 4 workers settled after {intervals:.1} heartbeat intervals (start included)");
+    assert!(intervals <= 20.0, "settling took {intervals:.1} heartbeat intervals");
 
     // No oscillation: the same owners and epochs for 10 more heartbeat intervals.
     let watch_until = Instant::now() + HEARTBEAT * 10;

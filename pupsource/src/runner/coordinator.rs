@@ -227,8 +227,9 @@ impl Coordinator {
                 tracing::info!(target: "pupsource::runner", projection = %self.name, partition, epoch, "partition claimed");
             }
         }
+        // A halted partition stays halted in this process (and reported) even if its lease
+        // lapses meanwhile.
         self.held = beat.held;
-        self.halted.retain(|p, _| self.held.contains_key(p));
         let surplus: Vec<u32> = self
             .held
             .keys()
