@@ -273,12 +273,10 @@ async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
     let (p2_status, p2_stdout, _) = p2.stop();
     assert!(p1_status.success() && p2_status.success(), "{p1_stderr}");
     assert!(p2_stdout.contains("applied twice 0"), "{p2_stdout}");
-    // p1 was paused mid-batch (its partitions had thousands of events to go): the server
-    // closed those idle transactions, so the batches failed instead of committing.
-    assert!(
-        p1_stderr.contains("batch failed; retrying"),
-        "the resumed worker's batches in flight failed:\n{p1_stderr}"
-    );
+    // p1 was paused mid-batch (its partitions had thousands of events to go). Resumed, each
+    // batch in flight either lost its connection (the server closes a transaction idle for
+    // longer than a lease) or reached its checkpoint write and failed the epoch check; the
+    // checks below show that none committed.
     assert!(
         p1_stderr.contains("lease lost") || p1_stderr.contains("lease taken over"),
         "the resumed worker noticed it lost its leases:\n{p1_stderr}"
@@ -308,12 +306,25 @@ async fn four_workers_settle_at_two_partitions_each_and_stay() {
     let dir = tempfile::tempdir().expect("temp dir");
 
     // 1, then 2, then 4 processes: each step moves partitions by releases and claims.
+    // Every assignment seen is logged (shown if the test fails).
+    let started_at = Instant::now();
+    let seen = std::sync::Mutex::new(String::new());
+    let observe = |held: &BTreeMap<i32, (Option<String>, i64)>| {
+        let line = format!("{:?}", held.values().collect::<Vec<_>>());
+        let mut last = seen.lock().expect("lock");
+        if *last != line {
+            eprintln!("{:>6} ms: {line}", started_at.elapsed().as_millis());
+            *last = line;
+        }
+    };
     let mut workers = vec![Worker::start(dir.path(), &url, "w1", "500ms", 0)];
     let mut started = Instant::now();
     for ids in [&["w2"][..], &["w3", "w4"]] {
         eventually("the running workers split the partitions", HEARTBEAT * 40, || async {
             let n = workers.len();
-            let per = per_owner(&holders(&pool).await);
+            let held = holders(&pool).await;
+            observe(&held);
+            let per = per_owner(&held);
             (per.len() == n && per.values().all(|&held| held == 8 / n)).then_some(())
         })
         .await;
@@ -322,6 +333,7 @@ async fn four_workers_settle_at_two_partitions_each_and_stay() {
     }
     let settled = eventually("each of 4 workers holds 2 partitions", HEARTBEAT * 40, || async {
         let held = holders(&pool).await;
+        observe(&held);
         let per = per_owner(&held);
         let ids: Vec<&str> = per.keys().map(String::as_str).collect();
         (ids == ["w1", "w2", "w3", "w4"] && per.values().all(|&n| n == 2)).then_some(held)

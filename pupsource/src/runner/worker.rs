@@ -181,14 +181,14 @@ impl Worker {
         rows.into_iter().find(|row| row.partition == self.partition).map(|row| row.position)
     }
 
-    /// Opens a batch transaction; under a lease, locks the partition's row first, checking
-    /// that this worker still holds it ([`Error::LeaseLost`] otherwise).
+    /// Opens a batch transaction; under a lease, one the server closes if this worker leaves
+    /// it idle past the lease (paused, cut off). The lease itself is checked by the
+    /// checkpoint write that ends the batch.
     async fn begin(&self) -> Result<BatchTx> {
-        let mut tx = self.store.begin_batch().await?;
-        if let Some(lease) = &self.lease {
-            tx.lock_lease(&self.name, self.partition, lease, self.settings.lease()).await?;
+        match self.lease {
+            Some(_) => self.store.begin_leased_batch(self.settings.lease()).await,
+            None => self.store.begin_batch().await,
         }
-        Ok(tx)
     }
 
     /// One transaction for the whole batch. `Ok(false)` if a handler failed (rolled back).
@@ -219,8 +219,15 @@ impl Worker {
 
     /// Writes the checkpoint (retiring older layouts when possible) and commits.
     async fn commit(&mut self, mut tx: BatchTx, through: Position) -> Result<()> {
-        let retired =
-            tx.save_checkpoint(&self.name, self.partition, through, self.retire_after).await?;
+        let retired = tx
+            .save_checkpoint(
+                &self.name,
+                self.partition,
+                through,
+                self.lease.as_ref(),
+                self.retire_after,
+            )
+            .await?;
         tx.commit().await?;
         if retired {
             tracing::info!(projection = %self.name, "older partition layouts retired");

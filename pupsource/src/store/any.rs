@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{EventStore, PostgresStore, Scope, SqliteStore};
 use crate::checkpoint::CheckpointState;
-use crate::error::{Error, InvalidInput, Result};
+use crate::error::{InvalidInput, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
 use crate::projection::{Lease, Partition, Transaction};
 use crate::runner::{Fence, ParkedEvent};
@@ -122,6 +122,18 @@ impl Store {
     pub(crate) async fn begin_batch(&self) -> Result<BatchTx> {
         Ok(match self {
             Store::Postgres(s) => BatchTx::Postgres(s.clone(), s.begin().await?),
+            Store::Sqlite(s) => BatchTx::Sqlite(s.clone(), s.begin().await?),
+        })
+    }
+
+    /// A batch of a leased partition: on PostgreSQL the server closes the transaction once it
+    /// has stayed idle longer than `idle_limit`. SQLite has no leases.
+    pub(crate) async fn begin_leased_batch(
+        &self,
+        idle_limit: std::time::Duration,
+    ) -> Result<BatchTx> {
+        Ok(match self {
+            Store::Postgres(s) => BatchTx::Postgres(s.clone(), s.begin_fenced(idle_limit).await?),
             Store::Sqlite(s) => BatchTx::Sqlite(s.clone(), s.begin().await?),
         })
     }
@@ -274,44 +286,35 @@ impl BatchTx {
         }
     }
 
-    /// Writes the partition's checkpoint, and retires older layouts when every partition of
-    /// this one is past `retire_after`. Returns whether older layouts were retired.
+    /// Writes the partition's checkpoint (under `lease`, only if this worker still holds it),
+    /// and retires older layouts when every partition of this one is past `retire_after`.
+    /// Returns whether older layouts were retired.
     ///
     /// # Errors
-    /// [`Error::CheckpointLost`] if the checkpoint row no longer exists.
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) if another worker claimed the partition;
+    /// [`Error::CheckpointLost`](crate::Error::CheckpointLost)
+    /// if the checkpoint row no longer exists.
     pub(crate) async fn save_checkpoint(
         &mut self,
         projection: &str,
         partition: Partition,
         position: Position,
+        lease: Option<&Lease>,
         retire_after: Option<Position>,
     ) -> Result<bool> {
-        let updated = dispatch_tx!(self, s, tx => s.save_checkpoint(tx, projection, partition, position).await)?;
-        if !updated {
-            return Err(Error::CheckpointLost { projection: projection.to_owned(), partition });
+        match self {
+            BatchTx::Postgres(s, tx) => {
+                s.save_checkpoint(tx, projection, partition, position, lease).await?;
+            }
+            BatchTx::Sqlite(s, tx) => {
+                s.save_checkpoint(tx, projection, partition, position).await?
+            }
         }
         match retire_after {
             Some(after) if position >= after => {
                 dispatch_tx!(self, s, tx => s.retire_layouts(tx, projection, partition.count, after).await)
             }
             _ => Ok(false),
-        }
-    }
-
-    /// PostgreSQL: locks the partition's row if `lease` still holds it; see
-    /// [`PostgresStore::lock_lease`]. SQLite has no leases.
-    pub(crate) async fn lock_lease(
-        &mut self,
-        projection: &str,
-        partition: Partition,
-        lease: &Lease,
-        lease_duration: std::time::Duration,
-    ) -> Result<()> {
-        match self {
-            BatchTx::Postgres(s, tx) => {
-                s.lock_lease(tx, projection, partition, lease, lease_duration).await
-            }
-            BatchTx::Sqlite(..) => Ok(()),
         }
     }
 

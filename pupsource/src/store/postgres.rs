@@ -40,7 +40,7 @@ use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
 };
 use crate::partition::partition_hash;
-use crate::projection::Partition;
+use crate::projection::{Lease, Partition};
 use crate::runner::{Fence, ParkedEvent};
 use crate::version::ExpectedVersion;
 
@@ -54,6 +54,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0002_projections.sql"),
     include_str!("../../../migrations/postgres/0003_leases.sql"),
 ];
+
+/// How long the transaction that creates a projection's checkpoint rows, under the
+/// projection's lock, may stay idle before the server ends it (a paused process must not hold
+/// the lock).
+const SETUP_IDLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// At most one cross-process `NOTIFY` hint per this interval per process.
 const HINT_INTERVAL: Duration = Duration::from_millis(20);
@@ -116,6 +121,9 @@ struct Sql {
     parked: Arc<str>,
     delete_parked: Arc<str>,
     leases: leases::LeaseSql,
+    /// Serializes whatever decides a projection's partitions (creating checkpoint rows,
+    /// heartbeats): per schema, table and projection, so unrelated stores never wait.
+    projection_lock: Arc<str>,
 }
 
 impl Sql {
@@ -189,7 +197,8 @@ impl Sql {
             ),
             save_checkpoint: render(&format!(
                 "UPDATE \"{{checkpoints}}\" SET transaction_id = $4, global_position = $5, \
-                 updated_at = now(), last_error = NULL, last_error_at = NULL WHERE {cp_key}"
+                 updated_at = now(), last_error = NULL, last_error_at = NULL WHERE {cp_key} \
+                 AND ($6::text IS NULL OR (owner = $6 AND epoch = $7))"
             )),
             retire_layouts: render(
                 "DELETE FROM \"{checkpoints}\" WHERE projection = $1 AND partition_count <> $2 \
@@ -220,6 +229,9 @@ impl Sql {
             ),
             delete_parked: render("DELETE FROM \"{dead_letters}\" WHERE projection = $1"),
             leases: leases::LeaseSql::new(tables),
+            projection_lock: render(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.{checkpoints}.' || $1))",
+            ),
             append_any: append(&any),
             append_new: append(&new),
             append_exact: append(&exact),
@@ -377,9 +389,9 @@ impl PostgresStore {
         partition_count: u32,
     ) -> Result<CheckpointState> {
         let sql = &self.inner.sql;
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_fenced(SETUP_IDLE_LIMIT).await?;
         // One process at a time decides where new partitions start.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pupsource.checkpoints.' || $1))")
+        sqlx::query(AssertSqlSafe(Arc::clone(&sql.projection_lock)))
             .bind(projection)
             .execute(&mut *tx)
             .await?;
@@ -422,22 +434,45 @@ impl PostgresStore {
         Ok(state)
     }
 
+    /// Writes the partition's checkpoint; under a lease, only if this worker still holds it
+    /// (the fencing check: the statement locks the row, so no claim can slip in before the
+    /// commit).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if another worker claimed the partition; [`Error::CheckpointLost`]
+    /// if the row is gone.
     pub(crate) async fn save_checkpoint(
         &self,
         tx: &mut sqlx::Transaction<'static, Postgres>,
         projection: &str,
         partition: Partition,
         position: Position,
-    ) -> Result<bool> {
+        lease: Option<&Lease>,
+    ) -> Result<()> {
         let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.save_checkpoint)))
             .bind(projection)
             .bind(i32::try_from(partition.count).unwrap_or(i32::MAX))
             .bind(i32::try_from(partition.index).unwrap_or(i32::MAX))
             .bind(position.transaction_id)
             .bind(position.global_position)
+            .bind(lease.map(|l| &*l.owner))
+            .bind(lease.map(|l| i64::try_from(l.epoch).unwrap_or(i64::MAX)))
             .execute(&mut **tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        match lease {
+            Some(lease) if self.checkpoint_exists(tx, projection, partition).await? => {
+                Err(Error::LeaseLost {
+                    projection: projection.to_owned(),
+                    partition,
+                    worker: lease.owner.to_string(),
+                    epoch: lease.epoch,
+                })
+            }
+            _ => Err(Error::CheckpointLost { projection: projection.to_owned(), partition }),
+        }
     }
 
     pub(crate) async fn retire_layouts(

@@ -237,7 +237,7 @@ impl SqliteStore {
         projection: &str,
         partition: Partition,
         position: Position,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let done = sqlx::query(self.sql(
             "UPDATE \"{checkpoints}\" SET transaction_id = ?4, global_position = ?5, updated_at = ?6, \
              last_error = NULL, last_error_at = NULL \
@@ -251,7 +251,11 @@ impl SqliteStore {
         .bind(unix_micros(OffsetDateTime::now_utc()))
         .execute(&mut **tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(Error::CheckpointLost { projection: projection.to_owned(), partition })
+        }
     }
 
     pub(crate) async fn retire_layouts(

@@ -5,11 +5,15 @@
 //! - A checkpoint row is also a lease: `owner`, `epoch` (incremented on every claim, the
 //!   fencing token) and `lease_until` (database clock). Free or expired rows are claimed with
 //!   `FOR UPDATE SKIP LOCKED`, up to a fair share: `ceil(partitions / live workers)`.
-//! - Each batch transaction first locks its row checking owner and epoch, so a worker whose
-//!   lease was taken over cannot commit. The lock is `FOR KEY SHARE`: it blocks claims (their
-//!   `FOR UPDATE SKIP LOCKED` passes over the row) but not the owner's own lease renewals, so
-//!   a long batch never delays a heartbeat. It also sets `idle_in_transaction_session_timeout`
-//!   to the lease duration, so a paused worker's open batch cannot hold the row past its lease.
+//! - Each batch transaction writes its checkpoint only where owner and epoch are still its own
+//!   (`UPDATE … WHERE owner = $me AND epoch = $mine`), as its last statement before `COMMIT`:
+//!   the update locks the row, so a claim either happened before (the update finds nothing,
+//!   the batch rolls back with `LeaseLost`) or waits until after the commit (its
+//!   `FOR UPDATE SKIP LOCKED` passes over the locked row). A worker that lost its lease can
+//!   never commit a batch, and the check costs no round trip of its own.
+//! - Each batch's `BEGIN` also sets `idle_in_transaction_session_timeout` to the lease
+//!   duration, so a paused or cut-off worker cannot hold read-model or checkpoint rows past
+//!   its lease: the server closes its transaction.
 //! - Every heartbeat runs under the projection's advisory lock (the same one that creates
 //!   checkpoint rows), so registrations, claims and partition-count checks never interleave.
 
@@ -22,7 +26,7 @@ use time::OffsetDateTime;
 
 use super::PostgresStore;
 use crate::error::{Error, Result};
-use crate::projection::{Lease, Partition};
+use crate::projection::Partition;
 use crate::store::{Scope, Tables, partition_sql_args};
 
 /// The lease statements, rendered once with the store's table names.
@@ -35,7 +39,7 @@ pub(super) struct LeaseSql {
     claim: Arc<str>,
     release: Arc<str>,
     deregister: Arc<str>,
-    lock: Arc<str>,
+    exists: Arc<str>,
     pending: Arc<str>,
     workers: Arc<str>,
 }
@@ -85,9 +89,8 @@ impl LeaseSql {
             deregister: render(
                 "DELETE FROM \"{workers}\" WHERE projection = $1 AND worker_id = $2",
             ),
-            lock: render(&format!(
-                "SELECT owner, epoch, set_config('idle_in_transaction_session_timeout', $4, true) \
-                 FROM \"{{checkpoints}}\" WHERE {key} AND partition = $3 FOR KEY SHARE"
+            exists: render(&format!(
+                "SELECT EXISTS (SELECT 1 FROM \"{{checkpoints}}\" WHERE {key} AND partition = $3)"
             )),
             pending: render(&format!(
                 "SELECT c.partition FROM \"{{checkpoints}}\" AS c \
@@ -163,8 +166,9 @@ impl PostgresStore {
         let sql = &self.inner.sql.leases;
         let count = int4(beat.partition_count);
         let seconds = beat.lease.as_secs_f64();
-        let mut tx = self.inner.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pupsource.checkpoints.' || $1))")
+        // Under the projection's lock: a paused process must not hold it past its lease.
+        let mut tx = self.begin_fenced(beat.lease).await?;
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.projection_lock)))
             .bind(beat.projection)
             .execute(&mut *tx)
             .await?;
@@ -267,43 +271,31 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// In a batch transaction: locks the partition's row if `lease` still holds it, and closes
-    /// the transaction server-side if it stays idle longer than `lease_duration`.
-    ///
-    /// # Errors
-    /// [`Error::LeaseLost`] if another worker claimed the partition since (or this one gave
-    /// it back); [`Error::CheckpointLost`] if the row is gone (the projection was rebuilt).
-    pub(crate) async fn lock_lease(
+    /// Begins a batch transaction that the server closes once it has stayed idle longer than
+    /// `idle_limit` (a paused or cut-off worker cannot hold its rows past its lease). The
+    /// setting travels with `BEGIN`: no extra round trip.
+    pub(crate) async fn begin_fenced(
+        &self,
+        idle_limit: Duration,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let millis = idle_limit.as_millis().clamp(1, i32::MAX as u128);
+        let begin = format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {millis}");
+        Ok(self.inner.pool.begin_with(AssertSqlSafe(begin)).await?)
+    }
+
+    /// Whether the partition's checkpoint row exists (in `tx`).
+    pub(super) async fn checkpoint_exists(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         projection: &str,
         partition: Partition,
-        lease: &Lease,
-        lease_duration: Duration,
-    ) -> Result<()> {
-        let idle_timeout = format!("{}ms", lease_duration.as_millis().max(1));
-        let row: Option<(Option<String>, i64, String)> =
-            sqlx::query_as(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.lock)))
-                .bind(projection)
-                .bind(int4(partition.count))
-                .bind(int4(partition.index))
-                .bind(idle_timeout)
-                .fetch_optional(&mut **tx)
-                .await?;
-        match row {
-            None => Err(Error::CheckpointLost { projection: projection.to_owned(), partition }),
-            Some((Some(owner), epoch, _))
-                if *owner == *lease.owner && epoch.unsigned_abs() == lease.epoch =>
-            {
-                Ok(())
-            }
-            Some(_) => Err(Error::LeaseLost {
-                projection: projection.to_owned(),
-                partition,
-                worker: lease.owner.to_string(),
-                epoch: lease.epoch,
-            }),
-        }
+    ) -> Result<bool> {
+        Ok(sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.exists)))
+            .bind(projection)
+            .bind(int4(partition.count))
+            .bind(int4(partition.index))
+            .fetch_one(&mut **tx)
+            .await?)
     }
 
     /// The partitions (other than `except`) whose checkpoint is behind an event in `scope` at
