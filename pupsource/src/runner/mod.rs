@@ -342,7 +342,9 @@ impl Runner {
     /// How often a worker renews its registration and leases (PostgreSQL; default 2 s, at
     /// least 10 ms). Leases last three heartbeats: a worker counts as dead, and its
     /// partitions as free, once it missed two. A batch transaction left idle longer than a
-    /// lease (a paused process) is closed by the server.
+    /// lease (a paused process) is closed by the server, and the batch is retried: a handler
+    /// must not spend a whole lease between two statements of its transaction (e.g. on a slow
+    /// call to another system); raise the heartbeat if one does.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.settings.heartbeat = interval.max(Duration::from_millis(10));
         self
