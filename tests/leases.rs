@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use pupsource::{Event, EventStore, ExpectedVersion, PostgresStore, StreamId};
 use serde_json::json;
 
-use common::{PgSchema, example_binary};
+use common::{PgSchema, eventually, example_binary};
 
 /// A process of the `scaling` example, killed if the test ends without stopping it.
 struct Worker {
@@ -75,8 +75,24 @@ impl Drop for Worker {
     }
 }
 
-fn url_of(schema: &PgSchema) -> String {
-    format!("{}?options=-c%20search_path%3D{}", common::postgres_url(), schema.name)
+/// A fresh migrated schema, its URL for the example processes, a pool and a store on it, and
+/// a working directory for the processes.
+struct Setup {
+    _schema: PgSchema,
+    url: String,
+    pool: sqlx::PgPool,
+    store: PostgresStore,
+    dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let schema = PgSchema::create().await;
+    let url = format!("{}?options=-c%20search_path%3D{}", common::postgres_url(), schema.name);
+    let pool = schema.pool(4).await;
+    let store = PostgresStore::new(pool.clone());
+    store.migrate().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    Setup { _schema: schema, url, pool, store, dir }
 }
 
 /// Appends `events` readings over 200 meters, 50 per append.
@@ -88,22 +104,6 @@ async fn append_readings(store: &PostgresStore, from: u64, events: u64) {
             (0..50).map(|i| Event::new(&meter, "MeterRead", json!({ "value": n + i }))).collect();
         store.append_and_commit(ExpectedVersion::Any, &batch).await.expect("append");
         n += 50;
-    }
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -191,12 +191,7 @@ async fn assert_applied_exactly_once_under_one_owner(pool: &sqlx::PgPool, log: i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_a_sigkill_and_a_fourth_apply_every_event_once() {
-    let schema = PgSchema::create().await;
-    let url = url_of(&schema);
-    let pool = schema.pool(4).await;
-    let store = PostgresStore::new(pool.clone());
-    store.migrate().await.expect("migrate");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let Setup { _schema, url, pool, store, dir } = setup().await;
 
     let p1 = Worker::start(dir.path(), &url, "p1", "300ms", 2);
     let p2 = Worker::start(dir.path(), &url, "p2", "300ms", 2);
@@ -236,13 +231,8 @@ async fn three_processes_a_sigkill_and_a_fourth_apply_every_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
-    let schema = PgSchema::create().await;
-    let url = url_of(&schema);
-    let pool = schema.pool(4).await;
-    let store = PostgresStore::new(pool.clone());
-    store.migrate().await.expect("migrate");
+    let Setup { _schema, url, pool, store, dir } = setup().await;
     append_readings(&store, 0, 12_000).await;
-    let dir = tempfile::tempdir().expect("temp dir");
 
     // Lease 600 ms; a batch of 100 events takes at least 500 ms, so p1 is paused mid-batch.
     let p1 = Worker::start(dir.path(), &url, "p1", "200ms", 5);
@@ -299,11 +289,7 @@ async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_settle_at_two_partitions_each_and_stay() {
     const HEARTBEAT: Duration = Duration::from_millis(500);
-    let schema = PgSchema::create().await;
-    let url = url_of(&schema);
-    let pool = schema.pool(2).await;
-    PostgresStore::new(pool.clone()).migrate().await.expect("migrate");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let Setup { _schema, url, pool, dir, .. } = setup().await;
 
     // 1, then 2, then 4 processes: each step moves partitions by releases and claims.
     // Every assignment seen is logged (shown if the test fails).

@@ -710,7 +710,7 @@ async fn failing_partition_halts_alone_and_the_run_reports_it<S: EventStore + In
     let running = common::Running::start(&runner);
 
     // The halt is recorded; the healthy partition of `bad` catches up meanwhile.
-    let halted = eventually(|| async {
+    let halted = common::eventually("the halt is recorded", Duration::from_secs(30), || async {
         let status = runner.status().await.expect("status");
         let bad = status.projections.iter().find(|p| p.name == "bad").expect("bad");
         let failing = bad.partitions.iter().find(|p| p.partition.index == poisoned)?;
@@ -718,16 +718,19 @@ async fn failing_partition_halts_alone_and_the_run_reports_it<S: EventStore + In
         failing.last_error.clone().filter(|_| healthy.lag == 0)
     })
     .await;
-    assert!(halted.is_some_and(|e| e.contains("injected")), "status names the handler error");
+    assert!(halted.contains("injected"), "status names the handler error");
     let bad_counts = counts(&store, "bad").await;
     assert_eq!(bad_counts.keys().cloned().collect::<HashSet<_>>(), healthy_streams);
 
     // The process goes on: new events reach `good`.
     let (_, more_ids) = append_workload(&source, "g", 4, 1, 1).await;
     let all: HashSet<String> = first_ids.union(&more_ids).cloned().collect();
-    let caught_up =
-        eventually(|| async { (handled_ids(&store, "good").await == all).then_some(()) }).await;
-    assert!(caught_up.is_some(), "the good projection handles events appended after the halt");
+    common::eventually(
+        "the good projection handles events appended after the halt",
+        Duration::from_secs(30),
+        || async { (handled_ids(&store, "good").await == all).then_some(()) },
+    )
+    .await;
 
     let err = running.stop().await.expect_err("the halted partition is reported");
     assert!(
@@ -735,22 +738,6 @@ async fn failing_partition_halts_alone_and_the_run_reports_it<S: EventStore + In
             if projection == "bad" && partition.index == poisoned),
         "{err:?}"
     );
-}
-
-/// Polls `check` (every 20 ms, up to 30 s) until it returns `Some`.
-async fn eventually<T, F, Fut>(mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 #[tokio::test]

@@ -223,3 +223,23 @@ impl Running {
         self.task.await.expect("the runner task")
     }
 }
+
+/// Polls `check` every 50 ms until it returns `Some`, and returns that; panics with `what`
+/// after `limit`.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
