@@ -13,6 +13,11 @@ use siphasher::sip::SipHasher13;
 /// carry hashes made with it.
 pub const PARTITION_HASH_KEY: (u64, u64) = (0x7075_7073_6f75_7263, 0x6570_6172_7469_7469);
 
+/// The largest partition count of a projection, wherever a count is given: `#[projection]`,
+/// [`Projection::partitions`](crate::Projection::partitions), [`Runner::partitions`](crate::Runner::partitions) and the
+/// CLI's `--workers` / `--total-partitions`.
+pub const MAX_PARTITIONS: u32 = 1024;
+
 /// SipHash-1-3 of the aggregate id's UTF-8 bytes under [`PARTITION_HASH_KEY`].
 ///
 /// ```
