@@ -58,7 +58,8 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    /// The database could not be reached, or the connection was lost.
+    /// The database could not be reached, the connection was lost, or (SQLite) another
+    /// writer held the database locked for longer than the busy timeout.
     ///
     /// Retrying later may succeed.
     #[error("database unavailable: {0}")]
@@ -116,6 +117,24 @@ pub enum Error {
         projection: String,
         /// The partition.
         partition: Partition,
+    },
+
+    /// A partition's checkpoint is no longer where the batch started from: the batch was
+    /// committed already (its first commit's outcome was lost with its connection, then the
+    /// batch was tried again). The batch in flight was rolled back; nothing was applied twice.
+    /// The runner handles this itself; it is returned only by lower-level calls.
+    #[error(
+        "the checkpoint of projection `{projection}` partition {partition} moved from {expected} to {stored} meanwhile"
+    )]
+    CheckpointMoved {
+        /// The projection.
+        projection: String,
+        /// The partition.
+        partition: Partition,
+        /// Where the batch expected the checkpoint.
+        expected: Position,
+        /// Where it is.
+        stored: Position,
     },
 
     /// This worker's lease on a partition was taken over by another worker (it expired while
@@ -202,6 +221,19 @@ impl Error {
         }
     }
 
+    /// Whether the operation failed for a passing reason and can simply be tried again (the
+    /// runner retries these with backoff on every path): a lost connection, a database
+    /// locked by another writer, a serialization failure or a deadlock.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Error::Connection(_) => true,
+            Error::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
+
     /// Classifies a database error by SQLSTATE and error kind.
     pub(crate) fn from_sqlx(err: sqlx::Error) -> Self {
         match &err {
@@ -217,6 +249,15 @@ impl Error {
                 if let Some(kind) = kind {
                     let constraint = db.constraint().map(str::to_owned);
                     return Error::Constraint { kind, constraint, source: err };
+                }
+                // SQLite: SQLITE_BUSY or SQLITE_LOCKED (primary codes 5 and 6, in the low
+                // byte of extended codes): another writer held the lock past the busy timeout.
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    let primary = db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
+                    if matches!(primary, Some(5 | 6)) {
+                        return Error::Connection(err);
+                    }
+                    return Error::Database(err);
                 }
                 // Class 08: connection exception; 57P01..57P03: the server is shutting down;
                 // 25P03: the server closed a transaction left idle too long (a paused worker)

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod checkpoint;
 pub mod cli;
 mod domain;

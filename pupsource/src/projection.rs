@@ -24,6 +24,28 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What a handler returns.
 pub type HandlerResult = Result<(), HandlerError>;
 
+/// A handler panicked. The runner catches the panic at the handler call and treats it as the
+/// handler's error (retried, then the partition halts or the event is parked); this is that
+/// error, with the panic's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the handler panicked: {message}")]
+pub struct HandlerPanic {
+    /// The panic's message (`"a panic without a message"` when it carried none).
+    pub message: String,
+}
+
+impl HandlerPanic {
+    /// From a caught panic's payload.
+    pub(crate) fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|m| (*m).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        HandlerPanic { message }
+    }
+}
+
 /// The future a [`Projection::handle`] returns.
 pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
 
@@ -68,8 +90,9 @@ pub trait Projection: std::any::Any + Send + Sync + 'static {
         Scope::all()
     }
 
-    /// Handles one event. An error is retried with backoff, then halts the partition or parks
-    /// the event, as the runner's [`ErrorPolicy`](crate::runner::ErrorPolicy) says.
+    /// Handles one event. An error (or a panic, which the runner catches and reports as a
+    /// [`HandlerPanic`]) is retried with backoff, then halts the partition or parks the event,
+    /// as the runner's [`ErrorPolicy`](crate::runner::ErrorPolicy) says.
     fn handle<'a>(&'a self, event: &'a PersistedEvent, cx: &'a mut Context<'_>)
     -> HandleFuture<'a>;
 
@@ -151,8 +174,7 @@ macro_rules! with_transaction {
     };
 }
 
-/// The lease under which a partition runs when processes share a projection (PostgreSQL):
-/// which worker holds it, and the epoch of its claim. Every claim of a partition increments
+/// The lease under which a partition runs: which worker holds it, and the epoch of its claim. Every claim of a partition increments
 /// its epoch, and a batch commits only while its worker still holds that epoch, so the pair
 /// names at most one worker at any time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -188,8 +210,7 @@ impl<'a> Context<'a> {
         self
     }
 
-    /// The lease the partition runs under: on PostgreSQL, where processes share partitions;
-    /// `None` on SQLite and when replaying parked events.
+    /// The lease the partition runs under; `None` when replaying parked events.
     pub fn lease(&self) -> Option<&Lease> {
         self.lease
     }

@@ -1,16 +1,17 @@
 //! One projection in one process: which of its partitions this process runs, and running
 //! them.
 //!
-//! On SQLite the process runs every partition (or the one assigned with
-//! [`Runner::assign`](super::Runner::assign)). On PostgreSQL it holds partitions through leases
-//! (see `store/postgres/leases.rs`): every heartbeat renews them, claims free or expired ones up
-//! to a fair share, and gives back the surplus. Whenever the set of partitions to run changes,
-//! the running set is stopped at a batch boundary and started again with the new one.
+//! Partitions are leases (see `store/lease.rs`), on every backend: every heartbeat renews
+//! them, claims free or expired ones up to a fair share (or only the one assigned with
+//! [`Runner::assign`](super::Runner::assign)), and gives back the surplus. Whenever the set
+//! of partitions to run changes, the running set is stopped at a batch boundary and started
+//! again with the new one, which reloads the checkpoints.
 //!
 //! A partition whose handler still fails after every retry ([`ErrorPolicy::Stop`]) *halts*:
-//! it is no longer run (and, on PostgreSQL, stays leased by this process, so the failure does
-//! not move on to another worker), while every other partition and projection goes on. The
-//! error is returned when the run ends.
+//! it is no longer run (and stays leased by this process, so the failure does not move on to
+//! another worker), while every other partition and projection goes on. The error is
+//! returned when the run ends; a projection left with nothing but halted partitions tells
+//! the runner, which ends the run once no projection has anything left to run.
 //!
 //! [`ErrorPolicy::Stop`]: super::ErrorPolicy::Stop
 
@@ -21,56 +22,48 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::reader::{retry_connection, run_partitions};
-use super::{Metrics, RunMode, Settings};
+use super::reader::run_partitions;
+use super::{Idle, ProjectionRun, RunMode};
+use crate::backoff::retry_transient;
 use crate::error::{Error, Result};
-use crate::projection::{Lease, Projection};
-use crate::store::{Heartbeat, PostgresStore, Store};
+use crate::projection::Lease;
+use crate::store::lease::Heartbeat;
 
-/// Runs projection `projection` until cancelled, caught up (in [`RunMode::UntilCaughtUp`]), or
+/// Runs projection `run` until cancelled, caught up (in [`RunMode::UntilCaughtUp`]), or
 /// failed. Returns the first halted partition's error, if any, once it stops.
 pub(crate) async fn run_projection(
-    store: Store,
-    projection: Arc<dyn Projection>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
+    run: Arc<ProjectionRun>,
     cancel: CancellationToken,
+    idle: Arc<Idle>,
 ) -> Result<()> {
-    let leases = match &store {
-        Store::Postgres(pg) => Some(pg.clone()),
-        Store::Sqlite(_) => None,
-    };
     let mut coordinator = Coordinator {
-        name: projection.name().to_owned(),
-        count: settings.partitions.unwrap_or_else(|| projection.partitions()),
-        store,
-        leases,
-        projection,
-        settings,
-        metrics,
+        run,
         cancel,
+        idle,
+        counted_idle: false,
         held: BTreeMap::new(),
         halted: BTreeMap::new(),
         finished: BTreeSet::new(),
         running: None,
     };
+    let run = Arc::clone(&coordinator.run);
     tracing::info!(
         target: "pupsource::runner",
-        projection = %coordinator.name,
-        partitions = coordinator.count,
-        worker = %coordinator.settings.worker_id,
-        leases = coordinator.leases.is_some(),
+        projection = %run.name,
+        partitions = run.partition_count,
+        worker = %run.settings.worker_id,
         "projection starting"
     );
     let driven = coordinator.drive().await;
     let stopped = coordinator.stop_running().await;
     coordinator.hand_back().await;
+    coordinator.set_idle(false);
     driven?;
     stopped?;
     match coordinator.halted.into_values().next() {
         Some(err) => Err(err),
         None => {
-            tracing::info!(target: "pupsource::runner", projection = %coordinator.name, "projection stopped");
+            tracing::info!(target: "pupsource::runner", projection = %run.name, "projection stopped");
             Ok(())
         }
     }
@@ -92,16 +85,13 @@ impl Drop for Running {
 }
 
 struct Coordinator {
-    name: String,
-    count: u32,
-    store: Store,
-    /// PostgreSQL: partitions are leased.
-    leases: Option<PostgresStore>,
-    projection: Arc<dyn Projection>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
+    run: Arc<ProjectionRun>,
     cancel: CancellationToken,
-    /// The partitions this process holds, with the epoch of each claim (0 without leases).
+    /// Where the runner counts projections that have nothing left to run.
+    idle: Arc<Idle>,
+    /// Whether this projection is counted there now.
+    counted_idle: bool,
+    /// The partitions this process holds, with the epoch of each claim.
     held: BTreeMap<u32, u64>,
     /// Partitions whose handler failed for good, with the error.
     halted: BTreeMap<u32, Error>,
@@ -112,12 +102,11 @@ struct Coordinator {
 
 impl Coordinator {
     async fn drive(&mut self) -> Result<()> {
-        let head = match self.settings.mode {
+        let run = Arc::clone(&self.run);
+        let head = match run.settings.mode {
             RunMode::UntilCaughtUp => {
-                match retry_connection(&self.cancel, "read the head of the log", || {
-                    self.store.head()
-                })
-                .await?
+                match retry_transient(&self.cancel, "read the head of the log", || run.store.head())
+                    .await?
                 {
                     Some(head) => Some(head),
                     None => return Ok(()),
@@ -125,20 +114,17 @@ impl Coordinator {
             }
             RunMode::Continuous => None,
         };
-        if self.leases.is_some() {
-            // Register first (refused if live workers run another partition count), then
-            // create this layout's checkpoint rows, which the heartbeats claim.
-            self.assign().await?;
-            let (store, name, count) = (&self.store, &self.name, self.count);
-            let created = retry_connection(&self.cancel, "create checkpoints", || {
-                store.load_checkpoints(name, count)
-            })
-            .await?;
-            if created.is_none() {
-                return Ok(());
-            }
+        // Register first (refused if live workers run another partition count), then create
+        // this layout's checkpoint rows (fencing the other layouts'), which heartbeats claim.
+        self.assign().await?;
+        let created = retry_transient(&self.cancel, "create checkpoints", || {
+            run.store.load_checkpoints(&run.name, run.partition_count)
+        })
+        .await?;
+        if created.is_none() {
+            return Ok(());
         }
-        let mut beat = tokio::time::interval(self.settings.heartbeat);
+        let mut beat = tokio::time::interval(run.settings.heartbeat);
         beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut waiting_logged = false;
         loop {
@@ -158,73 +144,74 @@ impl Coordinator {
                     self.start(target);
                 }
             }
-            if self.running.is_none() {
-                match head {
-                    Some(head) => match self.pending_elsewhere(head).await {
-                        Some(pending) if pending.is_empty() => return Ok(()),
-                        Some(pending) if !waiting_logged => {
-                            waiting_logged = true;
-                            tracing::info!(target: "pupsource::runner", projection = %self.name, ?pending, "caught up here; waiting for partitions held by other workers");
-                        }
-                        _ => {}
-                    },
-                    // Without leases nothing else can come: every partition halted.
-                    None if self.leases.is_none() => return Ok(()),
-                    None => {}
+            if self.running.is_none()
+                && let Some(head) = head
+            {
+                match self.pending_elsewhere(head).await {
+                    Some(pending) if pending.is_empty() => return Ok(()),
+                    Some(pending) if !waiting_logged => {
+                        waiting_logged = true;
+                        tracing::info!(target: "pupsource::runner", projection = %run.name, ?pending, "caught up here; waiting for partitions held by other workers");
+                    }
+                    _ => {}
                 }
             }
+            // Nothing left to run here but halted partitions: say so to the runner.
+            let idle = self.running.is_none()
+                && !self.halted.is_empty()
+                && self.held.keys().all(|p| self.halted.contains_key(p));
+            self.set_idle(idle);
             tokio::select! {
                 () = self.cancel.cancelled() => return Ok(()),
-                outcome = wait(&mut self.running, &self.name) => {
+                outcome = wait(&mut self.running, &run.name) => {
                     let partitions = self.running.take().map(|r| r.partitions.clone()).unwrap_or_default();
                     if outcome.is_ok() && head.is_some() {
                         self.finished.extend(partitions);
                     }
                     self.settle(outcome)?;
                 }
-                _ = beat.tick(), if self.leases.is_some() => {}
+                _ = beat.tick() => {}
             }
         }
     }
 
-    /// Decides which partitions this process holds: all (or the assigned one) without
-    /// leases; on PostgreSQL, what the heartbeat renewed and claimed, minus the surplus, which
-    /// is given back after the running set stopped at a batch boundary.
+    fn set_idle(&mut self, idle: bool) {
+        if idle != self.counted_idle {
+            self.counted_idle = idle;
+            self.idle.set(idle);
+        }
+    }
+
+    /// Decides which partitions this process holds: what the heartbeat renewed and claimed,
+    /// minus the surplus, which is given back after the running set stopped at a batch
+    /// boundary.
     async fn assign(&mut self) -> Result<()> {
-        let Some(pg) = self.leases.clone() else {
-            if self.held.is_empty() {
-                self.held = match self.settings.assigned {
-                    Some(index) => BTreeMap::from([(index, 0)]),
-                    None => (0..self.count).map(|p| (p, 0)).collect(),
-                };
-            }
-            return Ok(());
-        };
+        let run = Arc::clone(&self.run);
         let request = Heartbeat {
-            projection: &self.name,
-            worker: &self.settings.worker_id,
-            partition_count: self.count,
-            lease: self.settings.lease(),
+            projection: &run.name,
+            worker: &run.settings.worker_id,
+            partition_count: run.partition_count,
+            lease: run.settings.lease(),
             held: &self.held,
-            only: self.settings.assigned,
+            only: run.settings.assigned,
         };
-        let beat = match pg.heartbeat(&request).await {
+        let beat = match run.store.heartbeat(&request).await {
             Ok(beat) => beat,
-            Err(err @ Error::LayoutInUse { .. }) => return Err(err),
-            Err(err) => {
+            Err(err) if err.is_transient() => {
                 // The leases last two more heartbeats: retry at the next one meanwhile.
-                tracing::warn!(target: "pupsource::runner", projection = %self.name, error = %err, "heartbeat failed; retrying");
+                tracing::warn!(target: "pupsource::runner", projection = %run.name, error = %err, "heartbeat failed; retrying");
                 return Ok(());
             }
+            Err(err) => return Err(err),
         };
         for (partition, epoch) in &self.held {
             if beat.held.get(partition) != Some(epoch) {
-                tracing::warn!(target: "pupsource::runner", projection = %self.name, partition, epoch, "lease taken over by another worker");
+                tracing::warn!(target: "pupsource::runner", projection = %run.name, partition, epoch, "lease taken over by another worker");
             }
         }
         for (partition, epoch) in &beat.held {
             if self.held.get(partition) != Some(epoch) {
-                tracing::info!(target: "pupsource::runner", projection = %self.name, partition, epoch, "partition claimed");
+                tracing::info!(target: "pupsource::runner", projection = %run.name, partition, epoch, "partition claimed");
             }
         }
         // A halted partition stays halted in this process (and reported) even if its lease
@@ -240,13 +227,14 @@ impl Coordinator {
             .collect();
         if !surplus.is_empty() {
             self.stop_running().await?;
-            match pg.release(&self.name, self.count, &self.settings.worker_id, &surplus).await {
+            let worker = &run.settings.worker_id;
+            match run.store.release(&run.name, run.partition_count, worker, &surplus).await {
                 Ok(()) => {
-                    tracing::info!(target: "pupsource::runner", projection = %self.name, partitions = ?surplus, "surplus partitions released");
+                    tracing::info!(target: "pupsource::runner", projection = %run.name, partitions = ?surplus, "surplus partitions released");
                     self.held.retain(|p, _| !surplus.contains(p));
                 }
                 Err(err) => {
-                    tracing::warn!(target: "pupsource::runner", projection = %self.name, error = %err, "releasing partitions failed; retrying");
+                    tracing::warn!(target: "pupsource::runner", projection = %run.name, error = %err, "releasing partitions failed; retrying");
                 }
             }
         }
@@ -254,25 +242,15 @@ impl Coordinator {
     }
 
     fn start(&mut self, partitions: BTreeSet<u32>) {
-        let owned: BTreeMap<u32, Option<Lease>> = partitions
+        let owned: BTreeMap<u32, Lease> = partitions
             .iter()
             .map(|&p| {
-                let lease = self.leases.as_ref().map(|_| Lease {
-                    owner: Arc::clone(&self.settings.worker_id),
-                    epoch: self.held.get(&p).copied().unwrap_or_default(),
-                });
-                (p, lease)
+                let epoch = self.held.get(&p).copied().unwrap_or_default();
+                (p, Lease { owner: Arc::clone(&self.run.settings.worker_id), epoch })
             })
             .collect();
         let stop = self.cancel.child_token();
-        let task = tokio::spawn(run_partitions(
-            self.store.clone(),
-            Arc::clone(&self.projection),
-            self.settings.clone(),
-            Arc::clone(&self.metrics),
-            stop.clone(),
-            owned,
-        ));
+        let task = tokio::spawn(run_partitions(Arc::clone(&self.run), stop.clone(), owned));
         self.running = Some(Running { partitions, stop, task });
     }
 
@@ -281,7 +259,7 @@ impl Coordinator {
         let Some(running) = self.running.take() else { return Ok(()) };
         running.stop.cancel();
         let mut slot = Some(running);
-        let outcome = wait(&mut slot, &self.name).await;
+        let outcome = wait(&mut slot, &self.run.name).await;
         self.settle(outcome)
     }
 
@@ -295,12 +273,12 @@ impl Coordinator {
                     Error::Handler { partition, .. } => partition.index,
                     _ => return Err(err),
                 };
-                tracing::error!(target: "pupsource::runner", projection = %self.name, partition = index, error = %err, "partition halted; the others go on");
+                tracing::error!(target: "pupsource::runner", projection = %self.run.name, partition = index, error = %err, "partition halted; the others go on");
                 self.halted.insert(index, err);
                 Ok(())
             }
             Err(Error::LeaseLost { partition, epoch, .. }) => {
-                tracing::warn!(target: "pupsource::runner", projection = %self.name, partition = %partition, epoch, "lease lost; the batch in flight was rolled back");
+                tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %partition, epoch, "lease lost; the batch in flight was rolled back");
                 self.held.remove(&partition.index);
                 Ok(())
             }
@@ -308,40 +286,41 @@ impl Coordinator {
         }
     }
 
-    /// Until caught up, on PostgreSQL: the partitions this process answers for but does not
-    /// hold that are still behind `head` (`None` if the database cannot tell now). That is
-    /// every other partition, or, statically assigned, its own partition while another
-    /// process holds it.
+    /// Until caught up: the partitions this process answers for but does not hold that are
+    /// still behind `head` (`None` if the database cannot tell now). That is every other
+    /// partition, or, statically assigned, its own partition while another process holds it.
     async fn pending_elsewhere(&self, head: i64) -> Option<Vec<u32>> {
-        let Some(pg) = &self.leases else { return Some(Vec::new()) };
-        let except: Vec<u32> = (0..self.count)
+        let run = &self.run;
+        let except: Vec<u32> = (0..run.partition_count)
             .filter(|p| {
-                self.held.contains_key(p) || self.settings.assigned.is_some_and(|key| key != *p)
+                self.held.contains_key(p) || run.settings.assigned.is_some_and(|key| key != *p)
             })
             .collect();
-        let scope = self.projection.scope();
-        match pg.pending_partitions(&self.name, self.count, &scope, head, &except).await {
+        let pending =
+            run.store.pending_partitions(&run.name, run.partition_count, &run.scope, head, &except);
+        match pending.await {
             Ok(pending) => Some(pending),
             Err(err) => {
-                tracing::warn!(target: "pupsource::runner", projection = %self.name, error = %err, "cannot check other workers' partitions");
+                tracing::warn!(target: "pupsource::runner", projection = %run.name, error = %err, "cannot check other workers' partitions");
                 None
             }
         }
     }
 
-    /// On PostgreSQL: gives every lease back and deregisters, so others take over at once.
+    /// Gives every lease back and deregisters, so others take over at once.
     async fn hand_back(&mut self) {
-        let Some(pg) = &self.leases else { return };
-        let held: Vec<u32> = self.held.keys().copied().collect();
-        let released =
-            match pg.release(&self.name, self.count, &self.settings.worker_id, &held).await {
-                Ok(()) => pg.deregister(&self.name, &self.settings.worker_id).await,
-                Err(err) => Err(err),
-            };
+        let run = &self.run;
+        let (worker, held) =
+            (&run.settings.worker_id, self.held.keys().copied().collect::<Vec<_>>());
+        let released = match run.store.release(&run.name, run.partition_count, worker, &held).await
+        {
+            Ok(()) => run.store.deregister(&run.name, worker).await,
+            Err(err) => Err(err),
+        };
         match released {
             Ok(()) => self.held.clear(),
             Err(err) => {
-                tracing::warn!(target: "pupsource::runner", projection = %self.name, error = %err, "could not give the leases back; they expire on their own");
+                tracing::warn!(target: "pupsource::runner", projection = %run.name, error = %err, "could not give the leases back; they expire on their own");
             }
         }
     }

@@ -28,6 +28,7 @@
 //! each worker finish the batch in flight. [`Runner::run`] returns once every task stopped.
 
 mod coordinator;
+mod feed;
 mod reader;
 mod status;
 mod worker;
@@ -35,9 +36,10 @@ mod worker;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +48,14 @@ pub use status::{Fence, ParkedEvent, PartitionStatus, ProjectionStatus, Status};
 use crate::error::{Error, FieldProblem, InvalidInput, Result};
 use crate::partition::partition_of;
 use crate::projection::{Context, Partition, Projection};
-use crate::store::Store;
+use crate::store::{Scope, Store};
+
+/// The most bytes of events a projection's reader may have read ahead of its workers (its
+/// page in flight aside); split between the partitions it runs.
+const IN_FLIGHT_BYTES: usize = 16 << 20;
+
+/// The most bytes of events one page of the log may hold.
+const PAGE_BYTES: usize = 4 << 20;
 
 /// What to do when a handler still fails after every retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,6 +168,70 @@ impl Settings {
     pub(crate) fn lease(&self) -> Duration {
         self.heartbeat.saturating_mul(3)
     }
+
+    /// The partition count `projection` runs with: the override, or its own.
+    pub(crate) fn partition_count(&self, projection: &dyn Projection) -> u32 {
+        self.partitions.unwrap_or_else(|| projection.partitions())
+    }
+}
+
+/// One projection's run in this process, resolved once and shared by its tasks.
+pub(crate) struct ProjectionRun {
+    pub(crate) store: Store,
+    pub(crate) projection: Arc<dyn Projection>,
+    pub(crate) name: String,
+    pub(crate) partition_count: u32,
+    pub(crate) scope: Scope,
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Events per page of the log: enough for several batches of every partition.
+    pub(crate) page_events: usize,
+    /// Bytes per page of the log, at most.
+    pub(crate) page_bytes: usize,
+}
+
+impl ProjectionRun {
+    fn new(
+        store: Store,
+        projection: Arc<dyn Projection>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let partition_count = settings.partition_count(&*projection);
+        let page_events =
+            settings.batch_size.saturating_mul(partition_count as usize).clamp(1_000, 10_000);
+        ProjectionRun {
+            store,
+            name: projection.name().to_owned(),
+            scope: projection.scope(),
+            projection,
+            partition_count,
+            settings,
+            metrics,
+            page_events,
+            page_bytes: PAGE_BYTES,
+        }
+    }
+}
+
+/// How many projections of a run have nothing left to run in this process (only halted
+/// partitions): once all have, the run ends.
+#[derive(Debug, Default)]
+pub(crate) struct Idle {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl Idle {
+    /// Counts a projection in (or out).
+    pub(crate) fn set(&self, idle: bool) {
+        if idle {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.changed.notify_one();
+    }
 }
 
 /// Runs projections over an event store.
@@ -267,7 +340,7 @@ impl Runner {
     /// or the projection's own. `None` if there is no such projection.
     pub fn partition_count(&self, name: &str) -> Option<u32> {
         let projection = self.projections.iter().find(|p| p.name() == name)?;
-        Some(self.settings.partitions.unwrap_or_else(|| projection.partitions()))
+        Some(self.settings.partition_count(&**projection))
     }
 
     /// The projections, in the order they were added.
@@ -393,16 +466,18 @@ impl Runner {
             let (store, stop) = (self.store.clone(), cancel.child_token());
             tokio::spawn(async move { store.listen(stop).await })
         };
+        let idle = Arc::new(Idle::default());
         let mut tasks = JoinSet::new();
         let mut names = std::collections::HashMap::new();
         for projection in &self.projections {
-            let run = coordinator::run_projection(
+            let run = ProjectionRun::new(
                 self.store.clone(),
                 Arc::clone(projection),
                 self.settings.clone(),
                 Arc::clone(&self.metrics),
-                cancel.child_token(),
             );
+            let run =
+                coordinator::run_projection(Arc::new(run), cancel.child_token(), Arc::clone(&idle));
             let id = tasks.spawn(run).id();
             names.insert(id, projection.name().to_owned());
         }
@@ -415,6 +490,12 @@ impl Runner {
                     tracing::info!(target: "pupsource::runner", "shutting down: finishing the batches in flight");
                     cancel.cancel();
                 }
+                () = idle.changed.notified(), if !cancel.is_cancelled() => {
+                    if !tasks.is_empty() && idle.count.load(Ordering::Acquire) >= tasks.len() {
+                        tracing::info!(target: "pupsource::runner", "nothing left to run but halted partitions: stopping");
+                        cancel.cancel();
+                    }
+                }
                 joined = tasks.join_next_with_id() => {
                     let result = match joined {
                         None => break,
@@ -424,10 +505,20 @@ impl Runner {
                             message: err.to_string(),
                         }),
                     };
-                    if let Err(err) = result {
-                        // Returned to the caller, who reports it: log it only for debugging.
-                        tracing::debug!(target: "pupsource::runner", error = %err, "projection failed; stopping the others");
-                        first_error.get_or_insert(err);
+                    match result {
+                        Ok(()) => {}
+                        // A halted partition: the other projections go on.
+                        Err(err @ Error::Handler { .. }) => {
+                            first_error.get_or_insert(err);
+                        }
+                        Err(err) => {
+                            // Returned to the caller, who reports it: log it only for debugging.
+                            tracing::debug!(target: "pupsource::runner", error = %err, "projection failed; stopping the others");
+                            first_error.get_or_insert(err);
+                            cancel.cancel();
+                        }
+                    }
+                    if !tasks.is_empty() && idle.count.load(Ordering::Acquire) >= tasks.len() {
                         cancel.cancel();
                     }
                 }
@@ -471,7 +562,7 @@ impl Runner {
             if !names.insert(projection.name()) {
                 return Err(Error::DuplicateProjection { name: projection.name().to_owned() });
             }
-            let count = self.settings.partitions.unwrap_or_else(|| projection.partitions());
+            let count = self.settings.partition_count(&**projection);
             if count == 0 {
                 return Err(InvalidInput::PartitionCount { count }.into());
             }
@@ -503,7 +594,7 @@ impl Runner {
     /// [`Error::Handler`] for the first event that fails again; the store's errors.
     pub async fn replay_parked(&self, name: &str) -> Result<u64> {
         let projection = self.find(name)?;
-        let count = self.settings.partitions.unwrap_or_else(|| projection.partitions()).max(1);
+        let count = self.settings.partition_count(&**projection).max(1);
         let mut replayed = 0;
         for parked in self.store.parked(name).await? {
             let mut batch = self.store.begin_batch().await?;

@@ -5,43 +5,36 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{Delivery, Worker};
-use super::{Metrics, RunMode, Settings};
+use super::feed::{Feed, SlotLimits};
+use super::worker::Worker;
+use super::{ProjectionRun, RunMode};
+use crate::backoff::retry_transient;
 use crate::error::{Error, Result};
 use crate::event::Position;
-use crate::partition::partition_of;
-use crate::projection::{Lease, Partition, Projection};
-use crate::store::Store;
+use crate::projection::{Lease, Partition};
 
 /// The first wait after activity; doubled on every empty poll up to the poll interval.
 const FIRST_IDLE_WAIT: Duration = Duration::from_millis(1);
 
-/// Waits before retrying after the database became unreachable.
-const RECONNECT_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(5));
-
-/// Runs the `owned` partitions of one projection (with the lease each runs under, if any):
-/// their workers and one reader, until cancelled, caught up, or failed.
+/// Runs the `owned` partitions of one projection (with the lease each runs under): their
+/// workers and one reader, until cancelled, caught up, or failed.
 pub(crate) async fn run_partitions(
-    store: Store,
-    projection: Arc<dyn Projection>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
+    run: Arc<ProjectionRun>,
     cancel: CancellationToken,
-    owned: BTreeMap<u32, Option<Lease>>,
+    owned: BTreeMap<u32, Lease>,
 ) -> Result<()> {
-    let name = projection.name().to_owned();
-    let count = settings.partitions.unwrap_or_else(|| projection.partitions());
-    let state =
-        retry_connection(&cancel, "load checkpoints", || store.load_checkpoints(&name, count))
-            .await?;
-    let Some(state) = state else { return Ok(()) };
+    let (name, count) = (&run.name, run.partition_count);
+    let Some(state) =
+        retry_transient(&cancel, "load checkpoints", || run.store.load_checkpoints(name, count))
+            .await?
+    else {
+        return Ok(());
+    };
     let Some(parked) =
-        retry_connection(&cancel, "load parked events", || store.parked_streams(&name)).await?
+        retry_transient(&cancel, "load parked events", || run.store.parked_streams(name)).await?
     else {
         return Ok(());
     };
@@ -55,30 +48,30 @@ pub(crate) async fn run_partitions(
         "partitions starting"
     );
 
+    let checkpoints: BTreeMap<u32, Position> = owned
+        .keys()
+        .filter_map(|&index| Some((index, *state.current.checkpoints.get(index as usize)?)))
+        .collect();
+    let start = checkpoints.values().copied().min().unwrap_or(Position::START);
+    let feed = Arc::new(Feed::new(count, &checkpoints, start, run.slot_limits(checkpoints.len())));
     let mut workers = JoinSet::new();
-    let mut senders: Vec<Option<mpsc::Sender<Delivery>>> = (0..count).map(|_| None).collect();
     for (index, lease) in owned {
-        let Some(slot) = senders.get_mut(index as usize) else { continue };
-        // Two pages in flight per partition at most: memory stays bounded however far behind.
-        let (tx, rx) = mpsc::channel(2);
-        *slot = Some(tx);
+        if !checkpoints.contains_key(&index) {
+            continue;
+        }
         let worker = Worker::new(
-            store.clone(),
-            Arc::clone(&projection),
+            Arc::clone(&run),
+            Arc::clone(&feed),
             Partition { index, count },
             lease,
             Arc::clone(&state),
             parked.clone(),
-            settings.clone(),
-            Arc::clone(&metrics),
             cancel.clone(),
         );
-        workers.spawn(worker.run(rx));
+        workers.spawn(worker.run());
     }
 
-    let checkpoints = state.current.checkpoints.clone();
-    let reader =
-        read_log(&store, &*projection, &settings, &metrics, &cancel, senders, &checkpoints);
+    let reader = read_log(&run, &feed, &cancel, start);
     let mut reader = std::pin::pin!(reader);
     let mut reader_done = false;
     let mut first_error = None;
@@ -105,7 +98,7 @@ pub(crate) async fn run_partitions(
             }
         }
     }
-    // Workers are done; the reader may still wait on a full channel of a dead worker.
+    // Workers are done; the reader may still wait for room in a slot.
     if !reader_done {
         cancel.cancel();
         if let Err(err) = reader.await {
@@ -121,62 +114,57 @@ pub(crate) async fn run_partitions(
     }
 }
 
-/// Pages through the log and feeds the workers (one sender per partition, `None` for the
-/// partitions this process does not run); returns when cancelled, or (until caught up) at the
-/// head of the log. Dropping the senders tells the workers no more will come.
+/// Pages through the log from `start` and offers each page to the feed; returns when
+/// cancelled, or (until caught up) at the head of the log. Either way the feed is finished.
 async fn read_log(
-    store: &Store,
-    projection: &dyn Projection,
-    settings: &Settings,
-    metrics: &Metrics,
+    run: &ProjectionRun,
+    feed: &Feed,
     cancel: &CancellationToken,
-    senders: Vec<Option<mpsc::Sender<Delivery>>>,
-    checkpoints: &[Position],
+    start: Position,
 ) -> Result<()> {
-    let scope = projection.scope();
-    let count = u32::try_from(senders.len()).unwrap_or(u32::MAX);
-    let running = senders.iter().flatten().count();
-    // Pages of at least 1,000 events: one query feeds several batches of every partition.
-    let page_size = settings.batch_size.saturating_mul(running).clamp(1_000, 10_000);
-    let mut after = senders
-        .iter()
-        .zip(checkpoints)
-        .filter(|(sender, _)| sender.is_some())
-        .map(|(_, &checkpoint)| checkpoint)
-        .min()
-        .unwrap_or(Position::START);
+    let result = follow_log(run, feed, cancel, start).await;
+    feed.finish();
+    result
+}
+
+async fn follow_log(
+    run: &ProjectionRun,
+    feed: &Feed,
+    cancel: &CancellationToken,
+    start: Position,
+) -> Result<()> {
+    let (store, scope) = (&run.store, &run.scope);
+    let until_caught_up = run.settings.mode == RunMode::UntilCaughtUp;
     // Until caught up: every event committed before the run started must be handled.
-    let head = match settings.mode {
-        RunMode::UntilCaughtUp => store.head().await?,
-        RunMode::Continuous => 0,
+    let head = match until_caught_up {
+        true => match retry_transient(cancel, "read the head of the log", || store.head()).await? {
+            Some(head) => head,
+            None => return Ok(()),
+        },
+        false => 0,
     };
+    let caught_up = |after: Position| async move {
+        retry_transient(cancel, "look for transactions in flight", || {
+            store.held_back(after, head, scope)
+        })
+        .await
+        .map(|held| held.is_none_or(|held| !held))
+    };
+    let mut after = start;
     let mut wakeups = store.wakeups();
     let mut idle_wait = FIRST_IDLE_WAIT;
-    let mut backoff = RECONNECT_BACKOFF.0;
-
     while !cancel.is_cancelled() {
         wakeups.borrow_and_update();
-        metrics.log_reads.fetch_add(1, Ordering::Relaxed);
-        let page = match store.read_all(after, page_size, &scope).await {
-            Ok(page) => {
-                backoff = RECONNECT_BACKOFF.0;
-                page
-            }
-            Err(err @ Error::Connection(_)) => {
-                tracing::warn!(target: "pupsource::runner", projection = projection.name(), error = %err, retry_in = ?backoff, "cannot read the log");
-                if !sleep_or_cancel(cancel, backoff).await {
-                    break;
-                }
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
-                continue;
-            }
-            Err(err) => return Err(err),
+        run.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
+        let Some(page) = retry_transient(cancel, "read the log", || {
+            store.read_page(after, run.page_events, run.page_bytes, scope)
+        })
+        .await?
+        else {
+            break;
         };
-
-        let Some(last) = page.last().map(|e| e.position) else {
-            if settings.mode == RunMode::UntilCaughtUp
-                && !store.held_back(after, head, &scope).await?
-            {
+        let Some(last) = page.events.last().map(|(e, _)| e.position) else {
+            if until_caught_up && caught_up(after).await? {
                 break;
             }
             tokio::select! {
@@ -189,80 +177,33 @@ async fn read_log(
                     idle_wait = FIRST_IDLE_WAIT;
                 }
                 () = tokio::time::sleep(idle_wait) => {
-                    idle_wait = (idle_wait * 2).min(settings.poll_interval);
+                    idle_wait = (idle_wait * 2).min(run.settings.poll_interval);
                 }
             }
             continue;
         };
         idle_wait = FIRST_IDLE_WAIT;
-        metrics.events_read.fetch_add(page.len() as u64, Ordering::Relaxed);
-        let full_page = page.len() >= page_size;
-        let mut per_partition: Vec<Vec<_>> = senders.iter().map(|_| Vec::new()).collect();
-        for event in page {
-            let index = partition_of(event.partition_hash, count) as usize;
-            if senders[index].is_some() && event.position > checkpoints[index] {
-                per_partition[index].push(event);
-            }
+        run.metrics.events_read.fetch_add(page.events.len() as u64, Ordering::Relaxed);
+        let full = page.full;
+        if !feed.offer(page.events, last, cancel).await {
+            break;
         }
         after = last;
-        for (sender, events) in senders.iter().zip(per_partition) {
-            let Some(sender) = sender else { continue };
-            if !send(cancel, sender, Delivery { events, through: after }).await {
-                return Ok(());
-            }
-        }
-        if settings.mode == RunMode::UntilCaughtUp
-            && !full_page
-            && !store.held_back(after, head, &scope).await?
-        {
+        if until_caught_up && !full && caught_up(after).await? {
             break;
         }
     }
     Ok(())
 }
 
-/// Sends unless cancelled first or the worker is gone; returns whether it was sent.
-async fn send(
-    cancel: &CancellationToken,
-    sender: &mpsc::Sender<Delivery>,
-    message: Delivery,
-) -> bool {
-    tokio::select! {
-        () = cancel.cancelled() => false,
-        sent = sender.send(message) => sent.is_ok(),
-    }
-}
-
-/// Sleeps `wait`; returns false if cancelled first.
-pub(crate) async fn sleep_or_cancel(cancel: &CancellationToken, wait: Duration) -> bool {
-    tokio::select! {
-        () = cancel.cancelled() => false,
-        () = tokio::time::sleep(wait) => true,
-    }
-}
-
-/// Runs `op` until it succeeds, retrying connection errors with backoff; `None` if cancelled.
-pub(crate) async fn retry_connection<T, F, Fut>(
-    cancel: &CancellationToken,
-    what: &str,
-    mut op: F,
-) -> Result<Option<T>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut backoff = RECONNECT_BACKOFF.0;
-    loop {
-        match op().await {
-            Ok(value) => return Ok(Some(value)),
-            Err(err @ Error::Connection(_)) => {
-                tracing::warn!(target: "pupsource::runner", error = %err, retry_in = ?backoff, "cannot {what}");
-                if !sleep_or_cancel(cancel, backoff).await {
-                    return Ok(None);
-                }
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
-            }
-            Err(err) => return Err(err),
+impl ProjectionRun {
+    /// How much each of `running` partitions may have queued: two of its shares of a page
+    /// (at least two batches), and its share of the bytes a projection may hold in flight.
+    fn slot_limits(&self, running: usize) -> SlotLimits {
+        let running = running.max(1);
+        SlotLimits {
+            events: 2 * self.settings.batch_size.max(self.page_events / running),
+            bytes: (super::IN_FLIGHT_BYTES / running).max(super::PAGE_BYTES / 4),
         }
     }
 }

@@ -1,315 +1,287 @@
-//! The worker of one partition: handles batches in transactions that also write its checkpoint.
+//! The worker of one partition: handles batches in transactions that also write its
+//! checkpoint.
+//!
+//! Every transaction of a worker ends with the checkpoint write, a compare-and-set on its
+//! lease and on the position the transaction started from (see `store/lease.rs`). So after
+//! any failure whose outcome is unknown (a connection cut while `COMMIT` was on its way), the
+//! worker simply tries again: if the first commit went through, the second finds the
+//! checkpoint moved and is rolled back, and the worker goes on from the stored checkpoint.
+//! Nothing is applied twice, whatever the timing.
+//!
+//! Transient failures (a lost connection, a locked database) are retried with backoff on
+//! every path. A handler failure, or a panic (caught at the handler call and treated as its
+//! error), rolls the batch back; the batch is then redone one event per transaction, the
+//! failing event retried with backoff, and finally the partition halts or the event is
+//! parked, as the [`ErrorPolicy`] says. While it waits out a backoff the worker tells the
+//! feed, which then stops waiting for it (the other partitions keep their pace).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
+use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::reader::{retry_connection, sleep_or_cancel};
-use super::{ErrorPolicy, Metrics, Settings};
+use super::feed::{Feed, Take};
+use super::{ErrorPolicy, ProjectionRun};
+use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
 use crate::error::{Error, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
-use crate::projection::{Context, Lease, Partition, Projection};
-use crate::store::{BatchTx, Store};
+use crate::partition::partition_of;
+use crate::projection::{Context, HandlerError, HandlerPanic, HandlerResult, Lease, Partition};
+use crate::store::BatchTx;
 
-/// What the reader sends a worker after each page of the log: the page's events of this
-/// partition (in log order), and that every event of the partition up to `through` has now
-/// been sent, so an idle partition's checkpoint can move too.
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    pub(crate) events: Vec<PersistedEvent>,
-    pub(crate) through: Position,
-}
-
-/// Whether a batch went through or the worker was told to stop meanwhile.
+/// Whether the worker got through or was told to stop meanwhile.
 enum Flow {
     Done,
     Cancelled,
 }
 
+/// What becomes of one event in a batch.
+enum Step {
+    /// An earlier partition count handled it already: it only counts as progress.
+    Skip,
+    /// An earlier event of its stream is parked: park it too, keeping the stream's order.
+    Park,
+    /// Hand it to the projection.
+    Handle,
+}
+
+/// One transaction of a worker.
+enum Work<'a> {
+    /// Handle these events (those not yet committed) and move the checkpoint to `through`.
+    Batch(&'a [PersistedEvent], Position),
+    /// Park an event whose handler kept failing, with the last error and the attempts made.
+    Park(&'a PersistedEvent, &'a str, u32),
+}
+
+/// How a transaction of a worker ended.
+enum Outcome {
+    Committed,
+    /// A handler failed (or panicked) on this event; the transaction was rolled back.
+    HandlerFailed(&'static str, HandlerError),
+}
+
 pub(crate) struct Worker {
-    store: Store,
-    projection: Arc<dyn Projection>,
-    name: String,
+    run: Arc<ProjectionRun>,
+    feed: Arc<Feed>,
     partition: Partition,
-    /// The lease the partition runs under (PostgreSQL): every batch checks it first.
-    lease: Option<Lease>,
+    /// The lease the partition runs under: every checkpoint write checks it.
+    lease: Lease,
     /// The partition's committed checkpoint.
     checkpoint: Position,
+    /// Everything of the partition up to here was taken from the feed or read alone.
+    through: Position,
     state: Arc<CheckpointState>,
     /// Once every partition of this layout is past it, older layouts are deleted.
     retire_after: Option<Position>,
     /// Streams with a parked event: their later events are parked too, keeping their order.
     parked: HashSet<StreamId>,
-    settings: Settings,
-    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments, reason = "one constructor, called once, by the reader")]
     pub(crate) fn new(
-        store: Store,
-        projection: Arc<dyn Projection>,
+        run: Arc<ProjectionRun>,
+        feed: Arc<Feed>,
         partition: Partition,
-        lease: Option<Lease>,
+        lease: Lease,
         state: Arc<CheckpointState>,
         parked: HashSet<StreamId>,
-        settings: Settings,
-        metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> Self {
+        let checkpoint = state.current.checkpoints[partition.index as usize];
         Worker {
-            store,
-            name: projection.name().to_owned(),
-            projection,
-            checkpoint: state.current.checkpoints[partition.index as usize],
-            retire_after: state.retire_after(),
-            state,
+            run,
+            feed,
             partition,
             lease,
+            checkpoint,
+            through: checkpoint,
+            retire_after: state.retire_after(),
+            state,
             parked,
-            settings,
-            metrics,
             cancel,
         }
     }
 
-    /// Handles batches until the reader is done or the worker is cancelled. A batch is up to
-    /// `batch_size` events, taken from as many deliveries as are waiting.
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Delivery>) -> Result<()> {
-        let mut pending: VecDeque<PersistedEvent> = VecDeque::new();
-        let mut through = self.checkpoint;
-        loop {
-            // Shutdown: the batch in flight was finished; what is still pending is delivered
-            // again from the checkpoint on the next run.
-            if self.cancel.is_cancelled() {
+    /// Handles what the feed gives (or, detached, what it reads alone) until the feed is
+    /// done or the worker is cancelled. Shutdown finishes the transaction in flight; what
+    /// is still queued is delivered again from the checkpoint on the next run.
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let result = self.work().await;
+        self.feed.close(self.partition.index);
+        result
+    }
+
+    async fn work(&mut self) -> Result<()> {
+        let batch_size = self.run.settings.batch_size;
+        while !self.cancel.is_cancelled() {
+            let Some(take) = self.feed.take(self.partition.index, batch_size, &self.cancel).await
+            else {
                 return Ok(());
-            }
-            if pending.is_empty() {
-                let delivery = tokio::select! {
-                    () = self.cancel.cancelled() => return Ok(()),
-                    delivery = rx.recv() => match delivery {
-                        Some(delivery) => delivery,
-                        None => return Ok(()),
-                    },
-                };
-                self.accept(delivery, &mut pending, &mut through);
-            }
-            while pending.len() < self.settings.batch_size {
-                match rx.try_recv() {
-                    Ok(delivery) => self.accept(delivery, &mut pending, &mut through),
-                    Err(_) => break,
-                }
-            }
-            let take = pending.len().min(self.settings.batch_size);
-            let batch: Vec<PersistedEvent> = pending.drain(..take).collect();
-            // The batch's checkpoint: its last event, or everything delivered when it is the
-            // last of what is pending.
-            let batch_through = match (pending.front(), batch.last()) {
-                (Some(_), Some(last)) => last.position,
-                _ => through,
             };
-            if batch_through <= self.checkpoint {
-                continue;
-            }
-            if let Flow::Cancelled = self.process(&batch, batch_through).await? {
+            let flow = match take {
+                Take::Events { events, through } => {
+                    self.through = through;
+                    self.process(&events, through).await?
+                }
+                Take::ReadAlone { read_through } => self.read_alone(read_through).await?,
+                Take::Finished => return Ok(()),
+            };
+            if let Flow::Cancelled = flow {
                 return Ok(());
             }
         }
+        Ok(())
     }
 
-    fn accept(
-        &self,
-        delivery: Delivery,
-        pending: &mut VecDeque<PersistedEvent>,
-        through: &mut Position,
-    ) {
-        *through = (*through).max(delivery.through);
-        pending.extend(delivery.events.into_iter().filter(|e| e.position > self.checkpoint));
+    /// Detached from the reader: reads one page of the log after what it has, keeps its own
+    /// events up to `target` (where the reader is), handles them, and attaches again once it
+    /// has caught up.
+    async fn read_alone(&mut self, target: Position) -> Result<Flow> {
+        if self.through < target {
+            let (after, limit, bytes) = (self.through, self.run.page_events, self.run.page_bytes);
+            let (run, cancel) = (Arc::clone(&self.run), self.cancel.clone());
+            let Some(page) = retry_transient(&cancel, "read the log", || {
+                run.store.read_page(after, limit, bytes, &run.scope)
+            })
+            .await?
+            else {
+                return Ok(Flow::Cancelled);
+            };
+            self.run.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
+            let last = page.events.last().map(|(e, _)| e.position);
+            // Everything up to `target` was read, unless the page stopped at its limit first.
+            let through = match last {
+                Some(last) if page.full => last.min(target),
+                _ => target,
+            };
+            let count = self.run.partition_count;
+            let mine: Vec<PersistedEvent> = page
+                .events
+                .into_iter()
+                .map(|(event, _)| event)
+                .filter(|e| e.position <= through)
+                .filter(|e| partition_of(e.partition_hash, count) == self.partition.index)
+                .collect();
+            let chunks = mine.chunks(self.run.settings.batch_size.max(1));
+            let last_chunk = chunks.len().saturating_sub(1);
+            for (i, chunk) in chunks.enumerate() {
+                let chunk_through = match chunk.last() {
+                    Some(last) if i < last_chunk => last.position,
+                    _ => through,
+                };
+                if let Flow::Cancelled = self.process(chunk, chunk_through).await? {
+                    return Ok(Flow::Cancelled);
+                }
+            }
+            if mine.is_empty()
+                && let Flow::Cancelled = self.process(&[], through).await?
+            {
+                return Ok(Flow::Cancelled);
+            }
+            self.through = through;
+        }
+        if self.through >= target && self.feed.attach(self.partition.index, self.through) {
+            tracing::debug!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, "partition attached to the reader again");
+        }
+        Ok(Flow::Done)
     }
 
     /// Handles `events` and moves the checkpoint to `through`.
     async fn process(&mut self, events: &[PersistedEvent], through: Position) -> Result<Flow> {
+        if self.cancel.is_cancelled() {
+            return Ok(Flow::Cancelled);
+        }
+        if through <= self.checkpoint {
+            return Ok(Flow::Done);
+        }
         let span = tracing::info_span!(
             target: "pupsource::runner",
             "projection.batch",
-            projection = %self.name,
+            projection = %self.run.name,
             partition = %self.partition,
             position = %through,
             events = events.len(),
         );
         async {
-            let mut events = events;
-            let mut backoff = self.settings.retry.initial_backoff;
-            loop {
-                match self.try_batch(events, through).await {
-                    Ok(true) => return Ok(Flow::Done),
-                    // A handler failed and the batch was rolled back: go one event at a time.
-                    Ok(false) => return self.process_one_by_one(events, through).await,
-                    Err(err @ Error::Connection(_)) => {
-                        tracing::warn!(error = %err, retry_in = ?backoff, "batch failed; retrying");
-                        if !sleep_or_cancel(&self.cancel, backoff).await {
-                            return Ok(Flow::Cancelled);
-                        }
-                        backoff = (backoff * 2).min(self.settings.retry.max_backoff);
-                        // The connection may have died after the commit reached the server:
-                        // trust the stored checkpoint, not this worker's memory.
-                        let Some(stored) = self.stored_checkpoint().await else { continue };
-                        if stored >= through {
-                            self.checkpoint = stored;
-                            return Ok(Flow::Done);
-                        }
-                        let done = events.iter().take_while(|e| e.position <= stored).count();
-                        events = &events[done..];
-                    }
-                    Err(err) => return Err(err),
-                }
+            match self.transact(Work::Batch(events, through)).await? {
+                None => Ok(Flow::Cancelled),
+                Some(Outcome::Committed) => Ok(Flow::Done),
+                Some(Outcome::HandlerFailed(..)) => self.process_one_by_one(events, through).await,
             }
         }
         .instrument(span)
         .await
     }
 
-    /// This partition's checkpoint as stored, if the database answers.
-    async fn stored_checkpoint(&self) -> Option<Position> {
-        let rows = self.store.checkpoints(&self.name).await.ok()?;
-        rows.into_iter().find(|row| row.partition == self.partition).map(|row| row.position)
-    }
-
-    /// Opens a batch transaction; under a lease, one the server closes if this worker leaves
-    /// it idle past the lease (paused, cut off). The lease itself is checked by the
-    /// checkpoint write that ends the batch.
-    async fn begin(&self) -> Result<BatchTx> {
-        match self.lease {
-            Some(_) => self.store.begin_leased_batch(self.settings.lease()).await,
-            None => self.store.begin_batch().await,
-        }
-    }
-
-    /// One transaction for the whole batch. `Ok(false)` if a handler failed (rolled back).
-    async fn try_batch(&mut self, events: &[PersistedEvent], through: Position) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let mut handled = 0u64;
-        for event in events {
-            if self.state.handled_by_old_layout(event.position, event.partition_hash) {
-                continue;
-            }
-            if self.parked.contains(&event.stream) {
-                tx.park(&self.name, event, None, 0).await?;
-                continue;
-            }
-            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction())
-                .with_lease(self.lease.as_ref());
-            if let Err(err) = self.projection.handle(event, &mut cx).await {
-                tracing::debug!(position = %event.position, error = %err, "handler failed in batch");
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            handled += 1;
-        }
-        self.commit(tx, through).await?;
-        self.metrics.events_handled.fetch_add(handled, Ordering::Relaxed);
-        Ok(true)
-    }
-
-    /// Writes the checkpoint (retiring older layouts when possible) and commits.
-    async fn commit(&mut self, mut tx: BatchTx, through: Position) -> Result<()> {
-        let retired = tx
-            .save_checkpoint(
-                &self.name,
-                self.partition,
-                through,
-                self.lease.as_ref(),
-                self.retire_after,
-            )
-            .await?;
-        tx.commit().await?;
-        if retired {
-            tracing::info!(projection = %self.name, "older partition layouts retired");
-        }
-        if retired || self.retire_after.is_some_and(|after| through >= after) {
-            self.retire_after = None;
-        }
-        self.checkpoint = through;
-        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// After a failure: each event in a transaction of its own, retried, then stop or park.
+    /// After a handler failure: each event in a transaction of its own, retried, then the
+    /// partition halts or the event is parked.
     async fn process_one_by_one(
         &mut self,
         events: &[PersistedEvent],
         through: Position,
     ) -> Result<Flow> {
         for event in events {
+            if self.cancel.is_cancelled() {
+                return Ok(Flow::Cancelled);
+            }
             if let Flow::Cancelled = self.process_alone(event).await? {
                 return Ok(Flow::Cancelled);
             }
         }
-        if through > self.checkpoint {
-            let Some(tx) = retry_connection(&self.cancel, "begin a batch", || self.begin()).await?
-            else {
-                return Ok(Flow::Cancelled);
-            };
-            self.commit(tx, through).await?;
-        }
-        Ok(Flow::Done)
+        Ok(match self.transact(Work::Batch(&[], through)).await? {
+            None => Flow::Cancelled,
+            Some(_) => Flow::Done,
+        })
     }
 
     async fn process_alone(&mut self, event: &PersistedEvent) -> Result<Flow> {
+        let retry = self.run.settings.retry;
         let mut attempt = 0;
         loop {
+            let (failure_kind, failure) = match self
+                .transact(Work::Batch(std::slice::from_ref(event), event.position))
+                .await?
+            {
+                None => return Ok(Flow::Cancelled),
+                Some(Outcome::Committed) => return Ok(Flow::Done),
+                Some(Outcome::HandlerFailed(kind, failure)) => (kind, failure),
+            };
             attempt += 1;
-            let Some(mut tx) =
-                retry_connection(&self.cancel, "begin a batch", || self.begin()).await?
-            else {
-                return Ok(Flow::Cancelled);
-            };
-            if self.state.handled_by_old_layout(event.position, event.partition_hash) {
-                self.commit(tx, event.position).await?;
-                return Ok(Flow::Done);
-            }
-            if self.parked.contains(&event.stream) {
-                tx.park(&self.name, event, None, 0).await?;
-                self.commit(tx, event.position).await?;
-                return Ok(Flow::Done);
-            }
-            let mut cx = Context::new(&self.name, self.partition, event.position, tx.transaction())
-                .with_lease(self.lease.as_ref());
-            let failure = match self.projection.handle(event, &mut cx).await {
-                Ok(()) => {
-                    self.commit(tx, event.position).await?;
-                    self.metrics.events_handled.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Flow::Done);
-                }
-                Err(failure) => failure,
-            };
-            tx.rollback().await?;
             let message = failure.to_string();
             tracing::warn!(
+                target: "pupsource::runner",
+                projection = %self.run.name,
+                partition = %self.partition,
                 position = %event.position,
                 event_type = %event.event_type,
                 attempt,
                 error = %message,
-                "handler failed"
+                "handler {failure_kind}"
             );
-            if let Err(err) = self.store.record_error(&self.name, self.partition, &message).await {
-                tracing::warn!(error = %err, "could not record the handler error for status");
+            if let Err(err) =
+                self.run.store.record_error(&self.run.name, self.partition, &message).await
+            {
+                tracing::warn!(target: "pupsource::runner", error = %err, "could not record the handler error for status");
             }
-            if attempt < self.settings.retry.max_attempts {
-                if !sleep_or_cancel(&self.cancel, self.settings.retry.backoff(attempt)).await {
+            if attempt < retry.max_attempts {
+                // The reader does not wait for this partition meanwhile.
+                self.feed.set_retrying(self.partition.index, true);
+                let waited = sleep_or_cancel(&self.cancel, retry.backoff(attempt)).await;
+                self.feed.set_retrying(self.partition.index, false);
+                if !waited {
                     return Ok(Flow::Cancelled);
                 }
                 continue;
             }
-            return match self.settings.on_error {
+            return match self.run.settings.on_error {
                 ErrorPolicy::Stop => Err(Error::Handler {
-                    projection: self.name.clone(),
+                    projection: self.run.name.clone(),
                     partition: self.partition,
                     position: event.position,
                     event_type: event.event_type.clone(),
@@ -317,14 +289,176 @@ impl Worker {
                     source: failure,
                 }),
                 ErrorPolicy::Park => {
-                    let mut tx = self.begin().await?;
-                    tx.park(&self.name, event, Some(&message), attempt).await?;
-                    self.commit(tx, event.position).await?;
-                    self.parked.insert(event.stream.clone());
-                    tracing::warn!(position = %event.position, stream = %event.stream, "event parked");
-                    Ok(Flow::Done)
+                    match self.transact(Work::Park(event, &message, attempt)).await? {
+                        None => Ok(Flow::Cancelled),
+                        Some(_) => {
+                            self.parked.insert(event.stream.clone());
+                            tracing::warn!(target: "pupsource::runner", projection = %self.run.name, position = %event.position, stream = %event.stream, "event parked");
+                            Ok(Flow::Done)
+                        }
+                    }
                 }
             };
         }
+    }
+
+    /// Runs one transaction of work to its end, however often it must be tried: transient
+    /// failures are retried with backoff (after reading the stored checkpoint again), and a
+    /// checkpoint found moved on means an earlier try committed unseen. `None` if cancelled.
+    async fn transact(&mut self, work: Work<'_>) -> Result<Option<Outcome>> {
+        let mut backoff = Backoff::reconnect();
+        loop {
+            let result = self.try_transaction(&work).await;
+            match result {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(err) if err.is_transient() => {
+                    let wait = backoff.next();
+                    tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, retry_in = ?wait, "transaction failed; retrying");
+                    if !sleep_or_cancel(&self.cancel, wait).await || !self.resync().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(Error::CheckpointMoved { stored, .. }) => self.adopt(stored)?,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn try_transaction(&mut self, work: &Work<'_>) -> Result<Outcome> {
+        let (events, through, parking) = match *work {
+            Work::Batch(events, through) => (events, through, None),
+            Work::Park(event, message, attempts) => {
+                (std::slice::from_ref(event), event.position, Some((message, attempts)))
+            }
+        };
+        if through <= self.checkpoint {
+            return Ok(Outcome::Committed);
+        }
+        let mut tx = self.begin().await?;
+        let mut handled = 0u64;
+        for event in events.iter().filter(|e| e.position > self.checkpoint) {
+            if let Some((message, attempts)) = parking {
+                tx.park(&self.run.name, event, Some(message), attempts).await?;
+                continue;
+            }
+            match self.step(event) {
+                Step::Skip => {}
+                Step::Park => tx.park(&self.run.name, event, None, 0).await?,
+                Step::Handle => match self.call(event, &mut tx).await {
+                    Ok(()) => handled += 1,
+                    Err((kind, failure)) => {
+                        tracing::debug!(target: "pupsource::runner", position = %event.position, error = %failure, "handler {kind} in batch");
+                        rollback(tx).await;
+                        return Ok(Outcome::HandlerFailed(kind, failure));
+                    }
+                },
+            }
+        }
+        self.commit(tx, through).await?;
+        self.run.metrics.events_handled.fetch_add(handled, Ordering::Relaxed);
+        Ok(Outcome::Committed)
+    }
+
+    /// Whether an event is handled, parked behind an earlier one, or was handled already.
+    fn step(&self, event: &PersistedEvent) -> Step {
+        if self.state.handled_by_old_layout(event.position, event.partition_hash) {
+            Step::Skip
+        } else if self.parked.contains(&event.stream) {
+            Step::Park
+        } else {
+            Step::Handle
+        }
+    }
+
+    /// Calls the handler; a panic is caught and becomes its error.
+    async fn call(
+        &self,
+        event: &PersistedEvent,
+        tx: &mut BatchTx,
+    ) -> Result<(), (&'static str, HandlerError)> {
+        let mut cx = Context::new(&self.run.name, self.partition, event.position, tx.transaction())
+            .with_lease(Some(&self.lease));
+        let call = async { self.run.projection.handle(event, &mut cx).await };
+        let result: std::thread::Result<HandlerResult> =
+            AssertUnwindSafe(call).catch_unwind().await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(failure)) => Err(("failed", failure)),
+            Err(panic) => Err(("panicked", Box::new(HandlerPanic::from_payload(panic.as_ref())))),
+        }
+    }
+
+    /// Opens a batch transaction: one the server closes if this worker leaves it idle past
+    /// its lease (PostgreSQL), or one that holds the write lock (SQLite).
+    async fn begin(&self) -> Result<BatchTx> {
+        self.run.store.begin_leased_batch(self.run.settings.lease()).await
+    }
+
+    /// Writes the checkpoint (retiring older layouts when possible) and commits.
+    async fn commit(&mut self, mut tx: BatchTx, through: Position) -> Result<()> {
+        let retired = tx
+            .save_checkpoint(
+                &self.run.name,
+                self.partition,
+                &self.lease,
+                (self.checkpoint, through),
+                self.retire_after,
+            )
+            .await?;
+        tx.commit().await?;
+        if retired {
+            tracing::info!(target: "pupsource::runner", projection = %self.run.name, "older partition layouts retired");
+        }
+        if retired || self.retire_after.is_some_and(|after| through >= after) {
+            self.retire_after = None;
+        }
+        self.checkpoint = through;
+        self.run.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After a transient failure: the checkpoint as stored (a commit whose answer was lost
+    /// may have gone through). False if cancelled first.
+    async fn resync(&mut self) -> Result<bool> {
+        let (run, partition, cancel) = (Arc::clone(&self.run), self.partition, self.cancel.clone());
+        let stored = retry_transient(&cancel, "read the checkpoint", || {
+            run.store.checkpoint(&run.name, partition)
+        })
+        .await?;
+        match stored {
+            None => Ok(false),
+            Some(None) => {
+                Err(Error::CheckpointLost { projection: self.run.name.clone(), partition })
+            }
+            Some(Some(stored)) => {
+                self.adopt(stored)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Takes the stored checkpoint over when an earlier try committed unseen. A checkpoint
+    /// that went back (reset while this worker ran) means the partition is no longer this
+    /// run's to continue.
+    fn adopt(&mut self, stored: Position) -> Result<()> {
+        if stored < self.checkpoint {
+            return Err(Error::CheckpointLost {
+                projection: self.run.name.clone(),
+                partition: self.partition,
+            });
+        }
+        if stored > self.checkpoint {
+            tracing::info!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, position = %stored, "an earlier try committed; going on from the stored checkpoint");
+            self.checkpoint = stored;
+            self.through = self.through.max(stored);
+        }
+        Ok(())
+    }
+}
+
+/// Rolls a transaction back; a connection lost meanwhile rolled it back already.
+async fn rollback(tx: BatchTx) {
+    if let Err(err) = tx.rollback().await {
+        tracing::debug!(target: "pupsource::runner", error = %err, "rollback failed; the server discards the transaction");
     }
 }

@@ -9,7 +9,8 @@ use std::str::FromStr as _;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::{EventStore, PostgresStore, Scope, SqliteStore};
+use super::lease::{Beat, Heartbeat, WorkerStatus};
+use super::{EventStore, Page, PostgresStore, Scope, SqliteStore};
 use crate::checkpoint::CheckpointState;
 use crate::error::{InvalidInput, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
@@ -127,7 +128,8 @@ impl Store {
     }
 
     /// A batch of a leased partition: on PostgreSQL the server closes the transaction once it
-    /// has stayed idle longer than `idle_limit`. SQLite has no leases.
+    /// has stayed idle longer than `idle_limit` (a paused worker cannot hold its rows past its
+    /// lease); on SQLite the batch holds the write lock, so nobody can claim meanwhile.
     pub(crate) async fn begin_leased_batch(
         &self,
         idle_limit: std::time::Duration,
@@ -136,6 +138,51 @@ impl Store {
             Store::Postgres(s) => BatchTx::Postgres(s.clone(), s.begin_fenced(idle_limit).await?),
             Store::Sqlite(s) => BatchTx::Sqlite(s.clone(), s.begin().await?),
         })
+    }
+
+    /// A page of the log for the runner, bounded in events and in bytes.
+    pub(crate) async fn read_page(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+        scope: &Scope,
+    ) -> Result<Page> {
+        dispatch!(self, s => s.read_page(after, limit, max_bytes, scope).await)
+    }
+
+    /// Registers the worker, renews its leases and claims its share; see `store/lease.rs`.
+    pub(crate) async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Beat> {
+        dispatch!(self, s => s.heartbeat(beat).await)
+    }
+
+    /// Gives up `partitions` (if `worker` still holds them).
+    pub(crate) async fn release(
+        &self,
+        projection: &str,
+        partition_count: u32,
+        worker: &str,
+        partitions: &[u32],
+    ) -> Result<()> {
+        dispatch!(self, s => s.release(projection, partition_count, worker, partitions).await)
+    }
+
+    /// Removes the worker's registration.
+    pub(crate) async fn deregister(&self, projection: &str, worker: &str) -> Result<()> {
+        dispatch!(self, s => s.deregister(projection, worker).await)
+    }
+
+    /// The partitions (other than `except`) still behind an event in `scope` at or below
+    /// `head`.
+    pub(crate) async fn pending_partitions(
+        &self,
+        projection: &str,
+        partition_count: u32,
+        scope: &Scope,
+        head: i64,
+        except: &[u32],
+    ) -> Result<Vec<u32>> {
+        dispatch!(self, s => s.pending_partitions(projection, partition_count, scope, head, except).await)
     }
 
     /// A receiver that changes whenever this process appends, or (PostgreSQL, while
@@ -161,17 +208,24 @@ impl Store {
         dispatch!(self, s => s.load_checkpoints(projection, partition_count).await)
     }
 
+    /// The stored checkpoint of one partition (`None`: no such row).
+    pub(crate) async fn checkpoint(
+        &self,
+        projection: &str,
+        partition: Partition,
+    ) -> Result<Option<Position>> {
+        let rows = self.checkpoints(projection).await?;
+        Ok(rows.into_iter().find(|row| row.partition == partition).map(|row| row.position))
+    }
+
     /// Every stored checkpoint row of `projection`, every layout, for status.
     pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
         dispatch!(self, s => s.checkpoints(projection).await)
     }
 
-    /// The live workers of `projection` (PostgreSQL; SQLite has none).
-    pub(crate) async fn workers(&self, projection: &str) -> Result<Vec<super::WorkerStatus>> {
-        match self {
-            Store::Postgres(s) => s.workers(projection).await,
-            Store::Sqlite(_) => Ok(Vec::new()),
-        }
+    /// The live workers of `projection`.
+    pub(crate) async fn workers(&self, projection: &str) -> Result<Vec<WorkerStatus>> {
+        dispatch!(self, s => s.workers(projection).await)
     }
 
     /// Records a handler failure for status (outside any batch transaction).
@@ -245,7 +299,7 @@ pub(crate) struct CheckpointInfo {
     pub(crate) position: Position,
     pub(crate) updated_at: OffsetDateTime,
     pub(crate) last_error: Option<String>,
-    /// PostgreSQL: who holds the partition.
+    /// Who holds the partition, if anyone.
     pub(crate) lease: Option<LeaseInfo>,
 }
 
@@ -286,32 +340,26 @@ impl BatchTx {
         }
     }
 
-    /// Writes the partition's checkpoint (under `lease`, only if this worker still holds it),
-    /// and retires older layouts when every partition of this one is past `retire_after`.
-    /// Returns whether older layouts were retired.
+    /// Moves the partition's checkpoint from `from` to `to`, only while `lease` is still
+    /// this worker's and the checkpoint still at `from`; and retires older layouts when every
+    /// partition of this one is past `retire_after`. Returns whether older layouts were
+    /// retired.
     ///
     /// # Errors
-    /// [`Error::LeaseLost`](crate::Error::LeaseLost) if another worker claimed the partition;
-    /// [`Error::CheckpointLost`](crate::Error::CheckpointLost)
-    /// if the checkpoint row no longer exists.
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) if another worker claimed the partition,
+    /// [`Error::CheckpointMoved`](crate::Error::CheckpointMoved) if the checkpoint is no longer
+    /// at `from`, [`Error::CheckpointLost`](crate::Error::CheckpointLost) if the row is gone.
     pub(crate) async fn save_checkpoint(
         &mut self,
         projection: &str,
         partition: Partition,
-        position: Position,
-        lease: Option<&Lease>,
+        lease: &Lease,
+        (from, to): (Position, Position),
         retire_after: Option<Position>,
     ) -> Result<bool> {
-        match self {
-            BatchTx::Postgres(s, tx) => {
-                s.save_checkpoint(tx, projection, partition, position, lease).await?;
-            }
-            BatchTx::Sqlite(s, tx) => {
-                s.save_checkpoint(tx, projection, partition, position).await?
-            }
-        }
+        dispatch_tx!(self, s, tx => s.save_checkpoint(tx, projection, partition, lease, from, to).await)?;
         match retire_after {
-            Some(after) if position >= after => {
+            Some(after) if to >= after => {
                 dispatch_tx!(self, s, tx => s.retire_layouts(tx, projection, partition.count, after).await)
             }
             _ => Ok(false),

@@ -16,19 +16,21 @@ use std::fmt;
 use std::future::Future;
 use std::ops::{Bound, RangeBounds};
 
-use crate::error::{InvalidInput, Result};
+use crate::error::{Error, InvalidInput, Result};
 use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
+use crate::projection::{Lease, Partition};
 use crate::version::ExpectedVersion;
 
 mod any;
+pub(crate) mod lease;
 mod postgres;
 mod sqlite;
 
 pub use any::LeaseInfo;
 pub use any::Store;
 pub(crate) use any::{BatchTx, CheckpointInfo};
-pub(crate) use postgres::Heartbeat;
-pub use postgres::{PostgresStore, WorkerStatus};
+pub use lease::WorkerStatus;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// An append-only log of events with per-aggregate streams.
@@ -326,6 +328,69 @@ impl Tables {
             .replace("{checkpoints}", self.checkpoints.as_str())
             .replace("{dead_letters}", self.dead_letters.as_str())
             .replace("{workers}", self.workers.as_str())
+    }
+}
+
+/// A page of the log as the runner reads it: its events with their approximate size in
+/// memory, and whether it stopped at its limit (in events or bytes) rather than at the end of
+/// what is readable.
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    pub(crate) events: Vec<(PersistedEvent, usize)>,
+    pub(crate) full: bool,
+}
+
+/// Roughly what an event read from the log costs in memory: its JSON texts and names, and a
+/// fixed part for the rest.
+pub(crate) fn approximate_size(event: &Event, payload_text: usize, metadata_text: usize) -> usize {
+    const FIXED: usize = 256;
+    FIXED
+        + payload_text
+        + metadata_text
+        + event.stream.context.len()
+        + event.stream.aggregate_type.len()
+        + event.stream.aggregate_id.len()
+        + event.event_type.len()
+}
+
+/// A checkpoint row as read back after a refused checkpoint write.
+#[derive(Debug)]
+pub(crate) struct CheckpointRead {
+    pub(crate) owner: Option<String>,
+    pub(crate) epoch: u64,
+    pub(crate) position: Position,
+}
+
+impl CheckpointRead {
+    /// Why a checkpoint write from `from` under `lease` changed no row, given the row as it is
+    /// now (`None`: deleted).
+    pub(crate) fn refusal(
+        stored: Option<Self>,
+        projection: &str,
+        partition: Partition,
+        lease: &Lease,
+        from: Position,
+    ) -> Error {
+        let projection = projection.to_owned();
+        match stored {
+            None => Error::CheckpointLost { projection, partition },
+            Some(row)
+                if row.owner.as_deref() != Some(&*lease.owner) || row.epoch != lease.epoch =>
+            {
+                Error::LeaseLost {
+                    projection,
+                    partition,
+                    worker: lease.owner.to_string(),
+                    epoch: lease.epoch,
+                }
+            }
+            Some(row) => Error::CheckpointMoved {
+                projection,
+                partition,
+                expected: from,
+                stored: row.position,
+            },
+        }
     }
 }
 

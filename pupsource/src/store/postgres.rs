@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::TryStreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
 use time::OffsetDateTime;
@@ -31,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    CheckpointInfo, EventStore, LeaseInfo, Scope, Tables, hash_from_stored, hash_to_stored,
-    next_version, partition_sql_args, stored_version, version_bounds,
+    CheckpointInfo, CheckpointRead, EventStore, LeaseInfo, Page, Scope, Tables, approximate_size,
+    hash_from_stored, hash_to_stored, next_version, partition_sql_args, stored_version,
+    version_bounds,
 };
+use crate::backoff::{Backoff, sleep_or_cancel};
 use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::{ConstraintKind, Error, Result};
 use crate::event::{
@@ -42,17 +45,16 @@ use crate::event::{
 use crate::partition::partition_hash;
 use crate::projection::{Lease, Partition};
 use crate::runner::{Fence, ParkedEvent};
+use crate::store::lease::{int4, int8};
 use crate::version::ExpectedVersion;
 
 mod leases;
-
-pub(crate) use leases::Heartbeat;
-pub use leases::WorkerStatus;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_event_store.sql"),
     include_str!("../../../migrations/postgres/0002_projections.sql"),
     include_str!("../../../migrations/postgres/0003_leases.sql"),
+    include_str!("../../../migrations/postgres/0004_fencing.sql"),
 ];
 
 /// How long the transaction that creates a projection's checkpoint rows, under the
@@ -112,6 +114,8 @@ struct Sql {
     load_checkpoints: Arc<str>,
     create_checkpoints: Arc<str>,
     save_checkpoint: Arc<str>,
+    checkpoint_row: Arc<str>,
+    fence_layouts: Arc<str>,
     retire_layouts: Arc<str>,
     checkpoints: Arc<str>,
     delete_checkpoints: Arc<str>,
@@ -195,11 +199,23 @@ impl Sql {
                 "INSERT INTO \"{checkpoints}\" (projection, partition_count, partition, transaction_id, global_position) \
                  SELECT $1, $2, p, $3, $4 FROM UNNEST($5::int4[]) AS p ON CONFLICT DO NOTHING",
             ),
+            // A compare-and-set on the lease and on the position the batch started from.
             save_checkpoint: render(&format!(
                 "UPDATE \"{{checkpoints}}\" SET transaction_id = $4, global_position = $5, \
                  updated_at = now(), last_error = NULL, last_error_at = NULL WHERE {cp_key} \
-                 AND ($6::text IS NULL OR (owner = $6 AND epoch = $7))"
+                 AND owner = $6 AND epoch = $7 AND transaction_id = $8 AND global_position = $9"
             )),
+            checkpoint_row: render(&format!(
+                "SELECT owner, epoch, transaction_id, global_position FROM \"{{checkpoints}}\" \
+                 WHERE {cp_key}"
+            )),
+            // Waits for any batch committing on these rows (it holds their locks), then fences
+            // every later write of theirs out: a checkpoint write needs its owner on the row,
+            // and a new claim takes a new epoch.
+            fence_layouts: render(
+                "UPDATE \"{checkpoints}\" SET owner = NULL, lease_until = NULL \
+                 WHERE projection = $1 AND partition_count <> $2 AND owner IS NOT NULL",
+            ),
             retire_layouts: render(
                 "DELETE FROM \"{checkpoints}\" WHERE projection = $1 AND partition_count <> $2 \
                  AND NOT EXISTS (SELECT 1 FROM \"{checkpoints}\" c WHERE c.projection = $1 \
@@ -358,7 +374,7 @@ impl PostgresStore {
 
     /// Forwards other processes' `NOTIFY` hints to [`Self::wakeups`] until `stop`.
     pub(crate) async fn listen(&self, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !stop.is_cancelled() {
             let listener = async {
                 let channel = self.channel().await?;
@@ -376,9 +392,8 @@ impl PostgresStore {
                     tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile");
                 }
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+            if !sleep_or_cancel(&stop, backoff.next()).await {
+                return;
             }
         }
     }
@@ -393,6 +408,12 @@ impl PostgresStore {
         // One process at a time decides where new partitions start.
         sqlx::query(AssertSqlSafe(Arc::clone(&sql.projection_lock)))
             .bind(projection)
+            .execute(&mut *tx)
+            .await?;
+        // Other partition counts can commit nothing from here on; read their checkpoints after.
+        sqlx::query(AssertSqlSafe(Arc::clone(&sql.fence_layouts)))
+            .bind(projection)
+            .bind(int4(partition_count))
             .execute(&mut *tx)
             .await?;
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&sql.load_checkpoints)))
@@ -434,45 +455,55 @@ impl PostgresStore {
         Ok(state)
     }
 
-    /// Writes the partition's checkpoint; under a lease, only if this worker still holds it
-    /// (the fencing check: the statement locks the row, so no claim can slip in before the
-    /// commit).
+    /// Moves the partition's checkpoint from `from` to `to`, only if this worker still holds
+    /// its lease and the checkpoint is still at `from` (the statement locks the row, so no
+    /// claim can slip in before the commit).
     ///
     /// # Errors
-    /// [`Error::LeaseLost`] if another worker claimed the partition; [`Error::CheckpointLost`]
-    /// if the row is gone.
+    /// [`Error::LeaseLost`], [`Error::CheckpointMoved`] or [`Error::CheckpointLost`].
     pub(crate) async fn save_checkpoint(
         &self,
         tx: &mut sqlx::Transaction<'static, Postgres>,
         projection: &str,
         partition: Partition,
-        position: Position,
-        lease: Option<&Lease>,
+        lease: &Lease,
+        from: Position,
+        to: Position,
     ) -> Result<()> {
         let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.save_checkpoint)))
             .bind(projection)
-            .bind(i32::try_from(partition.count).unwrap_or(i32::MAX))
-            .bind(i32::try_from(partition.index).unwrap_or(i32::MAX))
-            .bind(position.transaction_id)
-            .bind(position.global_position)
-            .bind(lease.map(|l| &*l.owner))
-            .bind(lease.map(|l| i64::try_from(l.epoch).unwrap_or(i64::MAX)))
+            .bind(int4(partition.count))
+            .bind(int4(partition.index))
+            .bind(to.transaction_id)
+            .bind(to.global_position)
+            .bind(&*lease.owner)
+            .bind(int8(lease.epoch))
+            .bind(from.transaction_id)
+            .bind(from.global_position)
             .execute(&mut **tx)
             .await?;
         if done.rows_affected() == 1 {
             return Ok(());
         }
-        match lease {
-            Some(lease) if self.checkpoint_exists(tx, projection, partition).await? => {
-                Err(Error::LeaseLost {
-                    projection: projection.to_owned(),
-                    partition,
-                    worker: lease.owner.to_string(),
-                    epoch: lease.epoch,
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.checkpoint_row)))
+            .bind(projection)
+            .bind(int4(partition.count))
+            .bind(int4(partition.index))
+            .fetch_optional(&mut **tx)
+            .await?;
+        let stored = row
+            .map(|row| {
+                Ok::<_, Error>(CheckpointRead {
+                    owner: row.try_get("owner")?,
+                    epoch: row.try_get::<i64, _>("epoch")?.unsigned_abs(),
+                    position: Position {
+                        transaction_id: row.try_get("transaction_id")?,
+                        global_position: row.try_get("global_position")?,
+                    },
                 })
-            }
-            _ => Err(Error::CheckpointLost { projection: projection.to_owned(), partition }),
-        }
+            })
+            .transpose()?;
+        Err(CheckpointRead::refusal(stored, projection, partition, lease, from))
     }
 
     pub(crate) async fn retire_layouts(
@@ -665,6 +696,40 @@ impl PostgresStore {
             .bind(head)
             .fetch_one(&self.inner.pool)
             .await?)
+    }
+
+    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
+    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
+    pub(crate) async fn read_page(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+        scope: &Scope,
+    ) -> Result<Page> {
+        scope.validate()?;
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_all)))
+            .persistent(false)
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+            .fetch(&self.inner.pool);
+        let mut page = Page::default();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
+            let (event, size) = decode_sized(&row)?;
+            page.events.push((event, size));
+            bytes = bytes.saturating_add(size);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        page.full = page.events.len() >= limit || bytes >= max_bytes;
+        Ok(page)
     }
 
     pub(crate) async fn fence(&self) -> Result<Option<Fence>> {
@@ -867,6 +932,17 @@ impl EventStore for PostgresStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// An event row and its approximate size in memory.
+fn decode_sized(row: &PgRow) -> Result<(PersistedEvent, usize)> {
+    let text = |column: usize| -> Result<usize> {
+        Ok(row.try_get_raw(column)?.as_bytes().map_or(0, <[u8]>::len))
+    };
+    let (payload, metadata) = (text(9)?, text(10)?);
+    let event = decode(row)?;
+    let size = approximate_size(&event.event, payload, metadata);
+    Ok((event, size))
 }
 
 fn decode(row: &PgRow) -> Result<PersistedEvent> {

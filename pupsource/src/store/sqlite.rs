@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
@@ -22,8 +23,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    CheckpointInfo, EventStore, Scope, Tables, hash_from_stored, hash_to_stored, next_version,
-    partition_sql_args, stored_version, version_bounds,
+    CheckpointInfo, CheckpointRead, EventStore, LeaseInfo, Page, Scope, Tables, approximate_size,
+    hash_from_stored, hash_to_stored, next_version, partition_sql_args, stored_version,
+    version_bounds,
 };
 use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::{Error, Result};
@@ -31,13 +33,27 @@ use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
 };
 use crate::partition::partition_hash;
-use crate::projection::Partition;
+use crate::projection::{Lease, Partition};
 use crate::runner::ParkedEvent;
+use crate::store::lease::int8;
 use crate::version::ExpectedVersion;
+
+mod leases;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_event_store.sql"),
     include_str!("../../../migrations/sqlite/0002_projections.sql"),
+    include_str!("../../../migrations/sqlite/0003_leases.sql"),
+];
+
+/// Columns that migrations add to existing tables, as (table, column, definition): SQLite has
+/// no `ADD COLUMN IF NOT EXISTS`, so each is added only where `pragma_table_info` lacks it.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Partition leases: who holds the partition, the fencing token of that claim, and until
+    // when (microseconds since the Unix epoch, UTC). NULL owner: free.
+    ("{checkpoints}", "owner", "TEXT"),
+    ("{checkpoints}", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("{checkpoints}", "lease_until", "INTEGER"),
 ];
 
 /// Columns of a [`PersistedEvent`], in the order [`decode`] reads them.
@@ -168,6 +184,11 @@ impl SqliteStore {
         &self.inner.tables
     }
 
+    /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`).
+    pub(crate) async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     fn appended(&self) {
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -186,7 +207,17 @@ impl SqliteStore {
         partition_count: u32,
     ) -> Result<CheckpointState> {
         // BEGIN IMMEDIATE: one process at a time decides where new partitions start.
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_immediate().await?;
+        // Other partition counts can commit nothing from here on (a batch of theirs holds the
+        // write lock until it commits, so none is in flight now).
+        sqlx::query(self.sql(
+            "UPDATE \"{checkpoints}\" SET owner = NULL, lease_until = NULL \
+             WHERE projection = ?1 AND partition_count <> ?2 AND owner IS NOT NULL",
+        ))
+        .bind(projection)
+        .bind(i64::from(partition_count))
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(self.sql(
             "SELECT partition_count, partition, transaction_id, global_position \
              FROM \"{checkpoints}\" WHERE projection = ?1",
@@ -231,31 +262,63 @@ impl SqliteStore {
         Ok(state)
     }
 
+    /// Moves the partition's checkpoint from `from` to `to`, only if this worker still holds
+    /// its lease and the checkpoint is still at `from` (under the write lock of the batch).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`], [`Error::CheckpointMoved`] or [`Error::CheckpointLost`].
     pub(crate) async fn save_checkpoint(
         &self,
         tx: &mut sqlx::Transaction<'static, Sqlite>,
         projection: &str,
         partition: Partition,
-        position: Position,
+        lease: &Lease,
+        from: Position,
+        to: Position,
     ) -> Result<()> {
         let done = sqlx::query(self.sql(
             "UPDATE \"{checkpoints}\" SET transaction_id = ?4, global_position = ?5, updated_at = ?6, \
              last_error = NULL, last_error_at = NULL \
+             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3 \
+               AND owner = ?7 AND epoch = ?8 AND transaction_id = ?9 AND global_position = ?10",
+        ))
+        .bind(projection)
+        .bind(i64::from(partition.count))
+        .bind(i64::from(partition.index))
+        .bind(to.transaction_id)
+        .bind(to.global_position)
+        .bind(unix_micros(OffsetDateTime::now_utc()))
+        .bind(&*lease.owner)
+        .bind(int8(lease.epoch))
+        .bind(from.transaction_id)
+        .bind(from.global_position)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let row = sqlx::query(self.sql(
+            "SELECT owner, epoch, transaction_id, global_position FROM \"{checkpoints}\" \
              WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3",
         ))
         .bind(projection)
         .bind(i64::from(partition.count))
         .bind(i64::from(partition.index))
-        .bind(position.transaction_id)
-        .bind(position.global_position)
-        .bind(unix_micros(OffsetDateTime::now_utc()))
-        .execute(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(Error::CheckpointLost { projection: projection.to_owned(), partition })
-        }
+        let stored = row
+            .map(|row| {
+                Ok::<_, Error>(CheckpointRead {
+                    owner: row.try_get("owner")?,
+                    epoch: row.try_get::<i64, _>("epoch")?.unsigned_abs(),
+                    position: Position {
+                        transaction_id: row.try_get("transaction_id")?,
+                        global_position: row.try_get("global_position")?,
+                    },
+                })
+            })
+            .transpose()?;
+        Err(CheckpointRead::refusal(stored, projection, partition, lease, from))
     }
 
     pub(crate) async fn retire_layouts(
@@ -281,7 +344,8 @@ impl SqliteStore {
 
     pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
         let rows = sqlx::query(self.sql(
-            "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error \
+            "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error, \
+             owner, epoch, lease_until \
              FROM \"{checkpoints}\" WHERE projection = ?1 ORDER BY partition_count, partition",
         ))
         .bind(projection)
@@ -301,7 +365,14 @@ impl SqliteStore {
                     updated_at: from_unix_micros(row.try_get(4)?)
                         .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                     last_error: row.try_get(5)?,
-                    lease: None,
+                    lease: match row.try_get::<Option<String>, _>(6)? {
+                        Some(owner) => Some(LeaseInfo {
+                            owner,
+                            epoch: row.try_get::<i64, _>(7)?.unsigned_abs(),
+                            until: row.try_get::<Option<i64>, _>(8)?.and_then(from_unix_micros),
+                        }),
+                        None => None,
+                    },
                 })
             })
             .collect()
@@ -468,6 +539,67 @@ impl SqliteStore {
         Ok(n.unsigned_abs())
     }
 
+    /// The query of a page of the log: events after `after` in `scope`, in position order.
+    fn log_query<'q>(
+        &self,
+        after: Position,
+        limit: usize,
+        scope: &'q Scope,
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+        let mut sql = self.inner.tables.render(&format!(
+            "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"
+        ));
+        let mut binds: Vec<&str> = Vec::new();
+        for (column, values) in [
+            ("bounded_context", &scope.contexts),
+            ("aggregate_type", &scope.aggregate_types),
+            ("event_type", &scope.event_types),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
+            // `+column`: no index on it. Otherwise SQLite may walk the stream index for an IN
+            // list and sort every page, instead of walking the log in position order.
+            let _ = write!(sql, " AND +{column} IN (");
+            for (i, value) in values.iter().enumerate() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                binds.push(value);
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY global_position LIMIT ?");
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(after.global_position);
+        for value in binds {
+            query = query.bind(value);
+        }
+        query.bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    }
+
+    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
+    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
+    pub(crate) async fn read_page(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+        scope: &Scope,
+    ) -> Result<Page> {
+        scope.validate()?;
+        let mut rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
+        let mut page = Page::default();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
+            let (event, size) = decode_sized(&row)?;
+            page.events.push((event, size));
+            bytes = bytes.saturating_add(size);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        page.full = page.events.len() >= limit || bytes >= max_bytes;
+        Ok(page)
+    }
+
     /// Inserts one chunk of events in one statement; returns (position, version) per event.
     async fn insert_chunk(
         &self,
@@ -554,7 +686,7 @@ impl EventStore for SqliteStore {
     type Database = Sqlite;
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+        self.begin_immediate().await
     }
 
     async fn append<'t>(
@@ -653,64 +785,59 @@ impl EventStore for SqliteStore {
         scope: &Scope,
     ) -> Result<Vec<PersistedEvent>> {
         scope.validate()?;
-        let mut sql = self.inner.tables.render(&format!(
-            "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"
-        ));
-        let mut binds: Vec<&str> = Vec::new();
-        for (column, values) in [
-            ("bounded_context", &scope.contexts),
-            ("aggregate_type", &scope.aggregate_types),
-            ("event_type", &scope.event_types),
-        ] {
-            if values.is_empty() {
-                continue;
-            }
-            // `+column`: no index on it. Otherwise SQLite may walk the stream index for an IN
-            // list and sort every page, instead of walking the log in position order.
-            let _ = write!(sql, " AND +{column} IN (");
-            for (i, value) in values.iter().enumerate() {
-                sql.push_str(if i == 0 { "?" } else { ", ?" });
-                binds.push(value);
-            }
-            sql.push(')');
-        }
-        sql.push_str(" ORDER BY global_position LIMIT ?");
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(after.global_position);
-        for value in binds {
-            query = query.bind(value);
-        }
-        let rows = query
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let rows = self.log_query(after, limit, scope).fetch_all(&self.inner.pool).await?;
         rows.iter().map(decode).collect()
     }
 
     async fn migrate(&self) -> Result<()> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_immediate().await?;
         for migration in MIGRATIONS {
             sqlx::raw_sql(AssertSqlSafe(self.inner.tables.render(migration)))
                 .execute(&mut *tx)
                 .await?;
+        }
+        for &(table, column, definition) in ADDED_COLUMNS {
+            let table = self.inner.tables.render(table);
+            let present: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            )
+            .bind(&table)
+            .bind(column)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !present {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "ALTER TABLE \"{table}\" ADD COLUMN {column} {definition}"
+                )))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
     }
 }
 
-fn unix_micros(at: OffsetDateTime) -> i64 {
+pub(super) fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
-fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
+pub(super) fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
 }
 
 fn decode(row: &SqliteRow) -> Result<PersistedEvent> {
+    decode_sized(row).map(|(event, _)| event)
+}
+
+/// An event row and its approximate size in memory.
+fn decode_sized(row: &SqliteRow) -> Result<(PersistedEvent, usize)> {
     let global_position: i64 = row.try_get(0)?;
     let bad = |reason: String| Error::Decode { position: global_position, reason };
-    let json = |index: usize| -> Result<serde_json::Value> {
+    let mut texts = 0;
+    let mut json = |index: usize| -> Result<serde_json::Value> {
         let text: &str = row.try_get(index)?;
+        texts += text.len();
         serde_json::from_str(text).map_err(|e| bad(format!("column {index} is not JSON: {e}")))
     };
     let micros: i64 = row.try_get(14)?;
@@ -718,26 +845,30 @@ fn decode(row: &SqliteRow) -> Result<PersistedEvent> {
         .ok_or_else(|| bad(format!("created_at {micros} is out of range")))?;
     let event_version: i64 = row.try_get(7)?;
     let aggregate_version: i64 = row.try_get(4)?;
-    Ok(PersistedEvent {
-        event: Event {
-            stream: StreamId {
-                context: row.try_get(1)?,
-                aggregate_type: row.try_get(2)?,
-                aggregate_id: row.try_get(3)?,
-            },
-            event_id: row.try_get::<Uuid, _>(5)?,
-            event_type: row.try_get(6)?,
-            event_version: u32::try_from(event_version)
-                .map_err(|e| bad(format!("event_version: {e}")))?,
-            payload: json(8)?,
-            metadata: json(9)?,
-            causation_id: row.try_get(10)?,
-            correlation_id: row.try_get(11)?,
-            trace_id: row.try_get(12)?,
-            created_at,
+    let (payload, metadata) = (json(8)?, json(9)?);
+    let event = Event {
+        stream: StreamId {
+            context: row.try_get(1)?,
+            aggregate_type: row.try_get(2)?,
+            aggregate_id: row.try_get(3)?,
         },
+        event_id: row.try_get::<Uuid, _>(5)?,
+        event_type: row.try_get(6)?,
+        event_version: u32::try_from(event_version)
+            .map_err(|e| bad(format!("event_version: {e}")))?,
+        payload,
+        metadata,
+        causation_id: row.try_get(10)?,
+        correlation_id: row.try_get(11)?,
+        trace_id: row.try_get(12)?,
+        created_at,
+    };
+    let size = approximate_size(&event, texts, 0);
+    let event = PersistedEvent {
+        event,
         position: Position { transaction_id: 0, global_position },
         aggregate_version: aggregate_version.unsigned_abs(),
         partition_hash: hash_from_stored(row.try_get(13)?),
-    })
+    };
+    Ok((event, size))
 }

@@ -1,33 +1,19 @@
-//! Partition leases on PostgreSQL: how processes share a projection's partitions.
+//! Partition leases on PostgreSQL (the protocol is described in `store/lease.rs`).
 //!
-//! - Each process registers in the workers table with a heartbeat; a registration expires
-//!   when it missed two heartbeats, and only unexpired workers count.
-//! - A checkpoint row is also a lease: `owner`, `epoch` (incremented on every claim, the
-//!   fencing token) and `lease_until` (database clock). Free or expired rows are claimed with
-//!   `FOR UPDATE SKIP LOCKED`, up to a fair share: `ceil(partitions / live workers)`.
-//! - Each batch transaction writes its checkpoint only where owner and epoch are still its own
-//!   (`UPDATE … WHERE owner = $me AND epoch = $mine`), as its last statement before `COMMIT`:
-//!   the update locks the row, so a claim either happened before (the update finds nothing,
-//!   the batch rolls back with `LeaseLost`) or waits until after the commit (its
-//!   `FOR UPDATE SKIP LOCKED` passes over the locked row). A worker that lost its lease can
-//!   never commit a batch, and the check costs no round trip of its own.
-//! - Each batch's `BEGIN` also sets `idle_in_transaction_session_timeout` to the lease
-//!   duration, so a paused or cut-off worker cannot hold read-model or checkpoint rows past
-//!   its lease: the server closes its transaction.
-//! - Every heartbeat runs under the projection's advisory lock (the same one that creates
-//!   checkpoint rows), so registrations, claims and partition-count checks never interleave.
+//! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent heartbeats never wait on each other's
+//! rows; each batch's `BEGIN` also sets `idle_in_transaction_session_timeout` to the lease
+//! duration, so a paused or cut-off worker cannot hold read-model or checkpoint rows past its
+//! lease: the server closes its transaction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Row as _};
-use time::OffsetDateTime;
-
 use super::PostgresStore;
 use crate::error::{Error, Result};
-use crate::projection::Partition;
+use crate::store::lease::{Beat, Heartbeat, WorkerStatus, int4, int8};
 use crate::store::{Scope, Tables, partition_sql_args};
+use sqlx::{AssertSqlSafe, Row as _};
 
 /// The lease statements, rendered once with the store's table names.
 pub(super) struct LeaseSql {
@@ -39,7 +25,6 @@ pub(super) struct LeaseSql {
     claim: Arc<str>,
     release: Arc<str>,
     deregister: Arc<str>,
-    exists: Arc<str>,
     pending: Arc<str>,
     workers: Arc<str>,
 }
@@ -72,7 +57,8 @@ impl LeaseSql {
             // Rows of this worker id it does not know of (an earlier process with the same
             // id) are claimed again with a new epoch, never silently adopted.
             claim: render(&format!(
-                "UPDATE \"{{checkpoints}}\" AS c SET owner = $3, epoch = c.epoch + 1, \
+                "UPDATE \"{{checkpoints}}\" AS c SET owner = $3, \
+                   epoch = nextval('\"{{checkpoints}}_epoch_seq\"'), \
                    lease_until = now() + make_interval(secs => $4) \
                  FROM (SELECT partition FROM \"{{checkpoints}}\" \
                        WHERE {key} AND NOT (partition = ANY($5)) \
@@ -89,9 +75,6 @@ impl LeaseSql {
             deregister: render(
                 "DELETE FROM \"{workers}\" WHERE projection = $1 AND worker_id = $2",
             ),
-            exists: render(&format!(
-                "SELECT EXISTS (SELECT 1 FROM \"{{checkpoints}}\" WHERE {key} AND partition = $3)"
-            )),
             pending: render(&format!(
                 "SELECT c.partition FROM \"{{checkpoints}}\" AS c \
                  WHERE c.projection = $1 AND c.partition_count = $2 AND NOT (c.partition = ANY($9)) \
@@ -111,51 +94,6 @@ impl LeaseSql {
             ),
         }
     }
-}
-
-/// What one worker asks of a heartbeat.
-#[derive(Debug)]
-pub(crate) struct Heartbeat<'a> {
-    pub(crate) projection: &'a str,
-    pub(crate) worker: &'a str,
-    pub(crate) partition_count: u32,
-    /// How long a registration and a lease last without renewal.
-    pub(crate) lease: Duration,
-    /// The partitions this worker holds, with the epoch of its claim.
-    pub(crate) held: &'a BTreeMap<u32, u64>,
-    /// `Some(k)`: claim only partition `k` (static assignment); `None`: a fair share.
-    pub(crate) only: Option<u32>,
-}
-
-/// What a heartbeat found: the partitions this worker now holds, and its fair share.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Beat {
-    pub(crate) held: BTreeMap<u32, u64>,
-    pub(crate) share: usize,
-}
-
-/// A live worker, for status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerStatus {
-    /// Its id.
-    pub id: String,
-    /// The partition count it runs the projection with.
-    pub partition_count: u32,
-    /// When it registered.
-    pub started_at: OffsetDateTime,
-    /// Its last heartbeat.
-    pub heartbeat_at: OffsetDateTime,
-    /// When it counts as dead unless it beats again.
-    pub expires_at: OffsetDateTime,
-}
-
-fn int4(n: u32) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-fn int8(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl PostgresStore {
@@ -215,13 +153,7 @@ impl PostgresStore {
                 .fetch_all(&mut *tx)
                 .await?,
         )?;
-        let share = match beat.only {
-            Some(_) => 1,
-            None => {
-                let live = usize::try_from(live.max(1)).unwrap_or(1);
-                (beat.partition_count as usize).div_ceil(live)
-            }
-        };
+        let share = beat.share(live);
         if held.len() < share {
             let kept: Vec<i32> = held.keys().map(|&p| int4(p)).collect();
             let claimed = collect(
@@ -281,21 +213,6 @@ impl PostgresStore {
         let millis = idle_limit.as_millis().clamp(1, i32::MAX as u128);
         let begin = format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {millis}");
         Ok(self.inner.pool.begin_with(AssertSqlSafe(begin)).await?)
-    }
-
-    /// Whether the partition's checkpoint row exists (in `tx`).
-    pub(super) async fn checkpoint_exists(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        projection: &str,
-        partition: Partition,
-    ) -> Result<bool> {
-        Ok(sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.exists)))
-            .bind(projection)
-            .bind(int4(partition.count))
-            .bind(int4(partition.index))
-            .fetch_one(&mut **tx)
-            .await?)
     }
 
     /// The partitions (other than `except`) whose checkpoint is behind an event in `scope` at

@@ -1,0 +1,272 @@
+//! The hand-over between a projection's reader and its partition workers.
+//!
+//! The reader offers each page of the log to the feed; the feed splits it by partition into
+//! one bounded queue per running partition (*slot*). A page is placed whole or not at all:
+//! the reader waits until every slot that gets events from it has room, so memory stays
+//! bounded in events and in bytes however far behind the projection is, and `read_through`
+//! always means "every event up to here is in its slot's queue, or was taken from it".
+//!
+//! A slot whose worker is retrying a failing handler (in backoff) would stop every other
+//! partition if the reader waited for it. Such a slot is *detached* instead: its queue is
+//! dropped and the reader stops feeding it. Once its worker goes on, it reads the log by
+//! itself from where it got to, up to `read_through`, and *attaches* again when it has caught
+//! up with the reader: under the feed's lock, only if nothing was placed meanwhile, so no
+//! event is missed or delivered twice. The other partitions keep their pace throughout.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{PersistedEvent, Position};
+use crate::partition::partition_of;
+
+/// How much each slot may hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotLimits {
+    pub(crate) events: usize,
+    pub(crate) bytes: usize,
+}
+
+pub(crate) struct Feed {
+    partition_count: u32,
+    limits: SlotLimits,
+    state: Mutex<State>,
+    /// Wakes the reader when a slot made room or started retrying.
+    reader: Notify,
+    /// Wakes each slot's worker when events arrived or the reader finished.
+    workers: BTreeMap<u32, Notify>,
+}
+
+struct State {
+    /// Every event up to here was placed in the queue of every attached slot of its
+    /// partition (or taken from it).
+    read_through: Position,
+    /// The reader stopped: it reached the head (until caught up) or was cancelled.
+    finished: bool,
+    slots: BTreeMap<u32, Slot>,
+}
+
+struct Slot {
+    events: VecDeque<(PersistedEvent, usize)>,
+    bytes: usize,
+    /// Everything of this partition up to here is in `events` or was taken.
+    through: Position,
+    /// What the worker has taken so far.
+    taken: Position,
+    attached: bool,
+    /// The worker is waiting out a backoff: do not wait for it.
+    retrying: bool,
+}
+
+impl Slot {
+    fn has_room(&self, events: usize, bytes: usize, limits: SlotLimits) -> bool {
+        events == 0
+            || self.events.is_empty()
+            || (self.events.len() + events <= limits.events && self.bytes + bytes <= limits.bytes)
+    }
+}
+
+/// What a worker gets from [`Feed::take`].
+#[derive(Debug)]
+pub(crate) enum Take {
+    /// Events of its partition in log order (possibly none), and everything of its partition
+    /// up to `through` has now been taken.
+    Events { events: Vec<PersistedEvent>, through: Position },
+    /// The slot is detached: read the log alone, after what was taken, up to `read_through`.
+    ReadAlone { read_through: Position },
+    /// Nothing more will come.
+    Finished,
+}
+
+impl Feed {
+    /// A feed for the partitions in `checkpoints` (each with where it starts) of a layout
+    /// of `partition_count`; the reader starts at `start`.
+    pub(crate) fn new(
+        partition_count: u32,
+        checkpoints: &BTreeMap<u32, Position>,
+        start: Position,
+        limits: SlotLimits,
+    ) -> Self {
+        let slots = checkpoints
+            .iter()
+            .map(|(&index, &checkpoint)| {
+                let slot = Slot {
+                    events: VecDeque::new(),
+                    bytes: 0,
+                    through: checkpoint,
+                    taken: checkpoint,
+                    attached: true,
+                    retrying: false,
+                };
+                (index, slot)
+            })
+            .collect();
+        Feed {
+            partition_count,
+            limits,
+            state: Mutex::new(State { read_through: start, finished: false, slots }),
+            reader: Notify::new(),
+            workers: checkpoints.keys().map(|&index| (index, Notify::new())).collect(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock; recover the state if one ever did.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_workers(&self) {
+        for notify in self.workers.values() {
+            notify.notify_one();
+        }
+    }
+
+    /// Places a page (events in log order with their sizes, all up to `through`), waiting
+    /// for room in every slot that gets events from it; detaches slots that are retrying
+    /// instead of waiting for them. Returns false if cancelled first (nothing was placed).
+    pub(crate) async fn offer(
+        &self,
+        page: Vec<(PersistedEvent, usize)>,
+        through: Position,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut split: BTreeMap<u32, Vec<(PersistedEvent, usize)>> = BTreeMap::new();
+        for (event, size) in page {
+            let partition = partition_of(event.partition_hash, self.partition_count);
+            split.entry(partition).or_default().push((event, size));
+        }
+        loop {
+            let wait = self.reader.notified();
+            {
+                let mut state = self.lock();
+                let limits = self.limits;
+                let mut blocked = false;
+                for (index, slot) in state.slots.iter_mut().filter(|(_, s)| s.attached) {
+                    let (events, bytes) = split.get(index).map_or((0, 0), |events| {
+                        let fresh = events.iter().filter(|(e, _)| e.position > slot.through);
+                        fresh.fold((0, 0), |(n, b), (_, size)| (n + 1, b + size))
+                    });
+                    if slot.has_room(events, bytes, limits) {
+                        continue;
+                    }
+                    if slot.retrying {
+                        // Its worker reads alone from what it took.
+                        slot.attached = false;
+                        slot.events.clear();
+                        slot.bytes = 0;
+                        slot.through = slot.taken;
+                        tracing::debug!(target: "pupsource::runner", partition = index, "retrying partition detached from the reader");
+                    } else {
+                        blocked = true;
+                    }
+                }
+                if !blocked {
+                    for (index, slot) in state.slots.iter_mut().filter(|(_, s)| s.attached) {
+                        for (event, size) in split.remove(index).into_iter().flatten() {
+                            if event.position > slot.through {
+                                slot.bytes += size;
+                                slot.events.push_back((event, size));
+                            }
+                        }
+                        slot.through = slot.through.max(through);
+                    }
+                    state.read_through = state.read_through.max(through);
+                    drop(state);
+                    self.wake_workers();
+                    return true;
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = wait => {}
+            }
+        }
+    }
+
+    /// The reader will place nothing more.
+    pub(crate) fn finish(&self) {
+        self.lock().finished = true;
+        self.wake_workers();
+    }
+
+    /// Takes up to `max` events of partition `index` (waiting for some), or says that the
+    /// worker must read alone, or that nothing more will come. `None` if cancelled.
+    pub(crate) async fn take(
+        &self,
+        index: u32,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Option<Take> {
+        let notify = self.workers.get(&index)?;
+        loop {
+            let wait = notify.notified();
+            {
+                let mut state = self.lock();
+                let (read_through, finished) = (state.read_through, state.finished);
+                let slot = state.slots.get_mut(&index)?;
+                if !slot.attached {
+                    return Some(Take::ReadAlone { read_through });
+                }
+                if !slot.events.is_empty() || slot.through > slot.taken {
+                    let n = slot.events.len().min(max.max(1));
+                    let events: Vec<PersistedEvent> = slot
+                        .events
+                        .drain(..n)
+                        .map(|(event, size)| {
+                            slot.bytes -= size;
+                            event
+                        })
+                        .collect();
+                    let through = match slot.events.front() {
+                        // More is queued: everything up to the last taken event.
+                        Some(_) => events.last().map_or(slot.taken, |e| e.position),
+                        None => slot.through,
+                    };
+                    slot.taken = through;
+                    drop(state);
+                    self.reader.notify_one();
+                    return Some(Take::Events { events, through });
+                }
+                if finished {
+                    return Some(Take::Finished);
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = wait => {}
+            }
+        }
+    }
+
+    /// A detached slot whose worker read the log alone up to `through`: attaches it again if
+    /// the reader has placed nothing beyond `through` meanwhile. Returns whether it did.
+    pub(crate) fn attach(&self, index: u32, through: Position) -> bool {
+        let mut state = self.lock();
+        let read_through = state.read_through;
+        let Some(slot) = state.slots.get_mut(&index) else { return false };
+        if slot.attached || through != read_through {
+            return slot.attached;
+        }
+        slot.attached = true;
+        slot.through = through;
+        slot.taken = through;
+        true
+    }
+
+    /// Marks the slot's worker as waiting out a backoff (the reader detaches it rather than
+    /// wait for room in it), or as going on again.
+    pub(crate) fn set_retrying(&self, index: u32, retrying: bool) {
+        if let Some(slot) = self.lock().slots.get_mut(&index) {
+            slot.retrying = retrying;
+        }
+        self.reader.notify_one();
+    }
+
+    /// The worker of partition `index` is gone: the reader no longer waits for its slot.
+    pub(crate) fn close(&self, index: u32) {
+        self.lock().slots.remove(&index);
+        self.reader.notify_one();
+    }
+}

@@ -1,0 +1,92 @@
+//! Partition leases, on every backend: how processes share a projection's partitions.
+//!
+//! - Each process registers in the workers table with a heartbeat; a registration expires
+//!   when it missed two heartbeats, and only unexpired workers count.
+//! - A checkpoint row is also a lease: `owner`, `epoch` (the fencing token) and
+//!   `lease_until`. Free or expired rows are claimed up to a fair share:
+//!   `ceil(partitions / live workers)`. Every claim takes a new epoch from a counter that
+//!   never goes back (a sequence on PostgreSQL, a one-row table on SQLite), so an
+//!   `(owner, epoch)` pair never repeats, even after the rows were deleted and created again.
+//! - Each batch writes its checkpoint only where owner and epoch are still its own and the
+//!   checkpoint is still where the batch started (a compare-and-set), as its last statement
+//!   before `COMMIT`. The write locks the row (PostgreSQL) or runs under the database's
+//!   single write lock (SQLite), so a claim either happened before (the write finds nothing,
+//!   the batch rolls back) or waits until after the commit. A worker that lost its lease can
+//!   never commit, and a batch whose first commit succeeded unseen can never commit twice.
+//! - A process that starts another partition count (a new *layout*) first fences every row
+//!   of the other layouts (it clears their owner: a checkpoint write needs its owner on the
+//!   row, and a later claim takes a new epoch), waiting for any batch committing on them, and
+//!   only then reads their checkpoints: a paused or slow process of the old count can
+//!   commit nothing once the new count has started, and the new count never repeats what the
+//!   old one committed.
+//! - Every heartbeat runs under the projection's lock (an advisory lock on PostgreSQL, the
+//!   write lock on SQLite), so registrations, claims and partition-count checks never
+//!   interleave; a partition count other than a live worker's is refused.
+//!
+//! The clock is the database's on PostgreSQL, and the machine's on SQLite (a SQLite file is
+//! shared by the processes of one machine only).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+/// What one worker asks of a heartbeat.
+#[derive(Debug)]
+pub(crate) struct Heartbeat<'a> {
+    pub(crate) projection: &'a str,
+    pub(crate) worker: &'a str,
+    pub(crate) partition_count: u32,
+    /// How long a registration and a lease last without renewal.
+    pub(crate) lease: Duration,
+    /// The partitions this worker holds, with the epoch of its claim.
+    pub(crate) held: &'a BTreeMap<u32, u64>,
+    /// `Some(k)`: claim only partition `k` (static assignment); `None`: a fair share.
+    pub(crate) only: Option<u32>,
+}
+
+impl Heartbeat<'_> {
+    /// How many partitions this worker should hold with `live` workers registered.
+    pub(crate) fn share(&self, live: i64) -> usize {
+        match self.only {
+            Some(_) => 1,
+            None => {
+                let live = usize::try_from(live.max(1)).unwrap_or(1);
+                (self.partition_count as usize).div_ceil(live)
+            }
+        }
+    }
+}
+
+/// What a heartbeat found: the partitions this worker now holds, and its fair share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Beat {
+    pub(crate) held: BTreeMap<u32, u64>,
+    pub(crate) share: usize,
+}
+
+/// A live worker, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// Its id.
+    pub id: String,
+    /// The partition count it runs the projection with.
+    pub partition_count: u32,
+    /// When it registered.
+    pub started_at: OffsetDateTime,
+    /// Its last heartbeat.
+    pub heartbeat_at: OffsetDateTime,
+    /// When it counts as dead unless it beats again.
+    pub expires_at: OffsetDateTime,
+}
+
+/// A count or index as the `INTEGER` columns store it.
+pub(crate) fn int4(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// An epoch as the `BIGINT` columns store it.
+pub(crate) fn int8(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
