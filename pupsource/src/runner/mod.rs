@@ -506,8 +506,10 @@ impl Runner {
         let count = self.settings.partitions.unwrap_or_else(|| projection.partitions()).max(1);
         let mut replayed = 0;
         for parked in self.store.parked(name).await? {
+            // Read before the batch takes a connection: a `sqlite::memory:` pool has only one.
+            let event = self.store.read_event(parked.position.global_position).await?;
             let mut batch = self.store.begin_batch().await?;
-            if let Some(event) = self.store.read_event(parked.position.global_position).await? {
+            if let Some(event) = event {
                 let partition =
                     Partition { index: partition_of(event.partition_hash, count), count };
                 let mut cx = Context::new(name, partition, event.position, batch.transaction());
