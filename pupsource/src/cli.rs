@@ -320,11 +320,14 @@ async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) 
 async fn print_status(runner: &Runner) -> std::result::Result<(), HandlerError> {
     let status = runner.status().await?;
     if let Some(fence) = status.fence {
-        println!(
-            "read fence: oldest transaction in flight is backend pid {} ({:.1}s old)",
-            fence.blocking_pid,
-            fence.age.as_secs_f64()
-        );
+        let who = match (&fence.prepared, fence.blocking_pid) {
+            (Some(gid), _) => format!("prepared transaction `{gid}`"),
+            (None, Some(pid)) => format!("backend pid {pid}"),
+            (None, None) => "an unnamed transaction".to_owned(),
+        };
+        let age =
+            fence.age.map_or(String::new(), |age| format!(" ({:.1}s old)", age.as_secs_f64()));
+        println!("read fence: oldest transaction in flight in this database is {who}{age}");
     }
     for projection in &status.projections {
         println!("{} ({} parked)", projection.name, projection.parked);
