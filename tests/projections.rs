@@ -799,7 +799,10 @@ async fn runner_rejects_empty_and_duplicate_projection_sets() {
         .await
         .expect_err("zero");
     assert!(
-        matches!(err, Error::InvalidInput(pupsource::InvalidInput::PartitionCount { count: 0 })),
+        matches!(
+            err,
+            Error::InvalidInput(pupsource::InvalidInput::PartitionCount { count: 0, .. })
+        ),
         "{err:?}"
     );
 }
