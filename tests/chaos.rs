@@ -192,10 +192,11 @@ async fn leaked_transaction_stalls_projections_without_skipping_and_status_names
     let mut first_age = None;
     loop {
         let fence = runner.status().await.expect("status").fence;
-        if let Some(f) = fence.filter(|f| f.blocking_pid == leak_pid) {
+        if let Some(f) = fence.filter(|f| f.blocking_pid == Some(leak_pid)) {
+            let f_age = f.age.expect("the age of a session of the same role is known");
             match first_age {
-                None => first_age = Some(f.age),
-                Some(age) if f.age > age + Duration::from_millis(200) => break,
+                None => first_age = Some(f_age),
+                Some(age) if f_age > age + Duration::from_millis(200) => break,
                 Some(_) => {}
             }
         }

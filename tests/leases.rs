@@ -26,12 +26,26 @@ struct Worker {
 
 impl Worker {
     fn start(dir: &Path, url: &str, id: &str, heartbeat: &str, delay_ms: u64) -> Self {
+        Self::start_with(dir, url, id, heartbeat, delay_ms, &[], 0)
+    }
+
+    /// With more arguments, seeding `seed` events if the log is empty.
+    fn start_with(
+        dir: &Path,
+        url: &str,
+        id: &str,
+        heartbeat: &str,
+        delay_ms: u64,
+        args: &[&str],
+        seed: u64,
+    ) -> Self {
         let stderr = dir.join(format!("{id}.stderr"));
         let child = Command::new(example_binary("scaling"))
             .current_dir(dir)
             .args(["--worker-id", id, "--heartbeat", heartbeat, "--poll-interval", "50ms"])
+            .args(args)
             .env("DATABASE_URL", url)
-            .env("SCALING_SEED_EVENTS", "0")
+            .env("SCALING_SEED_EVENTS", seed.to_string())
             .env("SCALING_HANDLER_DELAY_MS", delay_ms.to_string())
             .env("RUST_LOG", "pupsource=info")
             .stdout(Stdio::piped())
@@ -56,6 +70,20 @@ impl Worker {
         let output = self.child.take().expect("running").wait_with_output().expect("wait");
         let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         (output.status, String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+    }
+
+    /// Waits until it exits by itself; its exit status, stdout and stderr.
+    async fn exit(mut self) -> (std::process::ExitStatus, String, String) {
+        let status = eventually(&format!("{} exits", self.id), Duration::from_secs(60), || {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            async move { exited }
+        })
+        .await;
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.take().and_then(|mut c| c.stdout.take()) {
+            let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
+        }
+        (status, stdout, std::fs::read_to_string(&self.stderr).unwrap_or_default())
     }
 
     /// SIGKILL: no shutdown, no lease given back.
@@ -443,4 +471,173 @@ async fn bad_assignments_and_worker_ids_are_refused_before_anything_runs() {
     }
     assert_eq!(runner.clone().assign(1, 3).assignment().map(|p| (p.index, p.count)), Some((1, 3)));
     assert!(runner.id().contains(&std::process::id().to_string()), "{}", runner.id());
+}
+
+/// The scaling example's read model (as it creates it), plus a trigger that makes every
+/// insert of worker `p1` wait for advisory lock `{gate}` (advisory locks are shared by the
+/// whole database: each test takes its own): a handler blocked in a statement.
+const READ_MODEL_WITH_A_GATE: &str = "CREATE TABLE scaling_applied (
+    seq BIGSERIAL PRIMARY KEY, global_position BIGINT NOT NULL, aggregate_id TEXT NOT NULL,
+    aggregate_version BIGINT NOT NULL, partition BIGINT NOT NULL, owner TEXT NOT NULL,
+    epoch BIGINT NOT NULL);
+    CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF NEW.owner = 'p1' THEN PERFORM pg_advisory_xact_lock_shared({gate}); END IF;
+      RETURN NEW; END $$;
+    CREATE TRIGGER gate BEFORE INSERT ON scaling_applied FOR EACH ROW EXECUTE FUNCTION gate();";
+
+/// The positions of the log's events in `partition` of `count`.
+async fn positions_in(pool: &sqlx::PgPool, count: u32, partition: u32) -> Vec<i64> {
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT global_position, partition_hash FROM events ORDER BY 1")
+            .fetch_all(pool)
+            .await
+            .expect("log");
+    rows.into_iter()
+        .filter(|&(_, hash)| {
+            let hash = u64::from_ne_bytes(hash.to_ne_bytes());
+            pupsource::partition::partition_of(hash, count) == partition
+        })
+        .map(|(position, _)| position)
+        .collect()
+}
+
+/// p1 runs the projection with 4 partitions, its handlers blocked in a statement (waiting for
+/// a lock the test holds), and is paused with SIGSTOP past its lease; p2 starts the projection
+/// with 3 partitions and makes progress; p1 resumes and its statements complete. p1 must
+/// commit nothing once p2 has started: it stops with the partition-count refusal, and every
+/// event of p2's partitions is applied exactly once, by p2.
+async fn paused_process_of_an_old_count_commits_nothing(p1_args: &[&str], p2_args: &[&str]) {
+    let Setup { _schema, url, pool, store, dir } = setup().await;
+    let key = i64::from(uuid::Uuid::new_v4().as_fields().0 & 0x7fff_ffff);
+    let ddl = READ_MODEL_WITH_A_GATE.replace("{gate}", &key.to_string());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&pool).await.expect("read model");
+    append_readings(&store, 0, 3_000).await;
+    let mut gate = pool.acquire().await.expect("connection");
+    let lock = sqlx::query("SELECT pg_advisory_lock($1)").bind(key);
+    lock.execute(&mut *gate).await.expect("close the gate");
+
+    let p1 = Worker::start_with(dir.path(), &url, "p1", "200ms", 0, p1_args, 0);
+    eventually("p1 is blocked inside a batch", Duration::from_secs(60), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 \
+             AND NOT granted",
+        )
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (waiting > 0).then_some(())
+    })
+    .await;
+    p1.signal("-STOP");
+    eventually("p1's registration expired", Duration::from_secs(30), || async {
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM projection_workers WHERE worker_id = 'p1' AND expires_at > now()",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (live == 0).then_some(())
+    })
+    .await;
+    let p2 = Worker::start_with(dir.path(), &url, "p2", "200ms", 0, p2_args, 0);
+    eventually("p2 applies events", Duration::from_secs(60), || async {
+        (applied(&pool, Some("p2")).await > 0).then_some(())
+    })
+    .await;
+
+    // p1 resumes; its statements complete; its batches in flight try to commit.
+    p1.signal("-CONT");
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key);
+    unlock.execute(&mut *gate).await.expect("open the gate");
+    let (p1_status, _, p1_stderr) = p1.exit().await;
+    assert!(!p1_status.success(), "{p1_stderr}");
+    assert!(
+        p1_stderr.contains(
+            "error: projection `scaling` runs with 3 partitions in live worker `p2`; \
+             stop it before running with 4"
+        ),
+        "{p1_stderr}"
+    );
+
+    let partition = p2_args.iter().position(|a| *a == "--partition-key").map(|i| p2_args[i + 1]);
+    let wanted = match partition {
+        Some(key) => positions_in(&pool, 3, key.parse().expect("key")).await,
+        None => positions_in(&pool, 1, 0).await,
+    };
+    eventually("p2 applied its partitions' events", Duration::from_secs(120), || async {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT global_position) FROM scaling_applied \
+             WHERE global_position = ANY($1)",
+        )
+        .bind(&wanted)
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (usize::try_from(done).ok()? == wanted.len()).then_some(())
+    })
+    .await;
+    let (p2_status, p2_stdout, p2_stderr) = p2.stop();
+    assert!(p2_status.success(), "{p2_stderr}");
+    assert!(p2_stdout.contains("applied twice 0"), "{p2_stdout}");
+    assert_eq!(applied(&pool, Some("p1")).await, 0, "p1 committed nothing");
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT global_position) FROM scaling_applied")
+            .fetch_one(&pool)
+            .await
+            .expect("totals");
+    assert_eq!((rows, distinct), (distinct, i64::try_from(wanted.len()).expect("len")));
+    drop(gate);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_process_commits_nothing_once_another_partition_count_started() {
+    paused_process_of_an_old_count_commits_nothing(&["--workers", "4"], &["--workers", "3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_static_partition_commits_nothing_once_another_count_started() {
+    paused_process_of_an_old_count_commits_nothing(
+        &["--partition-key", "1", "--total-partitions", "4"],
+        &["--partition-key", "1", "--total-partitions", "3"],
+    )
+    .await;
+}
+
+/// Two processes of one projection on one SQLite file, started together on a fresh file,
+/// each with 4 partitions until caught up: one seeds, they share the partitions through
+/// leases in the file, both exit cleanly, and every event is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_sqlite_file_apply_every_event_once() {
+    const EVENTS: u64 = 20_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("shared.db");
+    let url = format!("sqlite://{}", file.display());
+    let args = ["--workers", "4", "--until-caught-up"];
+    let p1 = Worker::start_with(dir.path(), &url, "p1", "200ms", 0, &args, EVENTS);
+    let p2 = Worker::start_with(dir.path(), &url, "p2", "200ms", 0, &args, EVENTS);
+    let mut outputs = Vec::new();
+    for worker in [p1, p2] {
+        let (status, stdout, stderr) = worker.exit().await;
+        assert!(status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(&format!("log {EVENTS}, applied {EVENTS}, applied twice 0")),
+            "{stdout}"
+        );
+        outputs.push(stdout);
+    }
+    let seeded = outputs.iter().filter(|out| out.contains("appended")).count();
+    assert_eq!(seeded, 1, "exactly one process seeded: {outputs:?}");
+
+    let store = pupsource::SqliteStore::connect(&url).await.expect("open");
+    let (rows, distinct, log): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT global_position), (SELECT count(*) FROM events) \
+         FROM scaling_applied",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("totals");
+    let events = i64::try_from(EVENTS).expect("small");
+    assert_eq!((rows, distinct, log), (events, events, events));
 }

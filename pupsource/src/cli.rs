@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Result;
 use crate::projection::{HandlerError, Projection};
-use crate::runner::Runner;
+use crate::runner::{Interval, Runner};
 use crate::store::Store;
 
 /// The database used when neither `--database-url` nor `DATABASE_URL` is given: a SQLite file
@@ -110,8 +110,8 @@ struct RunArgs {
     /// Events per batch transaction.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_size: u32,
-    /// Longest wait between polls of the log while idle, e.g. `500ms`, `2s`.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    /// Longest wait between polls of the log while idle, e.g. `500ms`, `2s` (1ms to 1h).
+    #[arg(long, default_value = "500ms", value_parser = parse_poll_interval)]
     poll_interval: Duration,
     /// Stop once every partition has reached the head of the log.
     #[arg(long)]
@@ -121,8 +121,8 @@ struct RunArgs {
     #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
     /// How often this worker renews its partition leases on PostgreSQL; a worker silent for
-    /// three heartbeats loses its partitions to the others.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// three heartbeats loses its partitions to the others (10ms to 1h).
+    #[arg(long, default_value = "2s", value_parser = parse_heartbeat)]
     heartbeat: Duration,
     /// Static assignment: run only partition K (of --total-partitions) of every projection.
     #[arg(long, value_name = "K", requires = "total_partitions")]
@@ -133,7 +133,17 @@ struct RunArgs {
     total_partitions: Option<u32>,
 }
 
-/// Parses `250ms`, `2s` or `1m`.
+/// Parses `--poll-interval`: a duration within [`Runner::poll_interval`]'s bounds.
+fn parse_poll_interval(text: &str) -> std::result::Result<Duration, String> {
+    Interval::PollInterval.check(parse_duration(text)?).map_err(|e| e.to_string())
+}
+
+/// Parses `--heartbeat`: a duration within [`Runner::heartbeat`]'s bounds.
+fn parse_heartbeat(text: &str) -> std::result::Result<Duration, String> {
+    Interval::Heartbeat.check(parse_duration(text)?).map_err(|e| e.to_string())
+}
+
+/// Parses `250ms`, `2s`, `1m` or `1h`.
 fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -143,11 +153,9 @@ fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("`{text}` is not a duration like `500ms` or `2s` (units: ms, s, m)")),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(format!("`{text}` is not a duration like `500ms` or `2s` (units: ms, s, m, h)")),
     }
-    .and_then(|d| {
-        if d.is_zero() { Err("the poll interval must be positive".to_owned()) } else { Ok(d) }
-    })
 }
 
 impl App {
@@ -320,11 +328,14 @@ async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) 
 async fn print_status(runner: &Runner) -> std::result::Result<(), HandlerError> {
     let status = runner.status().await?;
     if let Some(fence) = status.fence {
-        println!(
-            "read fence: oldest transaction in flight is backend pid {} ({:.1}s old)",
-            fence.blocking_pid,
-            fence.age.as_secs_f64()
-        );
+        let who = match (&fence.prepared, fence.blocking_pid) {
+            (Some(gid), _) => format!("prepared transaction `{gid}`"),
+            (None, Some(pid)) => format!("backend pid {pid}"),
+            (None, None) => "an unnamed transaction".to_owned(),
+        };
+        let age =
+            fence.age.map_or(String::new(), |age| format!(" ({:.1}s old)", age.as_secs_f64()));
+        println!("read fence: oldest transaction in flight in this database is {who}{age}");
     }
     for projection in &status.projections {
         println!("{} ({} parked)", projection.name, projection.parked);

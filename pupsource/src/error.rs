@@ -6,6 +6,7 @@
 //! connection can never be mistaken for an optimistic-concurrency conflict.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -382,11 +383,19 @@ pub enum InvalidInput {
         problem: &'static str,
     },
 
-    /// A partition count of 0.
-    #[error("invalid partition count {count}: a projection has at least one partition")]
+    /// A partition count of 0 or above [`MAX_PARTITIONS`](crate::partition::MAX_PARTITIONS).
+    #[error(
+        "invalid partition count {count}{}: a projection has 1 to {} partitions",
+        projection.as_deref().map(|p| format!(" of projection `{p}`")).unwrap_or_default(),
+        crate::partition::MAX_PARTITIONS
+    )]
     PartitionCount {
         /// The rejected count.
         count: u32,
+        /// The projection whose own count it is; `None` for a count given to the runner
+        /// ([`Runner::partitions`](crate::Runner::partitions) or
+        /// [`Runner::assign`](crate::Runner::assign)), which every projection would run with.
+        projection: Option<String>,
     },
 
     /// A statically assigned partition outside the partition count.
@@ -396,6 +405,25 @@ pub enum InvalidInput {
         key: u32,
         /// The partition count.
         total: u32,
+    },
+
+    /// A [`Runner::heartbeat`](crate::Runner::heartbeat) or
+    /// [`Runner::poll_interval`](crate::Runner::poll_interval) outside its bounds.
+    #[error(
+        "{setting} of {} is out of range ({} to {})",
+        short(*value),
+        short(*min),
+        short(*max)
+    )]
+    Interval {
+        /// Which setting: `heartbeat` or `poll interval`.
+        setting: &'static str,
+        /// The rejected value.
+        value: Duration,
+        /// The shortest accepted.
+        min: Duration,
+        /// The longest accepted.
+        max: Duration,
     },
 
     /// A worker id that is empty, longer than 200 bytes, or holds a NUL character.
@@ -422,6 +450,20 @@ pub enum InvalidInput {
         /// The parser's message.
         reason: String,
     },
+}
+
+/// A duration as the CLI takes it (`10ms`, `2s`, `5m`, `1h`), or in full where it has a
+/// fraction of a millisecond.
+fn short(d: Duration) -> String {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{d:?}");
+    }
+    let ms = d.as_millis();
+    let units = [(3_600_000, "h"), (60_000, "m"), (1000, "s")];
+    match units.into_iter().find(|&(n, _)| ms > 0 && ms.is_multiple_of(n)) {
+        Some((n, unit)) => format!("{}{unit}", ms / n),
+        None => format!("{ms}ms"),
+    }
 }
 
 /// What is wrong with a field of an event.

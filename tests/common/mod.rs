@@ -54,26 +54,73 @@ impl PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any async context we could borrow: use a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let pool = PgPoolOptions::new().max_connections(1).connect(&postgres_url()).await?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {name} CASCADE")))
-                    .execute(&pool)
-                    .await?;
-                pool.close().await;
-                Ok::<_, sqlx::Error>(())
-            })
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        drop_on_server(&sql, &format!("test schema {}", self.name));
+    }
+}
+
+/// A PostgreSQL database of one test on the test server; dropped (its sessions ended) when
+/// this is dropped.
+pub(crate) struct PgDatabase {
+    pub(crate) name: String,
+    pub(crate) options: PgConnectOptions,
+}
+
+impl PgDatabase {
+    /// Creates a fresh database. Panics if the server cannot be reached.
+    pub(crate) async fn create() -> Self {
+        let url = postgres_url();
+        let name = format!("pupsource_test_{}", uuid::Uuid::new_v4().simple());
+        let admin =
+            PgConnectOptions::from_str(&url).expect("PUPSOURCE_TEST_POSTGRES_URL is a valid URL");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(admin.clone())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for these tests: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .expect("create test database");
+        pool.close().await;
+        let options = admin.database(&name);
+        PgDatabase { name, options }
+    }
+
+    /// A pool whose connections use this database.
+    pub(crate) async fn pool(&self, max_connections: u32) -> sqlx::PgPool {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(self.options.clone())
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        drop_on_server(&sql, &format!("test database {}", self.name));
+    }
+}
+
+/// Runs `sql` (a `DROP` of `what`) on the test server, from a `Drop` impl: outside any async
+/// context we could borrow, so on a runtime of its own. Warns if it fails.
+fn drop_on_server(sql: &str, what: &str) {
+    let sql = sql.to_owned();
+    let dropped = std::thread::spawn(move || {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let pool = PgPoolOptions::new().max_connections(1).connect(&postgres_url()).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+            pool.close().await;
+            Ok::<_, sqlx::Error>(())
         })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("warning: could not drop test schema {}", self.name);
-        }
+    })
+    .join();
+    if !matches!(dropped, Ok(Ok(()))) {
+        eprintln!("warning: could not drop {what}");
     }
 }
 
@@ -170,8 +217,8 @@ pub(crate) async fn whole_log<S: EventStore>(store: &S) -> Vec<pupsource::Persis
 }
 
 /// Reads the log until it holds at least `expected` events (PostgreSQL fences reads below the
-/// oldest transaction in flight anywhere on the server, which may belong to another test), for
-/// at most 30 seconds.
+/// oldest transaction in flight in the database, which may belong to another test), for at
+/// most 30 seconds.
 pub(crate) async fn log_of_at_least<S: EventStore>(
     store: &S,
     expected: usize,

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 pub use status::{Fence, ParkedEvent, PartitionStatus, ProjectionStatus, Status};
 
 use crate::error::{Error, FieldProblem, InvalidInput, Result};
-use crate::partition::partition_of;
+use crate::partition::{MAX_PARTITIONS, partition_of};
 use crate::projection::{Context, Partition, Projection};
 use crate::store::{Scope, Store};
 
@@ -194,10 +194,10 @@ impl ProjectionRun {
     fn new(
         store: Store,
         projection: Arc<dyn Projection>,
+        partition_count: u32,
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let partition_count = settings.partition_count(&*projection);
         let page_events =
             settings.batch_size.saturating_mul(partition_count as usize).clamp(1_000, 10_000);
         ProjectionRun {
@@ -337,7 +337,8 @@ impl Runner {
     }
 
     /// The partition count projection `name` runs with: the [`Runner::partitions`] override,
-    /// or the projection's own. `None` if there is no such projection.
+    /// or the projection's own, as given (a run refuses one outside 1 to [`MAX_PARTITIONS`]:
+    /// see [`Runner::check`]). `None` if there is no such projection.
     pub fn partition_count(&self, name: &str) -> Option<u32> {
         let projection = self.projections.iter().find(|p| p.name() == name)?;
         Some(self.settings.partition_count(&**projection))
@@ -354,10 +355,12 @@ impl Runner {
         self
     }
 
-    /// The longest wait between two polls of the log while idle (default 500 ms). Appends of
-    /// this process, and PostgreSQL `NOTIFY` hints of others, wake the readers sooner.
+    /// The longest wait between two polls of the log while idle (default 500 ms, 1 ms to
+    /// 1 h, checked by [`Runner::check`]). Appends of this process, and PostgreSQL `NOTIFY`
+    /// hints of others, wake the readers sooner; on SQLite, polls are how appends of other
+    /// processes arrive.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.settings.poll_interval = interval.max(Duration::from_millis(1));
+        self.settings.poll_interval = interval;
         self
     }
 
@@ -385,7 +388,8 @@ impl Runner {
         self
     }
 
-    /// Runs every projection with this many partitions instead of its own count.
+    /// Runs every projection with this many partitions instead of its own count (1 to
+    /// [`MAX_PARTITIONS`], checked by [`Runner::check`]).
     ///
     /// Changing the count between runs is safe: no event is skipped or handled twice.
     pub fn partitions(mut self, partitions: u32) -> Self {
@@ -412,14 +416,14 @@ impl Runner {
         self
     }
 
-    /// How often a worker renews its registration and leases (PostgreSQL; default 2 s, at
-    /// least 10 ms). Leases last three heartbeats: a worker counts as dead, and its
-    /// partitions as free, once it missed two. A batch transaction left idle longer than a
-    /// lease (a paused process) is closed by the server, and the batch is retried: a handler
-    /// must not spend a whole lease between two statements of its transaction (e.g. on a slow
-    /// call to another system); raise the heartbeat if one does.
+    /// How often a worker renews its registration and leases (PostgreSQL; default 2 s, 10 ms
+    /// to 1 h, checked by [`Runner::check`]). Leases last three heartbeats: a worker counts
+    /// as dead, and its partitions as free, once it missed two. A batch transaction left idle
+    /// longer than a lease (a paused process) is closed by the server, and the batch is
+    /// retried: a handler must not spend a whole lease between two statements of its
+    /// transaction (e.g. on a slow call to another system); raise the heartbeat if one does.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.settings.heartbeat = interval.max(Duration::from_millis(10));
+        self.settings.heartbeat = interval;
         self
     }
 
@@ -470,9 +474,12 @@ impl Runner {
         let mut tasks = JoinSet::new();
         let mut names = std::collections::HashMap::new();
         for projection in &self.projections {
+            // The partition count, resolved once for the whole run.
+            let count = self.partitions_of(projection.as_ref())?;
             let run = ProjectionRun::new(
                 self.store.clone(),
                 Arc::clone(projection),
+                count,
                 self.settings.clone(),
                 Arc::clone(&self.metrics),
             );
@@ -529,20 +536,43 @@ impl Runner {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Validates the projection set (at least one, unique names, no partition count of 0),
-    /// the assigned partition and the worker id, as [`Runner::run`] does first.
+    /// Validates the projection set (at least one, unique names), every partition count (1 to
+    /// [`MAX_PARTITIONS`]), the assigned partition, the worker id, the heartbeat (10 ms to
+    /// 1 h) and the poll interval (1 ms to 1 h), as [`Runner::run`] does before anything runs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> pupsource::Result<()> {
+    /// # let store = pupsource::SqliteStore::connect("sqlite::memory:").await?;
+    /// use std::time::Duration;
+    /// # use std::sync::Arc;
+    /// # use pupsource::projection::{Context, HandleFuture, Projection};
+    /// # struct Noop;
+    /// # impl Projection for Noop {
+    /// #     fn name(&self) -> &str { "noop" }
+    /// #     fn handle<'a>(&'a self, _: &'a pupsource::PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+    /// #         Box::pin(async { Ok(()) })
+    /// #     }
+    /// # }
+    /// let runner = pupsource::Runner::new(store).projection(Arc::new(Noop));
+    /// assert!(runner.check().is_ok());
+    /// let err = runner.heartbeat(Duration::from_millis(5)).check().unwrap_err();
+    /// assert_eq!(err.to_string(), "heartbeat of 5ms is out of range (10ms to 1h)");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::NoProjections`], [`Error::DuplicateProjection`], or [`Error::InvalidInput`]
-    /// (partition count, partition key, worker id).
+    /// (partition count, partition key, worker id, heartbeat, poll interval).
     pub fn check(&self) -> Result<()> {
         if self.projections.is_empty() {
             return Err(Error::NoProjections);
         }
-        if let (Some(key), Some(total)) = (self.settings.assigned, self.settings.partitions)
-            && key >= total
-        {
-            return Err(InvalidInput::PartitionKey { key, total }.into());
+        if let Some(total) = self.settings.partitions {
+            check_partition_count(total, None)?;
+            if let Some(key) = self.settings.assigned.filter(|&key| key >= total) {
+                return Err(InvalidInput::PartitionKey { key, total }.into());
+            }
         }
         let id = &*self.settings.worker_id;
         let problem = if id.is_empty() {
@@ -557,17 +587,24 @@ impl Runner {
         if let Some(problem) = problem {
             return Err(InvalidInput::WorkerId { id: id.to_owned(), problem }.into());
         }
+        Interval::Heartbeat.check(self.settings.heartbeat)?;
+        Interval::PollInterval.check(self.settings.poll_interval)?;
         let mut names = HashSet::new();
         for projection in &self.projections {
             if !names.insert(projection.name()) {
                 return Err(Error::DuplicateProjection { name: projection.name().to_owned() });
             }
-            let count = self.settings.partition_count(&**projection);
-            if count == 0 {
-                return Err(InvalidInput::PartitionCount { count }.into());
-            }
+            self.partitions_of(projection.as_ref())?;
         }
         Ok(())
+    }
+
+    /// The partition count `projection` runs with, checked.
+    fn partitions_of(&self, projection: &dyn Projection) -> Result<u32, InvalidInput> {
+        match self.settings.partitions {
+            Some(count) => check_partition_count(count, None),
+            None => check_partition_count(projection.partitions(), Some(projection.name())),
+        }
     }
 
     fn find(&self, name: &str) -> Result<&Arc<dyn Projection>> {
@@ -591,14 +628,18 @@ impl Runner {
     /// failure. Run it while the projection is stopped. Returns how many were replayed.
     ///
     /// # Errors
-    /// [`Error::Handler`] for the first event that fails again; the store's errors.
+    /// [`Error::UnknownProjection`]; [`Error::InvalidInput`] for a partition count outside 1
+    /// to [`MAX_PARTITIONS`]; [`Error::Handler`] for the first event that fails again; the
+    /// store's errors.
     pub async fn replay_parked(&self, name: &str) -> Result<u64> {
         let projection = self.find(name)?;
-        let count = self.settings.partition_count(&**projection).max(1);
+        let count = self.partitions_of(projection.as_ref())?;
         let mut replayed = 0;
         for parked in self.store.parked(name).await? {
+            // Read before the batch takes a connection: a `sqlite::memory:` pool has only one.
+            let event = self.store.read_event(parked.position.global_position).await?;
             let mut batch = self.store.begin_batch().await?;
-            if let Some(event) = self.store.read_event(parked.position.global_position).await? {
+            if let Some(event) = event {
                 let partition =
                     Partition { index: partition_of(event.partition_hash, count), count };
                 let mut cx = Context::new(name, partition, event.position, batch.transaction());
@@ -627,10 +668,13 @@ impl Runner {
     /// run replays everything.
     ///
     /// # Errors
-    /// [`Error::UnknownProjection`]; [`Error::Handler`] if the reset hook fails; the store's
-    /// errors.
+    /// [`Error::UnknownProjection`]; [`Error::InvalidInput`] for a partition count outside 1
+    /// to [`MAX_PARTITIONS`], before anything is reset; [`Error::Reset`] if the reset hook
+    /// fails; the store's errors.
     pub async fn rebuild(&self, name: &str) -> Result<()> {
         let projection = self.find(name)?;
+        // The replay that follows would refuse the count: reset nothing then.
+        self.partitions_of(projection.as_ref())?;
         let mut batch = self.store.begin_batch().await?;
         let mut transaction = batch.transaction();
         if let Err(source) = projection.reset(&mut transaction).await {
@@ -652,6 +696,44 @@ impl Runner {
 
 /// The longest worker id, in bytes.
 const MAX_WORKER_ID: usize = 200;
+
+/// `count` if it is a valid partition count (1 to [`MAX_PARTITIONS`]); `projection` names
+/// the projection whose own count it is.
+fn check_partition_count(count: u32, projection: Option<&str>) -> Result<u32, InvalidInput> {
+    if (1..=MAX_PARTITIONS).contains(&count) {
+        Ok(count)
+    } else {
+        Err(InvalidInput::PartitionCount { count, projection: projection.map(str::to_owned) })
+    }
+}
+
+/// A duration setting of the runner, refused outside its bounds before anything runs (by
+/// [`Runner::check`], and by the CLI as it parses the flag).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Interval {
+    /// [`Runner::heartbeat`]: 10 ms to 1 h. Below, renewals would flood the database;
+    /// above, a dead worker's partitions would wait hours (a lease is three heartbeats).
+    Heartbeat,
+    /// [`Runner::poll_interval`]: 1 ms to 1 h. Above, a missed wake-up (SQLite has none
+    /// across processes) would leave a projection looking stalled for hours.
+    PollInterval,
+}
+
+impl Interval {
+    /// `value` if it is within the bounds.
+    pub(crate) fn check(self, value: Duration) -> Result<Duration, InvalidInput> {
+        let (setting, min) = match self {
+            Interval::Heartbeat => ("heartbeat", Duration::from_millis(10)),
+            Interval::PollInterval => ("poll interval", Duration::from_millis(1)),
+        };
+        let max = Duration::from_secs(3600);
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(InvalidInput::Interval { setting, value, min, max })
+        }
+    }
+}
 
 /// Host name, process id and a random suffix: unique among live processes.
 fn default_worker_id() -> String {

@@ -17,8 +17,9 @@ use crate::store::{LeaseInfo, Store, WorkerStatus};
 pub struct Status {
     /// One entry per projection, in the runner's order.
     pub projections: Vec<ProjectionStatus>,
-    /// PostgreSQL: the oldest transaction in flight. Readers never go past it, so when it is
-    /// old, projections stall (without skipping anything) until it ends.
+    /// PostgreSQL: the oldest transaction in flight in the store's database. Readers never go
+    /// past it, so when it is old, projections stall (without skipping anything) until it
+    /// ends.
     pub fence: Option<Fence>,
 }
 
@@ -54,13 +55,22 @@ pub struct PartitionStatus {
     pub lease: Option<LeaseInfo>,
 }
 
-/// The oldest transaction in flight on a PostgreSQL server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The oldest transaction in flight in the store's PostgreSQL database, prepared (two-phase)
+/// transactions included: readers never go past it. Transactions of other databases of the
+/// server do not count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Fence {
-    /// The backend process running it (`pg_stat_activity.pid`).
-    pub blocking_pid: i32,
-    /// How long it has been open.
-    pub age: Duration,
+    /// The backend process running it (`pg_stat_activity.pid`); `None` for a prepared
+    /// transaction.
+    pub blocking_pid: Option<i32>,
+    /// The global id (`gid`) of a prepared transaction: it holds the fence until `COMMIT
+    /// PREPARED` or `ROLLBACK PREPARED`.
+    pub prepared: Option<String>,
+    /// How long it has been open (a prepared transaction: since it was prepared); `None` when
+    /// the server does not say (another role's session, to a role without
+    /// `pg_read_all_stats`).
+    pub age: Option<Duration>,
 }
 
 /// A parked event.

@@ -283,7 +283,8 @@ impl Store {
         }
     }
 
-    /// The oldest transaction in flight, which holds back every reader (PostgreSQL).
+    /// The oldest transaction in flight in the database, which holds back every reader
+    /// (PostgreSQL).
     pub(crate) async fn fence(&self) -> Result<Option<Fence>> {
         match self {
             Store::Postgres(s) => s.fence().await,

@@ -4,10 +4,49 @@
 //! A sequence value is taken at insert time but becomes visible at commit, so paging on
 //! `global_position > checkpoint` loses events whose transaction commits after a later one.
 //! Every row therefore stores its transaction id (`xid8`), reads are ordered by
-//! `(transaction_id, global_position)`, and a read returns only rows of transactions older than
-//! `pg_snapshot_xmin(pg_current_snapshot())`, the oldest transaction still in flight: every
-//! such transaction has finished, and every transaction that has not will get a larger id.
-//! A long transaction delays readers; it never makes them skip.
+//! `(transaction_id, global_position)`, and a read returns only rows of transactions below the
+//! *fence*: the oldest transaction still in flight that may write to this database. A long
+//! transaction of this database delays readers; it never makes them skip. A transaction of
+//! another database of the same server does not hold them back.
+//!
+//! # The fence
+//! The statement takes one snapshot `s = pg_current_snapshot()`, the snapshot its rows are
+//! read through. The fence is the smallest id of `pg_snapshot_xip(s)` (the transactions in
+//! flight) that is not known to belong to another database, or `pg_snapshot_xmax(s)` if there
+//! is none (`FENCE`). An id is known to belong to another database when a row of
+//! `pg_stat_get_activity(NULL)` has it as `backend_xid` with another `datid`, or a row of
+//! `pg_prepared_xact()` has it with another `dbid` (the functions behind the
+//! `pg_stat_activity` and `pg_prepared_xacts` views: the views' joins cost more to plan than
+//! the whole read, and each read is planned anew).
+//!
+//! Why no event is skipped: a read returns the rows it sees below the fence, in order, so it
+//! is enough that every row a later read can newly see has an id at or above this fence. An
+//! id below the fence is either
+//! - below `xmax` and not in `xip`: its transaction had ended when `s` was taken, so its rows
+//!   are visible now (committed) or never (rolled back), to this read as to every later one;
+//!   the reader's own session holds no id (it reads outside any transaction of its own); or
+//! - in `xip` and known to belong to another database: a backend serves one database for its
+//!   whole life and cannot write another's tables, and a prepared transaction can only commit
+//!   or roll back what it wrote in its own database. It has no row in this table, now or later.
+//!
+//! Anything not identified counts as this database's: an id with no row (its backend ended
+//! between the snapshot and the look-up), a `NULL`, a process without a database. That only
+//! holds the fence lower, which delays and never skips. The look-up cannot mistake a
+//! transaction of this database for another's: `backend_xid` is read from a process slot
+//! just after the slot's status row; an id of `xip` was taken before the statement began, by a
+//! process whose status row (with its database) was written when it connected, before it
+//! took the id. So if the slot still shows the id, the status row beside it is that process's;
+//! if the process ended, no slot shows the id. A prepared transaction's id and database are one
+//! entry, read under a lock. Ids are compared as `xid`, their low 32 bits (`backend_xid` and
+//! `pg_prepared_xact().transaction` are `xid`s): the server never has 2^31 ids in use, so two
+//! ids in use during one statement with equal low bits are the same id. Prepared
+//! transactions of this database hold the fence like any other of its transactions.
+//!
+//! A run until caught up stops once no committed event is left unread (`held_back`), so it
+//! waits for exactly what this fence holds back. Status shows the oldest transaction with an
+//! id of a backend not known to be in another database, or prepared in this one: the one
+//! holding the fence, or that will once any later transaction ends (an id at or above `xmax`
+//! is in no snapshot yet, and nothing committed is behind it).
 //!
 //! # Per-aggregate order
 //! The aggregate head stores the id of the transaction of the stream's last append. An append
@@ -70,6 +109,15 @@ const EVENT_COLUMNS: &str = "global_position, transaction_id::text::bigint AS tr
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \
     created_at";
+
+/// The fence of reads (module docs, "The fence"): an `xid8` from one snapshot.
+const FENCE: &str = "(SELECT COALESCE((SELECT min(x) FROM pg_snapshot_xip(snap) AS x \
+      WHERE NOT EXISTS (SELECT FROM pg_stat_get_activity(NULL) AS a \
+                        WHERE a.backend_xid = x::xid AND a.datid <> db.oid) \
+        AND NOT EXISTS (SELECT FROM pg_prepared_xact() AS p \
+                        WHERE p.transaction = x::xid AND p.dbid <> db.oid)), \
+    pg_snapshot_xmax(snap)) \
+  FROM pg_current_snapshot() AS snap, pg_database AS db WHERE db.datname = current_database())";
 
 /// The event store on PostgreSQL. Cheap to clone: clones share the pool.
 ///
@@ -260,7 +308,7 @@ impl Sql {
                     // output column (the `::bigint` cast) and sort instead of using the index.
                     "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" AS e \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-                       AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                       AND transaction_id < {FENCE} \
                        AND ($4::text[] IS NULL OR bounded_context = ANY($4)) \
                        AND ($5::text[] IS NULL OR aggregate_type = ANY($5)) \
                        AND ($6::text[] IS NULL OR event_type = ANY($6)) \
@@ -732,17 +780,27 @@ impl PostgresStore {
         Ok(page)
     }
 
+    /// The oldest transaction of this database in flight with an id (module docs, "The
+    /// fence"): a backend's not known to be in another database, or a prepared transaction
+    /// of this one. It holds the read fence, or will once any later transaction ends (until
+    /// then, nothing committed is behind it).
     pub(crate) async fn fence(&self) -> Result<Option<Fence>> {
-        let row: Option<(i32, f64)> = sqlx::query_as(
-            "SELECT pid, EXTRACT(EPOCH FROM clock_timestamp() - xact_start)::float8 \
-             FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND xact_start IS NOT NULL \
-             ORDER BY age(backend_xid) DESC LIMIT 1",
+        let row: Option<(Option<i32>, Option<String>, Option<f64>)> = sqlx::query_as(
+            "SELECT t.pid, t.gid, EXTRACT(EPOCH FROM clock_timestamp() - t.since)::float8 \
+             FROM pg_database AS db, LATERAL ( \
+               SELECT pid, NULL AS gid, xact_start AS since, backend_xid AS xid \
+               FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND (datid = db.oid) IS NOT FALSE \
+               UNION ALL \
+               SELECT NULL, gid, prepared, transaction FROM pg_prepared_xacts \
+               WHERE (database = db.datname) IS NOT FALSE) AS t \
+             WHERE db.datname = current_database() ORDER BY age(t.xid) DESC LIMIT 1",
         )
         .fetch_optional(&self.inner.pool)
         .await?;
-        Ok(row.map(|(pid, seconds)| Fence {
-            blocking_pid: pid,
-            age: Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default(),
+        Ok(row.map(|(blocking_pid, prepared, seconds)| Fence {
+            blocking_pid,
+            prepared,
+            age: seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default()),
         }))
     }
 
