@@ -169,8 +169,11 @@ async fn poison_event_is_parked_with_its_aggregate_under_the_park_policy<
 /// blocking backend and its age grows; once it ends, everything is handled exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaked_transaction_stalls_projections_without_skipping_and_status_names_it() {
-    let db = common::postgres().await;
-    let leak_pool = db.schema.pool(1).await;
+    // A database of its own: the leak holds the read fence of everything in its database.
+    let database = common::PgDatabase::create().await;
+    let store = pupsource::PostgresStore::new(database.pool(20).await);
+    store.migrate().await.expect("migrate");
+    let leak_pool = database.pool(1).await;
     let mut leak = leak_pool.begin().await.expect("begin");
     sqlx::query("SELECT pg_current_xact_id()").execute(&mut *leak).await.expect("take an xid");
     let leak_pid: i32 =
@@ -179,10 +182,10 @@ async fn leaked_transaction_stalls_projections_without_skipping_and_status_names
     for i in 0..10 {
         let s = StreamId::new("Bank", "Account", format!("acct-{i}"));
         let e = Event::new(&s, "Deposited", json!({ "amount": i }));
-        db.store.append_and_commit(ExpectedVersion::NoStream, &[e]).await.expect("append");
+        store.append_and_commit(ExpectedVersion::NoStream, &[e]).await.expect("append");
     }
     let ledger = Arc::new(Ledger::default());
-    let runner = Runner::new(db.store.clone())
+    let runner = Runner::new(store.clone())
         .projection(ledger.clone())
         .poll_interval(Duration::from_millis(50));
     let running = common::Running::start(&runner);

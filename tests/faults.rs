@@ -554,19 +554,22 @@ async fn relay(
 
 /// The connection of a batch is cut right after its `COMMIT` was sent, while a deferred
 /// trigger keeps the server committing for a second: the worker retries without knowing
-/// whether the batch committed. It must find out and apply nothing twice.
+/// whether the batch committed. It must find out and apply nothing twice. (In a database of
+/// its own: the slow commit would hold the read fence of tests sharing a database.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_outcome_is_lost_is_never_applied_twice() {
-    let db = common::postgres().await;
+    let database = common::PgDatabase::create().await;
+    let direct = database.pool(2).await;
     let upstream = SocketAddr::from_str("127.0.0.1:5432").expect("address");
     let proxy = CommitCutter::start(upstream).await;
-    let options = db.schema.options.clone().host("127.0.0.1").port(proxy.port);
+    let options = database.options.clone().host("127.0.0.1").port(proxy.port);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .connect_with(options)
         .await
         .expect("connect through the proxy");
     let store = pupsource::PostgresStore::new(pool);
+    store.migrate().await.expect("migrate");
     let events = append_streams(&store, &names("s", 4), 10).await;
     let expected = each_once(&store, events).await;
     let target = common::whole_log(&store).await[20].position.global_position;
@@ -578,7 +581,7 @@ async fn a_commit_whose_outcome_is_lost_is_never_applied_twice() {
          CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON applied \
            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();"
     )))
-    .execute(db.store.pool())
+    .execute(&direct)
     .await
     .expect("read model and slow trigger");
 
@@ -598,6 +601,10 @@ async fn a_commit_whose_outcome_is_lost_is_never_applied_twice() {
         .expect("the run goes on after the cut");
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 1, "one COMMIT was cut");
     assert_eq!(applied(&store, "cut").await, expected, "every event applied once");
+    if let Store::Postgres(store) = store {
+        store.pool().close().await;
+    }
+    direct.close().await;
 }
 
 /// In the one-event-at-a-time path (after a handler failure), the handler's own connection

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use pupsource::{Event, EventStore, ExpectedVersion, PostgresStore, StreamId};
 use serde_json::json;
 
-use common::{PgSchema, eventually, example_binary};
+use common::{PgDatabase, PgSchema, eventually, example_binary};
 
 /// A process of the `scaling` example, killed if the test ends without stopping it.
 struct Worker {
@@ -103,10 +103,10 @@ impl Drop for Worker {
     }
 }
 
-/// A fresh migrated schema, its URL for the example processes, a pool and a store on it, and
-/// a working directory for the processes.
+/// A fresh migrated schema (or database), its URL for the example processes, a pool and a
+/// store on it, and a working directory for the processes.
 struct Setup {
-    _schema: PgSchema,
+    _place: Box<dyn std::any::Any>,
     url: String,
     pool: sqlx::PgPool,
     store: PostgresStore,
@@ -117,10 +117,22 @@ async fn setup() -> Setup {
     let schema = PgSchema::create().await;
     let url = format!("{}?options=-c%20search_path%3D{}", common::postgres_url(), schema.name);
     let pool = schema.pool(4).await;
+    setup_on(Box::new(schema), url, pool).await
+}
+
+/// In a database of its own: for tests that keep transactions open for seconds, which would
+/// hold the read fence of every other test in a shared database.
+async fn setup_in_a_database() -> Setup {
+    let database = PgDatabase::create().await;
+    let (url, pool) = (database.url(), database.pool(4).await);
+    setup_on(Box::new(database), url, pool).await
+}
+
+async fn setup_on(place: Box<dyn std::any::Any>, url: String, pool: sqlx::PgPool) -> Setup {
     let store = PostgresStore::new(pool.clone());
     store.migrate().await.expect("migrate");
     let dir = tempfile::tempdir().expect("temp dir");
-    Setup { _schema: schema, url, pool, store, dir }
+    Setup { _place: place, url, pool, store, dir }
 }
 
 /// Appends `events` readings over 200 meters, 50 per append.
@@ -219,7 +231,7 @@ async fn assert_applied_exactly_once_under_one_owner(pool: &sqlx::PgPool, log: i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_a_sigkill_and_a_fourth_apply_every_event_once() {
-    let Setup { _schema, url, pool, store, dir } = setup().await;
+    let Setup { _place, url, pool, store, dir } = setup().await;
 
     let p1 = Worker::start(dir.path(), &url, "p1", "300ms", 2);
     let p2 = Worker::start(dir.path(), &url, "p2", "300ms", 2);
@@ -259,7 +271,7 @@ async fn three_processes_a_sigkill_and_a_fourth_apply_every_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
-    let Setup { _schema, url, pool, store, dir } = setup().await;
+    let Setup { _place, url, pool, store, dir } = setup().await;
     append_readings(&store, 0, 12_000).await;
 
     // Lease 600 ms; a batch of 100 events takes at least 500 ms, so p1 is paused mid-batch.
@@ -317,7 +329,7 @@ async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_settle_at_two_partitions_each_and_stay() {
     const HEARTBEAT: Duration = Duration::from_millis(500);
-    let Setup { _schema, url, pool, dir, .. } = setup().await;
+    let Setup { _place, url, pool, dir, .. } = setup().await;
 
     // 1, then 2, then 4 processes: each step moves partitions by releases and claims.
     // Every assignment seen is logged (shown if the test fails).
@@ -501,22 +513,27 @@ async fn positions_in(pool: &sqlx::PgPool, count: u32, partition: u32) -> Vec<i6
         .collect()
 }
 
-/// p1 runs the projection with 4 partitions, its handlers blocked in a statement (waiting for
-/// a lock the test holds), and is paused with SIGSTOP past its lease; p2 starts the projection
-/// with 3 partitions and makes progress; p1 resumes and its statements complete. p1 must
-/// commit nothing once p2 has started: it stops with the partition-count refusal, and every
-/// event of p2's partitions is applied exactly once, by p2.
+/// p1 runs the projection with 4 partitions and commits some batches; then its handlers are
+/// blocked in a statement (waiting for a lock the test holds) and it is paused with SIGSTOP
+/// past its lease; p2 starts the projection with 3 partitions and makes progress; p1 resumes
+/// and its statements complete. p1 must commit nothing once p2 has started: it stops with the
+/// partition-count refusal, and every event of p2's partitions is applied exactly once.
 async fn paused_process_of_an_old_count_commits_nothing(p1_args: &[&str], p2_args: &[&str]) {
-    let Setup { _schema, url, pool, store, dir } = setup().await;
+    let Setup { _place, url, pool, store, dir } = setup_in_a_database().await;
     let key = i64::from(uuid::Uuid::new_v4().as_fields().0 & 0x7fff_ffff);
     let ddl = READ_MODEL_WITH_A_GATE.replace("{gate}", &key.to_string());
     sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&pool).await.expect("read model");
-    append_readings(&store, 0, 3_000).await;
+    append_readings(&store, 0, 12_000).await;
+
+    let p1 = Worker::start_with(dir.path(), &url, "p1", "200ms", 1, p1_args, 0);
+    eventually("p1 commits batches", Duration::from_secs(60), || async {
+        (applied(&pool, Some("p1")).await >= 200).then_some(())
+    })
+    .await;
+    // Closing the gate waits for p1's batches in flight; its next ones block inside.
     let mut gate = pool.acquire().await.expect("connection");
     let lock = sqlx::query("SELECT pg_advisory_lock($1)").bind(key);
     lock.execute(&mut *gate).await.expect("close the gate");
-
-    let p1 = Worker::start_with(dir.path(), &url, "p1", "200ms", 0, p1_args, 0);
     eventually("p1 is blocked inside a batch", Duration::from_secs(60), || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 \
@@ -530,6 +547,7 @@ async fn paused_process_of_an_old_count_commits_nothing(p1_args: &[&str], p2_arg
     })
     .await;
     p1.signal("-STOP");
+    let p1_applied = applied(&pool, Some("p1")).await;
     eventually("p1's registration expired", Duration::from_secs(30), || async {
         let live: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM projection_workers WHERE worker_id = 'p1' AND expires_at > now()",
@@ -540,7 +558,8 @@ async fn paused_process_of_an_old_count_commits_nothing(p1_args: &[&str], p2_arg
         (live == 0).then_some(())
     })
     .await;
-    let p2 = Worker::start_with(dir.path(), &url, "p2", "200ms", 0, p2_args, 0);
+    // A slow handler: p2 is still far from retiring p1's layout when p1 resumes.
+    let p2 = Worker::start_with(dir.path(), &url, "p2", "200ms", 5, p2_args, 0);
     eventually("p2 applies events", Duration::from_secs(60), || async {
         (applied(&pool, Some("p2")).await > 0).then_some(())
     })
@@ -550,6 +569,7 @@ async fn paused_process_of_an_old_count_commits_nothing(p1_args: &[&str], p2_arg
     p1.signal("-CONT");
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key);
     unlock.execute(&mut *gate).await.expect("open the gate");
+    drop(gate);
     let (p1_status, _, p1_stderr) = p1.exit().await;
     assert!(!p1_status.success(), "{p1_stderr}");
     assert!(
@@ -559,6 +579,7 @@ async fn paused_process_of_an_old_count_commits_nothing(p1_args: &[&str], p2_arg
         ),
         "{p1_stderr}"
     );
+    assert_eq!(applied(&pool, Some("p1")).await, p1_applied, "p1 committed nothing more");
 
     let partition = p2_args.iter().position(|a| *a == "--partition-key").map(|i| p2_args[i + 1]);
     let wanted = match partition {
@@ -580,14 +601,12 @@ async fn paused_process_of_an_old_count_commits_nothing(p1_args: &[&str], p2_arg
     let (p2_status, p2_stdout, p2_stderr) = p2.stop();
     assert!(p2_status.success(), "{p2_stderr}");
     assert!(p2_stdout.contains("applied twice 0"), "{p2_stdout}");
-    assert_eq!(applied(&pool, Some("p1")).await, 0, "p1 committed nothing");
     let (rows, distinct): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT global_position) FROM scaling_applied")
             .fetch_one(&pool)
             .await
             .expect("totals");
-    assert_eq!((rows, distinct), (distinct, i64::try_from(wanted.len()).expect("len")));
-    drop(gate);
+    assert_eq!(rows, distinct, "no event applied twice");
     pool.close().await;
 }
 

@@ -95,6 +95,13 @@ impl PgDatabase {
             .await
             .expect("connect to the test database")
     }
+
+    /// Its URL, for processes.
+    pub(crate) fn url(&self) -> String {
+        let server = postgres_url();
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+        format!("{base}/{}", self.name)
+    }
 }
 
 impl Drop for PgDatabase {
