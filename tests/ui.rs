@@ -3,7 +3,8 @@
 //!
 //! The `.stderr` files depend on the compiler's wording, so they are recorded with one rustc
 //! version (`tests/ui/RUSTC_VERSION`). After a toolchain change, regenerate them with
-//! `TRYBUILD=overwrite cargo test --test ui`, review the diff, and update that file.
+//! `TRYBUILD=overwrite cargo test --test ui`, review the diff, and update that file. One case
+//! alone: `cargo test --test ui -- macros_report trybuild=<case>.rs`.
 
 use std::process::Command;
 

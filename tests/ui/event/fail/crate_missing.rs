@@ -1,0 +1,7 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, pupsource::Event)]
+#[event(context = "Identity", aggregate = "User", crate = "crate::missing")]
+struct UserCreated {}
+
+fn main() {}

@@ -1,0 +1,13 @@
+#[derive(pupsource::Event)]
+#[event(context = "Identity", aggregate = "User")]
+union UserCreated {
+    id: u64,
+}
+
+#[derive(pupsource::Event)]
+#[event(context = "Identity", aggregate = "User")]
+struct UserRenamed<T> {
+    name: T,
+}
+
+fn main() {}

@@ -1,0 +1,1 @@
+pupsource::main!(crate = "crate::missing");
