@@ -108,19 +108,22 @@ impl Handle<OrderShipped> for Counter {
 /// Users in the demo workload.
 const DEMO_USERS: u64 = 1_000;
 
-/// Appends the demo workload in one transaction, unless the log has events: a run stopped
+/// Appends the demo workload in `tx`, unless the log has events. `tx` holds whatever lock
+/// makes that check safe against another process starting at the same moment; a run stopped
 /// while seeding leaves nothing behind, and the next run seeds again.
-async fn seed<S: EventStore>(store: &S) -> pupsource::Result<u64> {
-    let log = store.read_all(pupsource::Position::START, 1, &pupsource::Scope::all()).await?;
-    if !log.is_empty() {
+async fn seed<S: EventStore>(
+    store: &S,
+    tx: &mut sqlx::Transaction<'static, S::Database>,
+    log_is_empty: bool,
+) -> pupsource::Result<u64> {
+    if !log_is_empty {
         return Ok(0);
     }
     let mut appended = 0;
-    let mut tx = store.begin().await?;
     for u in 0..DEMO_USERS {
         let user = format!("user-{u}");
         let registered = UserRegistered { email: format!("{user}@example.com") }.to_event(&user)?;
-        store.append(&mut tx, ExpectedVersion::NoStream, &[registered]).await?;
+        store.append(tx, ExpectedVersion::NoStream, &[registered]).await?;
         appended += 1;
         for o in 0..u % 4 {
             let order = format!("order-{u}-{o}");
@@ -130,22 +133,37 @@ async fn seed<S: EventStore>(store: &S) -> pupsource::Result<u64> {
                 events.push(OrderShipped {}.to_event(&order)?);
             }
             appended += events.len() as u64;
-            store.append(&mut tx, ExpectedVersion::NoStream, &events).await?;
+            store.append(tx, ExpectedVersion::NoStream, &events).await?;
         }
     }
-    tx.commit().await?;
     Ok(appended)
 }
 
+/// Both databases understand it.
+const LOG_IS_EMPTY: &str = "SELECT NOT EXISTS (SELECT 1 FROM events)";
+
+/// Creates the read model and seeds the log, once, however many processes start together.
 async fn prepare(runner: Runner) -> Result<(), pupsource::HandlerError> {
     let appended = match runner.store() {
         Store::Postgres(store) => {
             sqlx::query(READ_MODEL).execute(store.pool()).await?;
-            seed(store).await?
+            let mut tx = store.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('counter example setup'))")
+                .execute(&mut *tx)
+                .await?;
+            let empty = sqlx::query_scalar(LOG_IS_EMPTY).fetch_one(&mut *tx).await?;
+            let appended = seed(store, &mut tx, empty).await?;
+            tx.commit().await?;
+            appended
         }
         Store::Sqlite(store) => {
             sqlx::query(READ_MODEL).execute(store.pool()).await?;
-            seed(store).await?
+            // `begin` takes the write lock (`BEGIN IMMEDIATE`): one process at a time.
+            let mut tx = store.begin().await?;
+            let empty = sqlx::query_scalar(LOG_IS_EMPTY).fetch_one(&mut *tx).await?;
+            let appended = seed(store, &mut tx, empty).await?;
+            tx.commit().await?;
+            appended
         }
     };
     if appended > 0 {

@@ -66,7 +66,7 @@ const NAME: &str = "partitioned_events";
 struct PartitionedEvents {
     /// Events handled by this process in this run.
     this_run: AtomicU64,
-    /// The lease of the first batch handled (PostgreSQL only).
+    /// The lease of the first batch handled.
     lease: OnceLock<Lease>,
 }
 

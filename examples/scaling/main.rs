@@ -17,7 +17,8 @@
 //!
 //! Environment: `SCALING_SEED_EVENTS` (default 20,000; appended on first run when the log is
 //! empty), `SCALING_HANDLER_DELAY_MS` (default 2: a slow handler, so that the partitions
-//! visibly move while there is work). On SQLite it runs too, in one process, without leases.
+//! visibly move while there is work). On SQLite the processes of one machine share the
+//! partitions the same way, through leases in the database file.
 
 use std::time::Duration;
 

@@ -116,11 +116,11 @@ struct RunArgs {
     /// Stop once every partition has reached the head of the log.
     #[arg(long)]
     until_caught_up: bool,
-    /// This process's id among the workers sharing the projections on PostgreSQL (default:
-    /// host name, process id and a random suffix).
+    /// This process's id among the workers sharing the projections (default: host name,
+    /// process id and a random suffix).
     #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
-    /// How often this worker renews its partition leases on PostgreSQL; a worker silent for
+    /// How often this worker renews its partition leases; a worker silent for
     /// three heartbeats loses its partitions to the others (10ms to 1h).
     #[arg(long, default_value = "2s", value_parser = parse_heartbeat)]
     heartbeat: Duration,

@@ -270,3 +270,104 @@ impl Feed {
         self.reader.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::{Event, StreamId};
+    use crate::partition::partition_hash;
+
+    /// Events at `positions`, all of aggregate `id`, each weighing `size` bytes.
+    fn page(
+        id: &str,
+        positions: impl IntoIterator<Item = i64>,
+        size: usize,
+    ) -> Vec<(PersistedEvent, usize)> {
+        let stream = StreamId::new("Test", "Thing", id);
+        positions
+            .into_iter()
+            .map(|p| {
+                let event = PersistedEvent {
+                    event: Event::new(&stream, "Step", json!({})),
+                    position: Position { transaction_id: 0, global_position: p },
+                    aggregate_version: u64::try_from(p).unwrap_or(0),
+                    partition_hash: partition_hash(id),
+                };
+                (event, size)
+            })
+            .collect()
+    }
+
+    fn at(p: i64) -> Position {
+        Position { transaction_id: 0, global_position: p }
+    }
+
+    /// One partition, whose slot holds at most 10 events or 1,000 bytes.
+    fn feed() -> Feed {
+        let limits = SlotLimits { events: 10, bytes: 1_000 };
+        Feed::new(1, &BTreeMap::from([(0, Position::START)]), Position::START, limits)
+    }
+
+    fn take_now(feed: &Feed) -> Option<Take> {
+        feed.take(0, 100, &CancellationToken::new()).now_or_never().flatten()
+    }
+
+    #[test]
+    fn a_page_waits_for_room_in_bytes_as_in_events_then_goes_whole() {
+        let (feed, cancel) = (feed(), CancellationToken::new());
+        assert_eq!(feed.offer(page("a", 1..=3, 400), at(3), &cancel).now_or_never(), Some(true));
+        // 3 × 400 bytes are queued: 2 more of 400 would pass 1,000 bytes.
+        let mut waiting = Box::pin(feed.offer(page("a", 4..=5, 400), at(5), &cancel));
+        assert_eq!(waiting.as_mut().now_or_never(), None, "no room in bytes: it waits");
+        let Some(Take::Events { events, through }) = take_now(&feed) else { panic!("events") };
+        assert_eq!((events.len(), through), (3, at(3)));
+        assert_eq!(waiting.now_or_never(), Some(true), "room again: the page goes in whole");
+        let Some(Take::Events { events, through }) = take_now(&feed) else { panic!("events") };
+        assert_eq!((events.len(), through), (2, at(5)));
+        assert!(take_now(&feed).is_none(), "nothing more yet");
+    }
+
+    #[test]
+    fn a_retrying_slot_is_detached_dropping_its_queue_and_attaches_again_only_where_the_reader_is()
+    {
+        let (feed, cancel) = (feed(), CancellationToken::new());
+        assert_eq!(feed.offer(page("a", 1..=10, 1), at(10), &cancel).now_or_never(), Some(true));
+        let Some(Take::Events { through, .. }) = feed.take(0, 4, &cancel).now_or_never().flatten()
+        else {
+            panic!("events")
+        };
+        assert_eq!(through, at(4));
+        // The worker retries: the reader does not wait for it, and its queue is dropped.
+        feed.set_retrying(0, true);
+        assert_eq!(feed.offer(page("a", 11..=20, 1), at(20), &cancel).now_or_never(), Some(true));
+        assert_eq!(feed.lock().slots[&0].events.len(), 0);
+        assert!(
+            matches!(take_now(&feed), Some(Take::ReadAlone { read_through }) if read_through == at(20))
+        );
+        // Read alone up to 15 only: the reader is at 20, so it stays detached.
+        assert!(!feed.attach(0, at(15)));
+        assert!(feed.attach(0, at(20)));
+        feed.set_retrying(0, false);
+        assert_eq!(feed.offer(page("a", 21..=22, 1), at(22), &cancel).now_or_never(), Some(true));
+        let Some(Take::Events { events, through }) = take_now(&feed) else { panic!("events") };
+        let positions: Vec<i64> = events.iter().map(|e| e.position.global_position).collect();
+        assert_eq!((positions, through), (vec![21, 22], at(22)));
+    }
+
+    #[test]
+    fn a_closed_slot_never_holds_the_reader_and_a_finished_feed_says_so() {
+        let (feed, cancel) = (feed(), CancellationToken::new());
+        assert_eq!(feed.offer(page("a", 1..=10, 1), at(10), &cancel).now_or_never(), Some(true));
+        feed.close(0);
+        assert_eq!(feed.offer(page("a", 11..=30, 1), at(30), &cancel).now_or_never(), Some(true));
+        feed.finish();
+        assert!(take_now(&feed).is_none(), "a closed slot takes nothing");
+
+        let other = self::feed();
+        other.finish();
+        assert!(matches!(take_now(&other), Some(Take::Finished)));
+    }
+}

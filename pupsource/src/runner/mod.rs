@@ -1,31 +1,36 @@
 //! The runner: reads the log once per projection and fans events out to partition workers.
 //!
 //! For each projection, one *reader* task pages through the log (scope pushed into SQL) from
-//! the lowest checkpoint of its partitions and sends each event to the worker of its partition
-//! over a bounded channel, so memory stays bounded however far behind the projection is.
-//! After each page the reader sends every worker a *marker*: "you have everything up to
-//! here", which lets a partition that received nothing advance its checkpoint too.
+//! the lowest checkpoint of its partitions and hands each page to a *feed*, which queues each
+//! event for the worker of its partition: memory stays bounded, in events and in bytes,
+//! however far behind the projection is, and every worker also learns "you have everything up
+//! to here", which lets a partition that received nothing advance its checkpoint too. A
+//! partition waiting out a handler's retries is detached from the feed (the others keep their
+//! pace) and catches up by reading alone (see the `feed` module).
 //!
-//! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it
-//! (layout changes are handled as the `checkpoint` module explains). Events of one aggregate
-//! share a partition and arrive in log order, which is version order. A handler error rolls the batch back; the batch is then
-//! redone one event per transaction, the failing event retried with exponential backoff, and
-//! finally the partition halts ([`ErrorPolicy::Stop`], the default) or the event and every
-//! later event of its aggregate are parked ([`ErrorPolicy::Park`]).
+//! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it,
+//! as a compare-and-set on its lease and on where the batch started (layout changes are handled
+//! as the `checkpoint` module explains). Events of one aggregate share a partition and arrive in
+//! log order, which is version order. A handler error (or panic) rolls the batch back; the
+//! batch is then redone one event per transaction, the failing event retried with exponential
+//! backoff, and finally the partition halts ([`ErrorPolicy::Stop`], the default) or the event
+//! and every later event of its aggregate are parked ([`ErrorPolicy::Park`]). A lost
+//! connection or a locked database is retried with backoff on every path.
 //!
 //! Wake-ups: an append in this process wakes the readers at once; on PostgreSQL other
 //! processes' appends arrive as a coalesced `NOTIFY` hint; polling backs off while idle, up to
 //! [`Runner::poll_interval`].
 //!
-//! Several processes: on PostgreSQL each projection's partitions are leases that the processes
-//! running it share (fair share, heartbeats, fencing epochs checked by every batch); see
-//! [`Runner::worker_id`], [`Runner::heartbeat`] and [`Runner::assign`]. On SQLite one process
-//! runs every partition of a projection (or its assigned one).
+//! Several processes: each projection's partitions are leases that the processes running it
+//! share (fair share, heartbeats, fencing epochs checked by every batch), on PostgreSQL across
+//! machines, on SQLite between the processes of one machine; see [`Runner::worker_id`],
+//! [`Runner::heartbeat`] and [`Runner::assign`].
 //!
-//! Failures: a partition whose handler keeps failing halts alone (see [`ErrorPolicy::Stop`]);
-//! any other error (a lost checkpoint, a partition count that conflicts with live workers, an
-//! undecodable row) cancels every projection (fail-fast); Ctrl-C or SIGTERM lets
-//! each worker finish the batch in flight. [`Runner::run`] returns once every task stopped.
+//! Failures: a partition whose handler keeps failing halts alone (see [`ErrorPolicy::Stop`]),
+//! and a projection left with only halted partitions never stops the others; any other error
+//! (a lost checkpoint, a partition count that conflicts with live workers, an undecodable row)
+//! cancels every projection (fail-fast); Ctrl-C or SIGTERM lets each worker finish the batch in
+//! flight. [`Runner::run`] returns once every task stopped.
 
 mod coordinator;
 mod feed;
@@ -61,8 +66,8 @@ const PAGE_BYTES: usize = 4 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ErrorPolicy {
-    /// Halt the failing partition: it is no longer run (on PostgreSQL it stays leased by this
-    /// process, so the failure does not travel to another worker) while every other partition
+    /// Halt the failing partition: it is no longer run (it stays leased by this process, so
+    /// the failure does not travel to another worker) while every other partition
     /// and projection goes on; its error is shown by status and returned as
     /// [`Error::Handler`] when the run ends, at once if nothing else is left to run in this
     /// process. Restart the process (after a fix, [`Runner::rebuild`] or a parked replay) to
@@ -156,7 +161,7 @@ pub(crate) struct Settings {
     pub(crate) partitions: Option<u32>,
     /// Static assignment: run only this partition.
     pub(crate) assigned: Option<u32>,
-    /// This process's id among the workers of a projection (PostgreSQL leases).
+    /// This process's id among the workers of a projection (leases).
     pub(crate) worker_id: Arc<str>,
     /// How often leases are renewed; they last three heartbeats.
     pub(crate) heartbeat: Duration,
@@ -399,15 +404,15 @@ impl Runner {
 
     /// Runs only partition `key` of `total` (static assignment, e.g. one process per key):
     /// every projection runs with `total` partitions, of which this runner handles `key`.
-    /// On PostgreSQL the partition is still leased, so two runners given the same key never
-    /// both handle it. Checked when the run starts.
+    /// The partition is still leased, so two runners given the same key never both handle it.
+    /// Checked when the run starts.
     pub fn assign(mut self, key: u32, total: u32) -> Self {
         self.settings.partitions = Some(total);
         self.settings.assigned = Some(key);
         self
     }
 
-    /// This process's id among the workers of a projection (PostgreSQL), shown by status.
+    /// This process's id among the workers of a projection, shown by status.
     /// Default: host name, process id and a random suffix. Ids must be unique among live
     /// processes; a restarted process that reuses its id takes its partitions back at once
     /// (with a new epoch) instead of waiting for its old leases to expire.
@@ -416,10 +421,10 @@ impl Runner {
         self
     }
 
-    /// How often a worker renews its registration and leases (PostgreSQL; default 2 s, 10 ms
-    /// to 1 h, checked by [`Runner::check`]). Leases last three heartbeats: a worker counts
-    /// as dead, and its partitions as free, once it missed two. A batch transaction left idle
-    /// longer than a lease (a paused process) is closed by the server, and the batch is
+    /// How often a worker renews its registration and leases (default 2 s, 10 ms to 1 h,
+    /// checked by [`Runner::check`]). Leases last three heartbeats: a worker counts as dead,
+    /// and its partitions as free, once it missed two. On PostgreSQL a batch transaction left
+    /// idle longer than a lease (a paused process) is closed by the server, and the batch is
     /// retried: a handler must not spend a whole lease between two statements of its
     /// transaction (e.g. on a slow call to another system); raise the heartbeat if one does.
     pub fn heartbeat(mut self, interval: Duration) -> Self {

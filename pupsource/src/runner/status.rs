@@ -33,7 +33,7 @@ pub struct ProjectionStatus {
     pub partitions: Vec<PartitionStatus>,
     /// How many events are parked.
     pub parked: u64,
-    /// PostgreSQL: the live worker processes sharing its partitions.
+    /// The live worker processes sharing its partitions.
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -51,7 +51,7 @@ pub struct PartitionStatus {
     pub updated_at: OffsetDateTime,
     /// The last handler error since the last committed batch.
     pub last_error: Option<String>,
-    /// PostgreSQL: the worker holding the partition, its epoch and the lease's expiry.
+    /// The worker holding the partition, its epoch and the lease's expiry.
     pub lease: Option<LeaseInfo>,
 }
 

@@ -16,7 +16,7 @@ use std::fmt;
 use std::future::Future;
 use std::ops::{Bound, RangeBounds};
 
-use crate::error::{Error, InvalidInput, Result};
+use crate::error::{InvalidInput, Result};
 use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
 use crate::projection::{Lease, Partition};
 use crate::version::ExpectedVersion;
@@ -284,8 +284,8 @@ impl Tables {
         Ok(self)
     }
 
-    /// Sets the table of live projection workers' name (default `projection_workers`;
-    /// PostgreSQL only, where processes share partitions through leases).
+    /// Sets the table of live projection workers' name (default `projection_workers`), through
+    /// which processes share partitions.
     ///
     /// # Errors
     /// [`InvalidInput::TableName`] if it is not a plain identifier.
@@ -370,21 +370,21 @@ impl CheckpointRead {
         partition: Partition,
         lease: &Lease,
         from: Position,
-    ) -> Error {
+    ) -> crate::Error {
         let projection = projection.to_owned();
         match stored {
-            None => Error::CheckpointLost { projection, partition },
+            None => crate::Error::CheckpointLost { projection, partition },
             Some(row)
                 if row.owner.as_deref() != Some(&*lease.owner) || row.epoch != lease.epoch =>
             {
-                Error::LeaseLost {
+                crate::Error::LeaseLost {
                     projection,
                     partition,
                     worker: lease.owner.to_string(),
                     epoch: lease.epoch,
                 }
             }
-            Some(row) => Error::CheckpointMoved {
+            Some(row) => crate::Error::CheckpointMoved {
                 projection,
                 partition,
                 expected: from,

@@ -872,3 +872,33 @@ fn decode_sized(row: &SqliteRow) -> Result<(PersistedEvent, usize)> {
     };
     Ok((event, size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page of large payloads stops at its byte budget, not at its event limit.
+    #[tokio::test]
+    async fn a_page_of_large_payloads_is_bounded_in_bytes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        let stream = StreamId::new("Test", "Thing", "big");
+        let payload = serde_json::json!({ "blob": "x".repeat(100_000) });
+        let events: Vec<Event> =
+            (0..20).map(|_| Event::new(&stream, "Big", payload.clone())).collect();
+        store.append_and_commit(ExpectedVersion::NoStream, &events).await.expect("append");
+
+        let all = Scope::all();
+        let page = store.read_page(Position::START, 1_000, 300_000, &all).await.expect("page");
+        let sizes: Vec<usize> = page.events.iter().map(|(_, size)| *size).collect();
+        assert_eq!(sizes.len(), 3, "three of 100 kB reach 300 kB: {sizes:?}");
+        assert!(sizes.iter().all(|&s| s > 100_000 && s < 101_000), "{sizes:?}");
+        assert!(page.full, "it stopped at its budget, not at the end of the log");
+
+        let page = store.read_page(Position::START, 5, usize::MAX, &all).await.expect("page");
+        assert_eq!((page.events.len(), page.full), (5, true));
+        let after = Position { transaction_id: 0, global_position: 15 };
+        let rest = store.read_page(after, 10, usize::MAX, &all).await.expect("page");
+        assert_eq!((rest.events.len(), rest.full), (5, false), "the end of the log");
+    }
+}
