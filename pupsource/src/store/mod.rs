@@ -28,7 +28,7 @@ pub use any::LeaseInfo;
 pub use any::Store;
 pub(crate) use any::{BatchTx, CheckpointInfo};
 pub(crate) use postgres::Heartbeat;
-pub use postgres::{PostgresStore, WorkerStatus};
+pub use postgres::{PostgresStore, RestoreRepair, WorkerStatus};
 pub use sqlite::SqliteStore;
 
 /// An append-only log of events with per-aggregate streams.
