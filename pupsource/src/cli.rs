@@ -4,7 +4,7 @@
 //! app [run] [--database-url URL] [--workers N] [--projection NAME]... [--batch-size N]
 //!           [--poll-interval 500ms] [--until-caught-up] [--worker-id ID] [--heartbeat 2s]
 //!           [--partition-key K --total-partitions N]
-//! app migrate | list | status | rebuild NAME | replay NAME
+//! app migrate | list | status | rebuild NAME | replay NAME | repair-restore
 //! ```
 //!
 //! Every failure is one line on stderr (`error: …` with its causes) and a non-zero exit code:
@@ -97,6 +97,9 @@ enum Command {
         /// The projection.
         name: String,
     },
+    /// Rewrite the transaction ids of a PostgreSQL database restored or moved from another
+    /// cluster, keeping the log order; run it before the application appends again.
+    RepairRestore,
 }
 
 #[derive(Debug, Args, Default)]
@@ -231,7 +234,10 @@ impl App {
     async fn execute(&self, cli: Cli) -> std::result::Result<(), HandlerError> {
         let projections = crate::registry::registered()?;
         let store = Store::connect(&cli.database_url).await?;
-        store.migrate().await?;
+        // `migrate` refuses a database that needs the repair; the repair migrates itself.
+        if !matches!(cli.command, Some(Command::RepairRestore)) {
+            store.migrate().await?;
+        }
         match cli.command {
             None => self.run(store, projections, cli.run).await,
             Some(Command::Run(args)) => self.run(store, projections, args).await,
@@ -260,6 +266,10 @@ impl App {
                 let replayed =
                     Runner::with_projections(store, projections).replay_parked(&name).await?;
                 println!("replayed {replayed} parked events of `{name}`");
+                Ok(())
+            }
+            Some(Command::RepairRestore) => {
+                println!("{}", store.repair_restore().await?);
                 Ok(())
             }
         }

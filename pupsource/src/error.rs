@@ -204,6 +204,23 @@ pub enum Error {
         message: String,
     },
 
+    /// The PostgreSQL database holds transaction ids this cluster has not given out yet: it was
+    /// restored (`pg_dump` / `pg_restore`) or moved (logical replication) from another cluster
+    /// whose counter was higher. Reads would return nothing past those ids and every append to
+    /// an existing stream would fail as a conflict, so `migrate` and `run` stop here.
+    ///
+    /// Run [`PostgresStore::repair_restore`](crate::PostgresStore::repair_restore) (the CLI's
+    /// `repair-restore` command) once, before anything appends again.
+    #[error(
+        "stored transaction id {stored} is ahead of this PostgreSQL cluster (next id {current}): the database was restored or moved from another cluster; run the `repair-restore` command (`PostgresStore::repair_restore`) before anything appends"
+    )]
+    RestoredDatabase {
+        /// The largest transaction id stored in the log, its checkpoints or parked events.
+        stored: u64,
+        /// The next transaction id this cluster will give out.
+        current: u64,
+    },
+
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),

@@ -466,8 +466,11 @@ impl Runner {
     ///
     /// # Errors
     /// The first projection error; every other task has stopped when this returns.
+    /// [`Error::RestoredDatabase`] before anything starts on a PostgreSQL database restored
+    /// from another cluster.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.check()?;
+        self.store.check_transaction_ids().await?;
         let cancel = CancellationToken::new();
         // If this future is dropped (aborted), every task it started stops too.
         let _stop_on_drop = cancel.clone().drop_guard();

@@ -81,6 +81,25 @@ impl Store {
         dispatch!(self, s => s.migrate().await)
     }
 
+    /// Refuses a PostgreSQL database restored from another cluster
+    /// ([`Error::RestoredDatabase`](crate::Error::RestoredDatabase)); SQLite stores no
+    /// transaction id.
+    pub(crate) async fn check_transaction_ids(&self) -> Result<()> {
+        match self {
+            Store::Postgres(s) => s.check_transaction_ids().await,
+            Store::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// [`PostgresStore::repair_restore`]; SQLite stores no transaction id, so there is nothing
+    /// to repair.
+    pub(crate) async fn repair_restore(&self) -> Result<super::RestoreRepair> {
+        match self {
+            Store::Postgres(s) => s.repair_restore().await,
+            Store::Sqlite(_) => Ok(super::RestoreRepair::default()),
+        }
+    }
+
     /// Appends `events` in a transaction of its own; see [`EventStore::append_and_commit`].
     ///
     /// # Errors

@@ -30,7 +30,7 @@ pub use any::LeaseInfo;
 pub use any::Store;
 pub(crate) use any::{BatchTx, CheckpointInfo};
 pub use lease::WorkerStatus;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, RestoreRepair};
 pub use sqlite::SqliteStore;
 
 /// An append-only log of events with per-aggregate streams.

@@ -88,6 +88,9 @@ use crate::store::lease::{int4, int8};
 use crate::version::ExpectedVersion;
 
 mod leases;
+mod restore;
+
+pub use restore::RestoreRepair;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_event_store.sql"),
@@ -804,6 +807,20 @@ impl PostgresStore {
         }))
     }
 
+    /// Creates or upgrades the tables in `tx`, under the lock that serializes migrations.
+    async fn apply_migrations(&self, tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<()> {
+        // Serializes concurrent migrations: `CREATE TABLE IF NOT EXISTS` races otherwise.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pupsource.migrate'))")
+            .execute(&mut **tx)
+            .await?;
+        for migration in MIGRATIONS {
+            sqlx::raw_sql(AssertSqlSafe(self.inner.tables.render(migration)))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Maps an append's database error: the event-id constraint is a duplicate event.
     fn append_error(&self, err: sqlx::Error, stream: &StreamId) -> Error {
         match Error::from_sqlx(err) {
@@ -976,19 +993,13 @@ impl EventStore for PostgresStore {
         rows.iter().map(decode).collect()
     }
 
+    /// Also refuses a database restored from another cluster ([`Error::RestoredDatabase`]),
+    /// once its tables are migrated: see [`PostgresStore::repair_restore`].
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.inner.pool.begin().await?;
-        // Serializes concurrent migrations: `CREATE TABLE IF NOT EXISTS` races otherwise.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pupsource.migrate'))")
-            .execute(&mut *tx)
-            .await?;
-        for migration in MIGRATIONS {
-            sqlx::raw_sql(AssertSqlSafe(self.inner.tables.render(migration)))
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.apply_migrations(&mut tx).await?;
         tx.commit().await?;
-        Ok(())
+        self.check_transaction_ids().await
     }
 }
 
