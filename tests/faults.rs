@@ -39,22 +39,6 @@ on_backends!([postgres, sqlite_file], {
     epochs_never_repeat_when_checkpoints_are_created_again,
 });
 
-/// Runs `$body` with `$pool` bound to the store's pool, whichever database it is.
-macro_rules! on_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Postgres(s) => {
-                let $pool = s.pool();
-                $body
-            }
-            Store::Sqlite(s) => {
-                let $pool = s.pool();
-                $body
-            }
-        }
-    };
-}
-
 /// What a handler does instead of its work, once.
 #[derive(Debug, Clone)]
 enum Fault {
@@ -226,6 +210,20 @@ async fn append_streams<S: EventStore>(store: &S, streams: &[String], per_stream
     log.len().max(streams.len() * per_stream)
 }
 
+/// The store (with the `applied` read model) after `per_stream` events of each of `streams`
+/// streams `s0`, `s1`, …; and every position of the log, each applied once.
+async fn with_log<S: EventStore + Into<Store>>(
+    store: S,
+    streams: usize,
+    per_stream: usize,
+) -> (Store, BTreeMap<i64, i64>) {
+    let events = append_streams(&store, &names("s", streams), per_stream).await;
+    let expected = each_once(&store, events).await;
+    let store: Store = store.into();
+    create_applied(&store).await;
+    (store, expected)
+}
+
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -245,10 +243,7 @@ async fn panicking_handler_is_retried_like_a_failing_one_and_applied_once<
 >(
     store: S,
 ) {
-    let events = append_streams(&store, &names("s", 4), 5).await;
-    let expected = each_once(&store, events).await;
-    let store: Store = store.into();
-    create_applied(&store).await;
+    let (store, expected) = with_log(store, 4, 5).await;
     let recorder = Recorder::new("panicky", 2).inject("s1", 2, [Fault::Panic, Fault::Panic]);
     Runner::new(store.clone())
         .projection(Arc::new(recorder))
@@ -268,10 +263,7 @@ async fn handler_that_keeps_panicking_halts_its_partition_and_the_panic_is_named
 >(
     store: S,
 ) {
-    let events = append_streams(&store, &names("s", 4), 5).await;
-    let expected = each_once(&store, events).await;
-    let store: Store = store.into();
-    create_applied(&store).await;
+    let (store, expected) = with_log(store, 4, 5).await;
     let panicky = Recorder::new("panicky", 1).inject("s1", 1, vec![Fault::Panic; 100]);
     let runner = Runner::new(store.clone())
         .projection(Arc::new(panicky))
@@ -302,10 +294,7 @@ async fn handler_that_keeps_panicking_is_parked_with_the_panic_message<
 >(
     store: S,
 ) {
-    let events = append_streams(&store, &names("s", 4), 5).await;
-    let mut expected = each_once(&store, events).await;
-    let store: Store = store.into();
-    create_applied(&store).await;
+    let (store, mut expected) = with_log(store, 4, 5).await;
     let panicky = Recorder::new("panicky", 1).inject("s1", 5, vec![Fault::Panic; 100]);
     let runner = Runner::new(store.clone())
         .projection(Arc::new(panicky))
@@ -327,10 +316,7 @@ async fn halted_projection_leaves_the_others_running_until_caught_up<
 >(
     store: S,
 ) {
-    let events = append_streams(&store, &names("s", 10), 20).await;
-    let expected = each_once(&store, events).await;
-    let store: Store = store.into();
-    create_applied(&store).await;
+    let (store, expected) = with_log(store, 10, 20).await;
     let broken = Recorder::new("broken", 1).inject("s0", 1, vec![Fault::Fail; 100]);
     let healthy = Recorder::new("healthy", 2).slow(Duration::from_millis(2));
     let err = Runner::new(store.clone())

@@ -30,22 +30,6 @@ on_backends!([postgres, sqlite_file], {
     failing_partition_halts_alone_and_the_run_reports_it,
 });
 
-/// Runs `$body` with `$pool` bound to the store's pool, whichever database it is.
-macro_rules! on_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Postgres(s) => {
-                let $pool = s.pool();
-                $body
-            }
-            Store::Sqlite(s) => {
-                let $pool = s.pool();
-                $body
-            }
-        }
-    };
-}
-
 /// A SQL read model: events per stream, the last version seen per stream (an event out of
 /// order is a handler error), and every handled event id (a second delivery violates the
 /// primary key).

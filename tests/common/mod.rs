@@ -14,6 +14,22 @@ pub(crate) fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// Runs `sql` on the test server; returns the server's connect options. Panics if the server
+/// cannot be reached: PostgreSQL tests never skip silently.
+async fn on_server(sql: &str) -> PgConnectOptions {
+    let url = postgres_url();
+    let admin =
+        PgConnectOptions::from_str(&url).expect("PUPSOURCE_TEST_POSTGRES_URL is a valid URL");
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin.clone())
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for these tests: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&pool).await.expect(sql);
+    pool.close().await;
+    admin
+}
+
 /// A PostgreSQL schema of one test; dropped (with everything in it) when this is dropped.
 pub(crate) struct PgSchema {
     pub(crate) name: String,
@@ -24,20 +40,8 @@ impl PgSchema {
     /// Creates a fresh schema. Panics if the server cannot be reached: PostgreSQL tests never
     /// skip silently.
     pub(crate) async fn create() -> Self {
-        let url = postgres_url();
         let name = format!("pupsource_test_{}", uuid::Uuid::new_v4().simple());
-        let admin =
-            PgConnectOptions::from_str(&url).expect("PUPSOURCE_TEST_POSTGRES_URL is a valid URL");
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(admin.clone())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for these tests: {e}"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-            .execute(&pool)
-            .await
-            .expect("create test schema");
-        pool.close().await;
+        let admin = on_server(&format!("CREATE SCHEMA {name}")).await;
         let options = admin.options([("search_path", name.as_str())]);
         PgSchema { name, options }
     }
@@ -69,21 +73,8 @@ pub(crate) struct PgDatabase {
 impl PgDatabase {
     /// Creates a fresh database. Panics if the server cannot be reached.
     pub(crate) async fn create() -> Self {
-        let url = postgres_url();
         let name = format!("pupsource_test_{}", uuid::Uuid::new_v4().simple());
-        let admin =
-            PgConnectOptions::from_str(&url).expect("PUPSOURCE_TEST_POSTGRES_URL is a valid URL");
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(admin.clone())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for these tests: {e}"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await
-            .expect("create test database");
-        pool.close().await;
-        let options = admin.database(&name);
+        let options = on_server(&format!("CREATE DATABASE {name}")).await.database(&name);
         PgDatabase { name, options }
     }
 
@@ -158,6 +149,24 @@ pub(crate) async fn sqlite_memory() -> SqliteStore {
     let store = SqliteStore::connect("sqlite::memory:").await.expect("open SQLite memory");
     store.migrate().await.expect("migrate");
     store
+}
+
+/// Runs `$body` with `$pool` bound to the pool of a [`pupsource::Store`], whichever database
+/// it is.
+#[macro_export]
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            pupsource::Store::Postgres(s) => {
+                let $pool = s.pool();
+                $body
+            }
+            pupsource::Store::Sqlite(s) => {
+                let $pool = s.pool();
+                $body
+            }
+        }
+    };
 }
 
 /// Runs each listed generic test (`async fn name<S: EventStore>(store: S)`) once per backend:

@@ -46,6 +46,20 @@ pub(crate) struct Heartbeat<'a> {
 }
 
 impl Heartbeat<'_> {
+    /// Refuses to go on while `other`, a live worker, runs the projection with another
+    /// partition count (its id and count).
+    pub(crate) fn refuse_other_layout(&self, other: Option<(String, i64)>) -> crate::Result<()> {
+        match other {
+            Some((worker, running)) => Err(crate::Error::LayoutInUse {
+                projection: self.projection.to_owned(),
+                requested: self.partition_count,
+                running: u32::try_from(running).unwrap_or(0),
+                worker,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// How many partitions this worker should hold with `live` workers registered.
     pub(crate) fn share(&self, live: i64) -> usize {
         match self.only {

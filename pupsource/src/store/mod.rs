@@ -340,6 +340,32 @@ pub(crate) struct Page {
     pub(crate) full: bool,
 }
 
+impl Page {
+    /// Takes rows from `rows` until `limit` events were read (the query's `LIMIT`) or they
+    /// take `max_bytes`; the rest of the query is never buffered.
+    pub(crate) async fn collect<R>(
+        rows: impl futures_util::Stream<Item = std::result::Result<R, sqlx::Error>>,
+        limit: usize,
+        max_bytes: usize,
+        decode: impl Fn(&R) -> Result<(PersistedEvent, usize)>,
+    ) -> Result<Page> {
+        use futures_util::TryStreamExt as _;
+        let mut rows = std::pin::pin!(rows);
+        let mut page = Page::default();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
+            let (event, size) = decode(&row)?;
+            page.events.push((event, size));
+            bytes = bytes.saturating_add(size);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        page.full = page.events.len() >= limit || bytes >= max_bytes;
+        Ok(page)
+    }
+}
+
 /// Roughly what an event read from the log costs in memory: its JSON texts and names, and a
 /// fixed part for the rest.
 pub(crate) fn approximate_size(event: &Event, payload_text: usize, metadata_text: usize) -> usize {
@@ -362,6 +388,24 @@ pub(crate) struct CheckpointRead {
 }
 
 impl CheckpointRead {
+    /// Reads the columns `owner`, `epoch`, `transaction_id` and `global_position` of a row.
+    pub(crate) fn from_row<R>(row: &R) -> Result<Self>
+    where
+        R: sqlx::Row,
+        for<'c> &'c str: sqlx::ColumnIndex<R>,
+        Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(CheckpointRead {
+            owner: row.try_get("owner")?,
+            epoch: row.try_get::<i64, _>("epoch")?.unsigned_abs(),
+            position: Position {
+                transaction_id: row.try_get("transaction_id")?,
+                global_position: row.try_get("global_position")?,
+            },
+        })
+    }
+
     /// Why a checkpoint write from `from` under `lease` changed no row, given the row as it is
     /// now (`None`: deleted).
     pub(crate) fn refusal(

@@ -62,7 +62,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::TryStreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
 use time::OffsetDateTime;
@@ -542,18 +541,7 @@ impl PostgresStore {
             .bind(int4(partition.index))
             .fetch_optional(&mut **tx)
             .await?;
-        let stored = row
-            .map(|row| {
-                Ok::<_, Error>(CheckpointRead {
-                    owner: row.try_get("owner")?,
-                    epoch: row.try_get::<i64, _>("epoch")?.unsigned_abs(),
-                    position: Position {
-                        transaction_id: row.try_get("transaction_id")?,
-                        global_position: row.try_get("global_position")?,
-                    },
-                })
-            })
-            .transpose()?;
+        let stored = row.as_ref().map(CheckpointRead::from_row).transpose()?;
         Err(CheckpointRead::refusal(stored, projection, partition, lease, from))
     }
 
@@ -749,6 +737,28 @@ impl PostgresStore {
             .await?)
     }
 
+    /// The query of a page of the log: events after `after` in `scope`, in log order, below
+    /// the fence.
+    fn log_query(
+        &self,
+        after: Position,
+        limit: usize,
+        scope: &Scope,
+    ) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        // Not a persistent (named) statement: PostgreSQL then plans each page with its actual
+        // parameters. A cached generic plan cannot see the `LIMIT`, assumes a tenth of the
+        // table and, on a large log, prefers a parallel scan and sort to the index.
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_all)))
+            .persistent(false)
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+    }
+
     /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
     /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
     pub(crate) async fn read_page(
@@ -759,28 +769,8 @@ impl PostgresStore {
         scope: &Scope,
     ) -> Result<Page> {
         scope.validate()?;
-        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_all)))
-            .persistent(false)
-            .bind(after.transaction_id)
-            .bind(after.global_position)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(list(&scope.contexts))
-            .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types))
-            .fetch(&self.inner.pool);
-        let mut page = Page::default();
-        let mut bytes = 0usize;
-        while let Some(row) = rows.try_next().await? {
-            let (event, size) = decode_sized(&row)?;
-            page.events.push((event, size));
-            bytes = bytes.saturating_add(size);
-            if bytes >= max_bytes {
-                break;
-            }
-        }
-        page.full = page.events.len() >= limit || bytes >= max_bytes;
-        Ok(page)
+        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
+        Page::collect(rows, limit, max_bytes, decode_sized).await
     }
 
     /// The oldest transaction of this database in flight with an id (module docs, "The
@@ -976,20 +966,7 @@ impl EventStore for PostgresStore {
         scope: &Scope,
     ) -> Result<Vec<PersistedEvent>> {
         scope.validate()?;
-        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        // Not a persistent (named) statement: PostgreSQL then plans each page with its actual
-        // parameters. A cached generic plan cannot see the `LIMIT`, assumes a tenth of the
-        // table and, on a large log, prefers a parallel scan and sort to the index.
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_all)))
-            .persistent(false)
-            .bind(after.transaction_id)
-            .bind(after.global_position)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(list(&scope.contexts))
-            .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types))
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let rows = self.log_query(after, limit, scope).fetch_all(&self.inner.pool).await?;
         rows.iter().map(decode).collect()
     }
 

@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::TryStreamExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
@@ -306,18 +305,7 @@ impl SqliteStore {
         .bind(i64::from(partition.index))
         .fetch_optional(&mut **tx)
         .await?;
-        let stored = row
-            .map(|row| {
-                Ok::<_, Error>(CheckpointRead {
-                    owner: row.try_get("owner")?,
-                    epoch: row.try_get::<i64, _>("epoch")?.unsigned_abs(),
-                    position: Position {
-                        transaction_id: row.try_get("transaction_id")?,
-                        global_position: row.try_get("global_position")?,
-                    },
-                })
-            })
-            .transpose()?;
+        let stored = row.as_ref().map(CheckpointRead::from_row).transpose()?;
         Err(CheckpointRead::refusal(stored, projection, partition, lease, from))
     }
 
@@ -585,19 +573,8 @@ impl SqliteStore {
         scope: &Scope,
     ) -> Result<Page> {
         scope.validate()?;
-        let mut rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
-        let mut page = Page::default();
-        let mut bytes = 0usize;
-        while let Some(row) = rows.try_next().await? {
-            let (event, size) = decode_sized(&row)?;
-            page.events.push((event, size));
-            bytes = bytes.saturating_add(size);
-            if bytes >= max_bytes {
-                break;
-            }
-        }
-        page.full = page.events.len() >= limit || bytes >= max_bytes;
-        Ok(page)
+        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
+        Page::collect(rows, limit, max_bytes, decode_sized).await
     }
 
     /// Inserts one chunk of events in one statement; returns (position, version) per event.

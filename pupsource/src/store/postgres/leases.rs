@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::PostgresStore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::lease::{Beat, Heartbeat, WorkerStatus, int4, int8};
 use crate::store::{Scope, Tables, partition_sql_args};
 use sqlx::{AssertSqlSafe, Row as _};
@@ -43,7 +43,7 @@ impl LeaseSql {
             ),
             purge: render("DELETE FROM \"{workers}\" WHERE projection = $1 AND expires_at < now()"),
             other_layout: render(
-                "SELECT worker_id, partition_count FROM \"{workers}\" \
+                "SELECT worker_id, partition_count::int8 FROM \"{workers}\" \
                  WHERE projection = $1 AND partition_count <> $2 AND worker_id <> $3 \
                  ORDER BY worker_id LIMIT 1",
             ),
@@ -114,21 +114,14 @@ impl PostgresStore {
             .bind(beat.projection)
             .execute(&mut *tx)
             .await?;
-        let other: Option<(String, i32)> =
+        let other: Option<(String, i64)> =
             sqlx::query_as(AssertSqlSafe(Arc::clone(&sql.other_layout)))
                 .bind(beat.projection)
                 .bind(count)
                 .bind(beat.worker)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if let Some((worker, running)) = other {
-            return Err(Error::LayoutInUse {
-                projection: beat.projection.to_owned(),
-                requested: beat.partition_count,
-                running: running.unsigned_abs(),
-                worker,
-            });
-        }
+        beat.refuse_other_layout(other)?;
         sqlx::query(AssertSqlSafe(Arc::clone(&sql.register)))
             .bind(beat.projection)
             .bind(beat.worker)

@@ -13,7 +13,7 @@ use sqlx::{Row as _, Sqlite};
 use time::OffsetDateTime;
 
 use super::{SqliteStore, from_unix_micros, unix_micros};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::lease::{Beat, Heartbeat, WorkerStatus, int4, int8};
 use crate::store::{PARTITION_OF_SQL, Scope, partition_sql_args};
 
@@ -52,14 +52,7 @@ impl SqliteStore {
         .bind(beat.worker)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some((worker, running)) = other {
-            return Err(Error::LayoutInUse {
-                projection: beat.projection.to_owned(),
-                requested: beat.partition_count,
-                running: u32::try_from(running).unwrap_or(0),
-                worker,
-            });
-        }
+        beat.refuse_other_layout(other)?;
         sqlx::query(self.sql(
             "INSERT INTO \"{workers}\" (projection, worker_id, partition_count, started_at, \
                heartbeat_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?4, ?5) \
