@@ -18,13 +18,13 @@ use pupsource::runner::Runner;
 use pupsource::{Context, DomainEvent, Envelope, ExpectedVersion, Handle, HandlerResult, Store};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserRegistered {
     email: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserRenamed {
     name: String,

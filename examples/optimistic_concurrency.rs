@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Banking", aggregate = "Account")]
 struct AccountOpened {
     initial_cents: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Banking", aggregate = "Account")]
 struct MoneyWithdrawn {
     amount_cents: u64,

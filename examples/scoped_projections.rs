@@ -26,24 +26,24 @@ use pupsource::{
 };
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserCreated {
     name: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserDeactivated {}
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Sales", aggregate = "Order")]
 struct OrderPlaced {
     user_id: String,
     amount_cents: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Catalog", aggregate = "Product")]
 struct ProductAdded {
     sku: String,

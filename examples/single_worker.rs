@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pupsource::{Context, Envelope, Handle, HandlerResult};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserRegistered {
     email: String,

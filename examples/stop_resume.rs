@@ -29,7 +29,7 @@ use pupsource::{Context, DomainEvent, Envelope, ExpectedVersion, Handle, Handler
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserCreated {
     name: String,

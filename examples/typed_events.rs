@@ -1,4 +1,4 @@
-//! Typed domain events and schema versions: `#[derive(pupsource::Event)]`, and an event whose
+//! Typed domain events and schema versions: `#[derive(pupsource::DomainEvent)]`, and an event whose
 //! payload changed shape while old versions stay in the log.
 //!
 //! `UserRegistered` version 1 stored a full `name`; version 2 splits it into first and last
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// Schema version 1, as it was first stored.
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", name = "UserRegistered", version = 1)]
 struct UserRegisteredV1 {
     name: String,
@@ -29,7 +29,7 @@ struct UserRegisteredV1 {
 }
 
 /// Schema version 2, the current one.
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", version = 2, upcast_from = UserRegisteredV1)]
 struct UserRegistered {
     first_name: String,
@@ -44,7 +44,7 @@ impl From<UserRegisteredV1> for UserRegistered {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserRenamed {
     first_name: String,

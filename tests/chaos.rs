@@ -26,7 +26,7 @@ on_backends!([postgres, sqlite_file], {
     poison_event_is_parked_with_its_aggregate_under_the_park_policy,
 });
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Bank", aggregate = "Account")]
 struct Deposited {
     amount: i64,

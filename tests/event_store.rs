@@ -5,9 +5,10 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use pupsource::limits::{MAX_ID_LEN, MAX_NAME_LEN};
 use pupsource::{
     ConstraintKind, Error, Event, EventStore, ExpectedVersion, FieldProblem, InvalidInput,
-    MAX_ID_LEN, MAX_NAME_LEN, Position, Scope, StreamId,
+    Position, Scope, StreamId,
 };
 use serde_json::json;
 use time::macros::datetime;

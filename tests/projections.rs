@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pupsource::projection::{Context, HandleFuture, Partition, Projection};
+use pupsource::partition::Partition;
+use pupsource::projection::{Context, HandleFuture, Projection};
 use pupsource::runner::{ErrorPolicy, RetryPolicy, Runner};
 use pupsource::{Error, Event, EventStore, ExpectedVersion, PersistedEvent, Store, StreamId};
 use serde_json::json;

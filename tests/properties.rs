@@ -32,9 +32,10 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::strategy::LazyJust;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use pupsource::limits::{MAX_ID_LEN, MAX_NAME_LEN};
 use pupsource::{
-    Error, Event, EventStore, ExpectedVersion, FieldProblem, InvalidInput, MAX_ID_LEN,
-    MAX_NAME_LEN, PersistedEvent, Position, Scope, SqliteStore, StreamId,
+    Error, Event, EventStore, ExpectedVersion, FieldProblem, InvalidInput, PersistedEvent,
+    Position, Scope, SqliteStore, StreamId,
 };
 use serde_json::{Value, json};
 use time::macros::{date, datetime, offset, time};
@@ -59,7 +60,7 @@ const PG_MIN: OffsetDateTime = datetime!(-4713-11-24 00:00 UTC);
 /// The latest instant `time` holds without its `large-dates` feature.
 const TIME_MAX: OffsetDateTime = datetime!(9999-12-31 23:59:59.999_999 UTC);
 /// Deepest JSON nesting generated (plus the few levels of `json_value`): pupsource refuses more
-/// than `pupsource::MAX_JSON_DEPTH`, see `…_json_nested_deeper_than_serde_json_parses_…`.
+/// than `pupsource::limits::MAX_JSON_DEPTH`, see `…_json_nested_deeper_than_serde_json_parses_…`.
 const MAX_JSON_DEPTH: usize = 120;
 
 fn config(cases: u32) -> Config {
@@ -231,7 +232,7 @@ fn payload() -> impl Strategy<Value = Value> {
 /// `created_at_*` tests) and not generated here; offsets are: the stores keep the instant, in UTC.
 fn created_at() -> impl Strategy<Value = OffsetDateTime> {
     // pupsource accepts the same range on both backends:
-    // `pupsource::EARLIEST_CREATED_AT..=LATEST_CREATED_AT`.
+    // `pupsource::limits::EARLIEST_CREATED_AT..=LATEST_CREATED_AT`.
     let min = PG_MIN;
     let edges = vec![
         OffsetDateTime::UNIX_EPOCH,

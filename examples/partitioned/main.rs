@@ -37,21 +37,21 @@ use pupsource::{
 use serde::{Deserialize, Serialize};
 
 /// An account's first event.
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Banking", aggregate = "Account")]
 struct AccountOpened {
     owner: String,
 }
 
 /// Money paid into an account.
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Banking", aggregate = "Account")]
 struct MoneyDeposited {
     cents: u64,
 }
 
 /// Money taken out of an account.
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Banking", aggregate = "Account")]
 struct MoneyWithdrawn {
     cents: u64,

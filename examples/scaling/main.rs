@@ -29,7 +29,7 @@ use pupsource::{
 use serde::{Deserialize, Serialize};
 
 /// A meter reading: the events of one meter share a partition and are applied in order.
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Metering", aggregate = "Meter")]
 struct MeterRead {
     value: u64,

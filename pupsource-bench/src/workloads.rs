@@ -16,7 +16,7 @@ use crate::{BenchResult, Side, Sizes, baseline};
 pub(crate) const AGGREGATES: u64 = 10_000;
 
 /// The benchmark's event: about 200 bytes of JSON.
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Bench", aggregate = "Account")]
 pub(crate) struct Deposited {
     pub(crate) account: i64,

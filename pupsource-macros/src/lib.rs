@@ -1,4 +1,4 @@
-//! Procedural macros of pupsource: `#[derive(Event)]`, `#[projection]` and `main!()`.
+//! Procedural macros of pupsource: `#[derive(DomainEvent)]`, `#[projection]` and `main!()`.
 //!
 //! Use them through the `pupsource` crate, which re-exports them; the generated code names
 //! the runtime only through `::pupsource::__private` and public `::pupsource` items, or
@@ -28,7 +28,7 @@ mod tests;
 /// to 1. `upcast_from` names the type of the previous schema version (same `name`, lower
 /// `version`), converted with `From`. `crate = "path"` names the runtime for a crate that
 /// re-exports pupsource (default `::pupsource`).
-#[proc_macro_derive(Event, attributes(event))]
+#[proc_macro_derive(DomainEvent, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     // The type itself stays as it is: a derive only adds to it.
     event::expand(input.into()).unwrap_or_else(syn::Error::into_compile_error).into()
@@ -36,7 +36,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 
 /// Declares a projection on a struct: `#[projection(partitions = 4, events(A, B))]`.
 ///
-/// Arguments: `partitions = N` (default 1, at most `pupsource::partition::MAX_PARTITIONS`),
+/// Arguments: `partitions = N` (default 1, at most `pupsource::limits::MAX_PARTITIONS`),
 /// `name = "…"` (default: the struct's name in snake_case), `events(…)` (typed handlers
 /// through `pupsource::Handle<E>`) or none for a raw projection (`pupsource::HandleRaw`,
 /// optionally scoped by `contexts("…")` and `aggregates("…")`), `new = path` (constructor;

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 pub use crate::domain::decode_exact;
-pub use crate::partition::MAX_PARTITIONS;
+pub use crate::limits::MAX_PARTITIONS;
 use crate::projection::{HandleFuture, HandlerResult};
 pub use crate::registry::Registration;
 pub use inventory;

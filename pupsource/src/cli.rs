@@ -105,7 +105,7 @@ enum Command {
 #[derive(Debug, Args, Default)]
 struct RunArgs {
     /// Partitions (workers) per projection, overriding each projection's own count.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::partition::MAX_PARTITIONS)))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::limits::MAX_PARTITIONS)))]
     workers: Option<u32>,
     /// Run only this projection (repeatable).
     #[arg(long = "projection", value_name = "NAME")]
@@ -132,7 +132,7 @@ struct RunArgs {
     partition_key: Option<u32>,
     /// Static assignment: the partition count every process of the projections uses.
     #[arg(long, value_name = "N", requires = "partition_key", conflicts_with = "workers",
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::partition::MAX_PARTITIONS)))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::limits::MAX_PARTITIONS)))]
     total_partitions: Option<u32>,
 }
 

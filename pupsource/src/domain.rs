@@ -1,4 +1,4 @@
-//! Typed domain events: types declared with `#[derive(pupsource::Event)]`, the envelope a
+//! Typed domain events: types declared with `#[derive(pupsource::DomainEvent)]`, the envelope a
 //! typed handler receives, and the handler traits a `#[projection]` dispatches to.
 //!
 //! A domain event has a bounded context, an aggregate type, a name (the stored `event_type`)
@@ -19,12 +19,12 @@ use crate::error::{InvalidInput, Result};
 use crate::event::{Event, PersistedEvent, Position, StreamId};
 use crate::projection::{Context, HandlerResult};
 
-/// A typed domain event. Implement it with `#[derive(pupsource::Event)]`.
+/// A typed domain event. Implement it with `#[derive(pupsource::DomainEvent)]`.
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
 ///
-/// #[derive(Serialize, Deserialize, pupsource::Event)]
+/// #[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 /// #[event(context = "Identity", aggregate = "User")]
 /// struct UserCreated {
 ///     email: String,

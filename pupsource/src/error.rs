@@ -11,7 +11,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::event::{Position, StreamId};
-use crate::projection::{HandlerError, Partition};
+use crate::partition::Partition;
+use crate::projection::HandlerError;
 use crate::version::ExpectedVersion;
 
 /// `Result` with pupsource's [`Error`].
@@ -400,11 +401,11 @@ pub enum InvalidInput {
         problem: &'static str,
     },
 
-    /// A partition count of 0 or above [`MAX_PARTITIONS`](crate::partition::MAX_PARTITIONS).
+    /// A partition count of 0 or above [`MAX_PARTITIONS`](crate::limits::MAX_PARTITIONS).
     #[error(
         "invalid partition count {count}{}: a projection has 1 to {} partitions",
         projection.as_deref().map(|p| format!(" of projection `{p}`")).unwrap_or_default(),
-        crate::partition::MAX_PARTITIONS
+        crate::limits::MAX_PARTITIONS
     )]
     PartitionCount {
         /// The rejected count.

@@ -11,20 +11,9 @@ use uuid::Uuid;
 
 use crate::error::{FieldProblem, InvalidInput, Result};
 
-/// Longest bounded context, aggregate type or event type accepted, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
-/// Longest aggregate id, causation id, correlation id or trace id accepted, in bytes.
-pub const MAX_ID_LEN: usize = 1024;
-
-/// The earliest `created_at` accepted: PostgreSQL's `timestamptz` starts here.
-pub const EARLIEST_CREATED_AT: OffsetDateTime = time::macros::datetime!(-4713-11-24 00:00 UTC);
-/// The latest `created_at` accepted (the `time` crate's default range).
-pub const LATEST_CREATED_AT: OffsetDateTime =
-    time::macros::datetime!(9999-12-31 23:59:59.999_999 UTC);
-
-/// Deepest nesting of arrays and objects accepted in a payload or metadata: what serde_json
-/// reads back.
-pub const MAX_JSON_DEPTH: usize = 127;
+use crate::limits::{
+    EARLIEST_CREATED_AT, LATEST_CREATED_AT, MAX_ID_LEN, MAX_JSON_DEPTH, MAX_NAME_LEN,
+};
 
 /// Identifies one aggregate's stream: bounded context, aggregate type and aggregate id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -39,6 +39,7 @@ pub mod cli;
 mod domain;
 mod error;
 mod event;
+pub mod limits;
 pub mod partition;
 pub mod projection;
 pub mod registry;
@@ -48,12 +49,9 @@ mod version;
 
 pub use domain::{DecodeError, DomainEvent, Envelope, Handle, HandleRaw};
 pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
-pub use event::{
-    AppendResult, EARLIEST_CREATED_AT, Event, LATEST_CREATED_AT, MAX_ID_LEN, MAX_JSON_DEPTH,
-    MAX_NAME_LEN, PersistedEvent, Position, Stream, StreamId,
-};
+pub use event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
 pub use projection::{Context, HandlerError, HandlerResult, Projection};
-pub use pupsource_macros::{Event, main, projection};
+pub use pupsource_macros::{DomainEvent, main, projection};
 pub use runner::Runner;
 pub use store::{EventStore, PostgresStore, Scope, SqliteStore, Store};
 pub use version::ExpectedVersion;

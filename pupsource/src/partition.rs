@@ -5,6 +5,7 @@
 //! `partition_hash % n`, so all events of one aggregate go to the same partition, in order.
 //! The hash and its key are part of the on-disk format: they must never change.
 
+use std::fmt;
 use std::hash::Hasher;
 
 use siphasher::sip::SipHasher13;
@@ -12,11 +13,6 @@ use siphasher::sip::SipHasher13;
 /// The fixed SipHash-1-3 key `(k0, k1)` of [`partition_hash`]. Never change it: stored events
 /// carry hashes made with it.
 pub const PARTITION_HASH_KEY: (u64, u64) = (0x7075_7073_6f75_7263, 0x6570_6172_7469_7469);
-
-/// The largest partition count of a projection, wherever a count is given: `#[projection]`,
-/// [`Projection::partitions`](crate::Projection::partitions), [`Runner::partitions`](crate::Runner::partitions) and the
-/// CLI's `--workers` / `--total-partitions`.
-pub const MAX_PARTITIONS: u32 = 1024;
 
 /// SipHash-1-3 of the aggregate id's UTF-8 bytes under [`PARTITION_HASH_KEY`].
 ///
@@ -38,6 +34,21 @@ pub fn partition_of(hash: u64, partitions: u32) -> u32 {
     let n = u64::from(partitions.max(1));
     // The remainder is below `partitions`, so it fits.
     u32::try_from(hash % n).unwrap_or(0)
+}
+
+/// One partition of a projection: `index` among `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Partition {
+    /// This partition, from 0.
+    pub index: u32,
+    /// How many partitions there are.
+    pub count: u32,
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 #[cfg(test)]

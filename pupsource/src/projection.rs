@@ -11,11 +11,11 @@
 //! commit together or not at all. Effects outside that transaction (memory, other systems) are
 //! at-least-once; [`Context::idempotency_key`] names each delivery for deduplication.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::event::{PersistedEvent, Position};
+use crate::partition::Partition;
 use crate::store::Scope;
 
 /// What a handler may fail with: any error, boxed.
@@ -101,21 +101,6 @@ pub trait Projection: std::any::Any + Send + Sync + 'static {
     fn reset<'a>(&'a self, transaction: &'a mut Transaction<'_>) -> HandleFuture<'a> {
         let _ = transaction;
         Box::pin(async { Ok(()) })
-    }
-}
-
-/// One partition of a projection: `index` among `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Partition {
-    /// This partition, from 0.
-    pub index: u32,
-    /// How many partitions there are.
-    pub count: u32,
-}
-
-impl fmt::Display for Partition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `#[derive(Event)]`: the `#[event(…)]` arguments as written (`parse.rs`), a validated event
+//! `#[derive(DomainEvent)]`: the `#[event(…)]` arguments as written (`parse.rs`), a validated event
 //! (`model.rs`), and its `DomainEvent` impl (`expand.rs`).
 
 mod expand;

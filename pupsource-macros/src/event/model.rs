@@ -1,4 +1,4 @@
-//! A validated `#[derive(Event)]`: every check runs here, once; the expander trusts it.
+//! A validated `#[derive(DomainEvent)]`: every check runs here, once; the expander trusts it.
 
 use std::num::NonZeroU32;
 
@@ -29,13 +29,13 @@ impl Event {
         if let Data::Union(union) = &input.data {
             errors.push(syn::Error::new_spanned(
                 union.union_token,
-                "`#[derive(Event)]` is for structs and enums, not unions",
+                "`#[derive(DomainEvent)]` is for structs and enums, not unions",
             ));
         }
         if !input.generics.params.is_empty() {
             errors.push(syn::Error::new_spanned(
                 &input.generics,
-                "`#[derive(Event)]` types cannot be generic: each stored event type maps to one Rust type",
+                "`#[derive(DomainEvent)]` types cannot be generic: each stored event type maps to one Rust type",
             ));
         }
         let name =

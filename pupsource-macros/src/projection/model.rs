@@ -1,7 +1,7 @@
 //! A validated `#[projection]`: every check runs here, once; the expander trusts it.
 //!
 //! The one rule checked elsewhere is the largest partition count: it belongs to the runtime
-//! (`pupsource::partition::MAX_PARTITIONS`, which its CLI enforces too), so the generated code
+//! (`pupsource::limits::MAX_PARTITIONS`, which its CLI enforces too), so the generated code
 //! asserts it at compile time against the runtime's own constant.
 
 use syn::{Data, DeriveInput, Ident, LitStr, Path};

@@ -51,8 +51,9 @@ use tokio_util::sync::CancellationToken;
 pub use status::{Fence, ParkedEvent, PartitionStatus, ProjectionStatus, Status};
 
 use crate::error::{Error, FieldProblem, InvalidInput, Result};
-use crate::partition::{MAX_PARTITIONS, partition_of};
-use crate::projection::{Context, Partition, Projection};
+use crate::limits::{self, MAX_PARTITIONS};
+use crate::partition::{Partition, partition_of};
+use crate::projection::{Context, Projection};
 use crate::store::{Scope, Store};
 
 /// The most bytes of events a projection's reader may have read ahead of its workers (its
@@ -585,8 +586,8 @@ impl Runner {
         let id = &*self.settings.worker_id;
         let problem = if id.is_empty() {
             Some(FieldProblem::Empty)
-        } else if id.len() > MAX_WORKER_ID {
-            Some(FieldProblem::TooLong { len: id.len(), max: MAX_WORKER_ID })
+        } else if id.len() > limits::MAX_WORKER_ID_LEN {
+            Some(FieldProblem::TooLong { len: id.len(), max: limits::MAX_WORKER_ID_LEN })
         } else if id.contains('\0') {
             Some(FieldProblem::NulCharacter)
         } else {
@@ -702,9 +703,6 @@ impl Runner {
     }
 }
 
-/// The longest worker id, in bytes.
-const MAX_WORKER_ID: usize = 200;
-
 /// `count` if it is a valid partition count (1 to [`MAX_PARTITIONS`]); `projection` names
 /// the projection whose own count it is.
 fn check_partition_count(count: u32, projection: Option<&str>) -> Result<u32, InvalidInput> {
@@ -730,11 +728,12 @@ pub(crate) enum Interval {
 impl Interval {
     /// `value` if it is within the bounds.
     pub(crate) fn check(self, value: Duration) -> Result<Duration, InvalidInput> {
-        let (setting, min) = match self {
-            Interval::Heartbeat => ("heartbeat", Duration::from_millis(10)),
-            Interval::PollInterval => ("poll interval", Duration::from_millis(1)),
+        let (setting, min, max) = match self {
+            Interval::Heartbeat => ("heartbeat", limits::MIN_HEARTBEAT, limits::MAX_HEARTBEAT),
+            Interval::PollInterval => {
+                ("poll interval", limits::MIN_POLL_INTERVAL, limits::MAX_POLL_INTERVAL)
+            }
         };
-        let max = Duration::from_secs(3600);
         if (min..=max).contains(&value) {
             Ok(value)
         } else {

@@ -14,7 +14,8 @@ use super::{ProjectionRun, RunMode};
 use crate::backoff::retry_transient;
 use crate::error::{Error, Result};
 use crate::event::Position;
-use crate::projection::{Lease, Partition};
+use crate::partition::Partition;
+use crate::projection::Lease;
 
 /// The first wait after activity; doubled on every empty poll up to the poll interval.
 const FIRST_IDLE_WAIT: Duration = Duration::from_millis(1);

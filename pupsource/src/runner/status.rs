@@ -8,7 +8,8 @@ use time::OffsetDateTime;
 
 use crate::error::Result;
 use crate::event::{Position, StreamId};
-use crate::projection::{Partition, Projection};
+use crate::partition::Partition;
+use crate::projection::Projection;
 use crate::store::{LeaseInfo, Store, WorkerStatus};
 
 /// The state of every projection of a runner.

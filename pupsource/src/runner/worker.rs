@@ -30,8 +30,9 @@ use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
 use crate::error::{Error, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
+use crate::partition::Partition;
 use crate::partition::partition_of;
-use crate::projection::{Context, HandlerError, HandlerPanic, HandlerResult, Lease, Partition};
+use crate::projection::{Context, HandlerError, HandlerPanic, HandlerResult, Lease};
 use crate::store::BatchTx;
 
 /// Whether the worker got through or was told to stop meanwhile.

@@ -14,7 +14,8 @@ use super::{EventStore, Page, PostgresStore, Scope, SqliteStore};
 use crate::checkpoint::CheckpointState;
 use crate::error::{InvalidInput, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
-use crate::projection::{Lease, Partition, Transaction};
+use crate::partition::Partition;
+use crate::projection::{Lease, Transaction};
 use crate::runner::{Fence, ParkedEvent};
 
 /// An event store on either database, e.g. chosen from a URL at run time.

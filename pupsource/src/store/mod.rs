@@ -18,7 +18,8 @@ use std::ops::{Bound, RangeBounds};
 
 use crate::error::{InvalidInput, Result};
 use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
-use crate::projection::{Lease, Partition};
+use crate::partition::Partition;
+use crate::projection::Lease;
 use crate::version::ExpectedVersion;
 
 mod any;
@@ -170,7 +171,7 @@ pub struct Identifier(Cow<'static, str>);
 
 impl Identifier {
     /// The longest accepted name.
-    pub const MAX_LEN: usize = 40;
+    pub const MAX_LEN: usize = crate::limits::MAX_TABLE_NAME_LEN;
 
     /// Validates `name`.
     ///

@@ -31,8 +31,9 @@ use crate::error::{Error, Result};
 use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
 };
+use crate::partition::Partition;
 use crate::partition::partition_hash;
-use crate::projection::{Lease, Partition};
+use crate::projection::Lease;
 use crate::runner::ParkedEvent;
 use crate::store::lease::int8;
 use crate::version::ExpectedVersion;

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", crate = "crate::missing")]
 struct UserCreated {}
 

@@ -1,10 +1,10 @@
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", name = "UserCreated", version = 3)]
 struct UserCreatedV3 {}
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", version = 2, upcast_from = UserCreatedV3)]
 struct UserCreated {}
 

@@ -1,10 +1,10 @@
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserRegistered {}
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", version = 2, upcast_from = UserRegistered)]
 struct UserCreated {}
 

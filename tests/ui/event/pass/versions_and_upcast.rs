@@ -6,13 +6,13 @@ use pupsource::{DecodeError, DomainEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-#[derive(Debug, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", name = "UserCreated", version = 1)]
 struct UserCreatedV1 {
     email: String,
 }
 
-#[derive(Debug, PartialEq, Serialize, Deserialize, pupsource::Event)]
+#[derive(Debug, PartialEq, Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", version = 2, upcast_from = UserCreatedV1)]
 struct UserCreated {
     email: String,

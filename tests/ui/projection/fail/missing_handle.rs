@@ -1,11 +1,11 @@
 use pupsource::{Context, Envelope, Handle, HandlerResult};
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserCreated {}
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserDeleted {}
 

@@ -11,7 +11,7 @@ mod framework {
 
 use framework::runtime::{Context, DomainEvent, Envelope, Handle, HandlerResult, Projection};
 
-#[derive(Serialize, Deserialize, pupsource::Event)]
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User", crate = "crate::framework::runtime")]
 struct UserCreated {}
 

@@ -14,13 +14,13 @@ struct Option;
 #[allow(dead_code)]
 mod pupsource {}
 
-#[derive(Serialize, Deserialize, ::pupsource::Event)]
+#[derive(Serialize, Deserialize, ::pupsource::DomainEvent)]
 #[event(context = "Identity", aggregate = "User")]
 struct UserCreated {
     email: String,
 }
 
-#[derive(Serialize, Deserialize, ::pupsource::Event)]
+#[derive(Serialize, Deserialize, ::pupsource::DomainEvent)]
 #[event(context = "Sales", aggregate = "Order", name = "order.placed", version = 3)]
 struct OrderPlaced {}
 
