@@ -165,6 +165,7 @@ async fn prepare(runner: Runner) -> Result<(), pupsource::HandlerError> {
             tx.commit().await?;
             appended
         }
+        other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     if appended > 0 {
         println!("appended a demo workload of {appended} events");
@@ -185,6 +186,7 @@ async fn summary(runner: Runner) -> Result<(), pupsource::HandlerError> {
             sqlx::query_as(sql).fetch_all(store.pool()).await?,
             sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(store.pool()).await?,
         ),
+        other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     let current = i64::from(runner.partition_count("counter").unwrap_or(0));
     let this_run = runner

@@ -106,6 +106,8 @@ fn quick_retry() -> RetryPolicy {
     }
 }
 
+/// A payload that does not decode into its type fails the same way every time: the partition
+/// stops at the first attempt, without retries.
 async fn poison_event_stops_the_projection_naming_position_and_type<S: EventStore + Into<Store>>(
     store: S,
 ) {
@@ -122,7 +124,7 @@ async fn poison_event_stops_the_projection_naming_position_and_type<S: EventStor
         Error::Handler { projection, position, event_type, attempts, .. } => {
             assert_eq!(
                 (projection.as_str(), *position, event_type.as_str(), *attempts),
-                ("ledger", poisoned, "Deposited", 2)
+                ("ledger", poisoned, "Deposited", 1)
             );
         }
         other => panic!("expected a handler error, got {other:?}"),
@@ -156,7 +158,7 @@ async fn poison_event_is_parked_with_its_aggregate_under_the_park_policy<
     );
     let parked = runner.parked("ledger").await.expect("parked");
     assert_eq!(parked.len(), 2);
-    assert_eq!(parked[0].position, poisoned);
+    assert_eq!((parked[0].position, parked[0].attempts), (poisoned, 1), "parked at once");
     assert!(
         parked[0].error.as_deref().is_some_and(|e| e.contains("does not match its type")),
         "{parked:?}"
@@ -238,6 +240,7 @@ async fn counter_totals(store: &Store) -> (i64, i64) {
             sqlx::query_scalar(log).fetch_one(s.pool()).await.expect("log"),
             sqlx::query_scalar(counted).fetch_one(s.pool()).await.expect("counted"),
         ),
+        _ => unreachable!("every backend is listed"),
     }
 }
 

@@ -534,17 +534,10 @@ async fn exhausted_event_is_parked_with_its_aggregate_and_replayed<S: EventStore
     );
 
     // The aggregate flows normally again.
-    match &store {
-        Store::Postgres(s) => {
-            s.append_and_commit(ExpectedVersion::Exact(4), &[Event::new(&a, "Step", json!({}))])
-                .await
-        }
-        Store::Sqlite(s) => {
-            s.append_and_commit(ExpectedVersion::Exact(4), &[Event::new(&a, "Step", json!({}))])
-                .await
-        }
-    }
-    .expect("append");
+    store
+        .append_and_commit(ExpectedVersion::Exact(4), &[Event::new(&a, "Step", json!({}))])
+        .await
+        .expect("append");
     runner.run_until(std::future::pending()).await.expect("run");
     assert_eq!(counts(&store, "parker").await["a"], 5);
 }

@@ -162,6 +162,7 @@ async fn prepare(runner: Runner) -> Result<(), HandlerError> {
             tx.commit().await?;
             appended
         }
+        other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     if appended > 0 {
         println!("appended a demo workload of {appended} events");
@@ -194,6 +195,7 @@ async fn summary(runner: Runner) -> Result<(), HandlerError> {
             counted = query.fetch_all(store.pool()).await?;
             log = sqlx::query_as(per_aggregate).fetch_all(store.pool()).await?;
         }
+        other => return Err(format!("no example for {}", other.backend_name()).into()),
     }
 
     let partitions = match runner.assignment() {

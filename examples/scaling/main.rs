@@ -140,6 +140,7 @@ async fn prepare(runner: Runner) -> Result<(), pupsource::HandlerError> {
             tx.commit().await?;
             appended
         }
+        other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     if appended > 0 {
         println!("appended {appended} meter readings");
@@ -166,6 +167,7 @@ async fn summary(runner: Runner) -> Result<(), pupsource::HandlerError> {
             sqlx::query_as(totals).fetch_one(store.pool()).await?,
             sqlx::query_scalar(log).fetch_one(store.pool()).await?,
         ),
+        other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     println!("this worker: {}", runner.id());
     for (owner, events, epochs) in owners {

@@ -271,6 +271,7 @@ impl Error {
                 }
                 // SQLite: SQLITE_BUSY or SQLITE_LOCKED (primary codes 5 and 6, in the low
                 // byte of extended codes): another writer held the lock past the busy timeout.
+                #[cfg(feature = "sqlite")]
                 if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                     let primary = db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
                     if matches!(primary, Some(5 | 6)) {

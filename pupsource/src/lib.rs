@@ -33,8 +33,15 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+compile_error!("pupsource needs a database: enable its `postgres` or `sqlite` feature (or both)");
+
 mod backoff;
 mod checkpoint;
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub mod cli;
 mod domain;
 mod error;
@@ -51,9 +58,18 @@ pub use domain::{DecodeError, DomainEvent, Envelope, Handle, HandleRaw};
 pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
 pub use event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
 pub use projection::{Context, HandlerError, HandlerResult, Projection};
-pub use pupsource_macros::{DomainEvent, main, projection};
+#[cfg(feature = "cli")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
+pub use pupsource_macros::main;
+pub use pupsource_macros::{DomainEvent, projection};
 pub use runner::Runner;
-pub use store::{EventStore, PostgresStore, Scope, SqliteStore, Store};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::PostgresStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::SqliteStore;
+pub use store::{EventStore, Scope, Store};
 pub use version::ExpectedVersion;
 
 #[doc(hidden)]

@@ -116,15 +116,22 @@ pub trait Projection: std::any::Any + Send + Sync + 'static {
 ///     match cx.transaction() {
 ///         Transaction::Postgres(tx) => sqlx::query(sql).bind(key).execute(&mut **tx).await?.rows_affected(),
 ///         Transaction::Sqlite(tx) => sqlx::query(sql).bind(key).execute(&mut **tx).await?.rows_affected(),
+///         _ => return Err(sqlx::Error::Protocol("a database this read model does not support".into())),
 ///     };
 ///     Ok(())
 /// }
 /// ```
+///
+/// More databases may come in a minor release (the enum is `#[non_exhaustive]`):
+/// [`with_transaction!`](crate::with_transaction) always covers every one.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Transaction<'a> {
     /// A PostgreSQL transaction.
+    #[cfg(feature = "postgres")]
     Postgres(&'a mut sqlx::PgConnection),
     /// A SQLite transaction.
+    #[cfg(feature = "sqlite")]
     Sqlite(&'a mut sqlx::SqliteConnection),
 }
 
@@ -145,17 +152,76 @@ pub enum Transaction<'a> {
 /// ```
 #[macro_export]
 macro_rules! with_transaction {
-    ($transaction:expr, |$conn:ident| $body:expr) => {
+    ($transaction:expr, |$conn:ident| $body:expr) => {{
+        let transaction = $transaction;
+        $crate::__on_postgres!(
+            transaction,
+            $conn,
+            $body,
+            $crate::__on_sqlite!(
+                transaction,
+                $conn,
+                $body,
+                ::core::unreachable!(
+                    "with_transaction! covers every database pupsource was built with"
+                )
+            )
+        )
+    }};
+}
+
+/// One arm of [`with_transaction!`] per database the crate is built with: the macro expands
+/// in the caller's crate, where pupsource's features are not visible to `#[cfg]`.
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_postgres {
+    ($transaction:ident, $conn:ident, $body:expr, $otherwise:expr) => {
         match $transaction {
             $crate::projection::Transaction::Postgres($conn) => {
                 let $conn = &mut **$conn;
                 $body
             }
+            #[allow(unreachable_patterns)]
+            $transaction => $otherwise,
+        }
+    };
+}
+
+/// See [`__on_postgres!`]: PostgreSQL is not built in.
+#[cfg(not(feature = "postgres"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_postgres {
+    ($transaction:ident, $conn:ident, $body:expr, $otherwise:expr) => {
+        $otherwise
+    };
+}
+
+/// See [`__on_postgres!`].
+#[cfg(feature = "sqlite")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_sqlite {
+    ($transaction:ident, $conn:ident, $body:expr, $otherwise:expr) => {
+        match $transaction {
             $crate::projection::Transaction::Sqlite($conn) => {
                 let $conn = &mut **$conn;
                 $body
             }
+            #[allow(unreachable_patterns)]
+            $transaction => $otherwise,
         }
+    };
+}
+
+/// See [`__on_postgres!`]: SQLite is not built in.
+#[cfg(not(feature = "sqlite"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_sqlite {
+    ($transaction:ident, $conn:ident, $body:expr, $otherwise:expr) => {
+        $otherwise
     };
 }
 
@@ -221,18 +287,22 @@ impl<'a> Context<'a> {
     }
 
     /// The PostgreSQL transaction, if the store is PostgreSQL.
+    #[cfg(feature = "postgres")]
     pub fn postgres(&mut self) -> Option<&mut sqlx::PgConnection> {
         match &mut self.transaction {
             Transaction::Postgres(tx) => Some(tx),
-            Transaction::Sqlite(_) => None,
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
 
     /// The SQLite transaction, if the store is SQLite.
+    #[cfg(feature = "sqlite")]
     pub fn sqlite(&mut self) -> Option<&mut sqlx::SqliteConnection> {
         match &mut self.transaction {
             Transaction::Sqlite(tx) => Some(tx),
-            Transaction::Postgres(_) => None,
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
 

@@ -165,6 +165,7 @@ macro_rules! on_pool {
                 let $pool = s.pool();
                 $body
             }
+            _ => unreachable!("every backend is listed"),
         }
     };
 }

@@ -48,13 +48,14 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use status::{Fence, ParkedEvent, PartitionStatus, ProjectionStatus, Status};
+pub use crate::store::{Fence, ParkedEvent};
+pub use status::{PartitionStatus, ProjectionStatus, Status};
 
 use crate::error::{Error, FieldProblem, InvalidInput, Result};
 use crate::limits::{self, MAX_PARTITIONS};
 use crate::partition::{Partition, partition_of};
 use crate::projection::{Context, Projection};
-use crate::store::{Scope, Store};
+use crate::store::{Backend, Scope, Store};
 
 /// The most bytes of events a projection's reader may have read ahead of its workers (its
 /// page in flight aside); split between the partitions it runs.
@@ -183,7 +184,7 @@ impl Settings {
 
 /// One projection's run in this process, resolved once and shared by its tasks.
 pub(crate) struct ProjectionRun {
-    pub(crate) store: Store,
+    pub(crate) store: Arc<dyn Backend>,
     pub(crate) projection: Arc<dyn Projection>,
     pub(crate) name: String,
     pub(crate) partition_count: u32,
@@ -198,7 +199,7 @@ pub(crate) struct ProjectionRun {
 
 impl ProjectionRun {
     fn new(
-        store: Store,
+        store: Arc<dyn Backend>,
         projection: Arc<dyn Projection>,
         partition_count: u32,
         settings: Settings,
@@ -278,6 +279,8 @@ impl Idle {
 #[derive(Clone)]
 pub struct Runner {
     store: Store,
+    /// The store as the runner uses it.
+    backend: Arc<dyn Backend>,
     projections: Vec<Arc<dyn Projection>>,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -298,8 +301,10 @@ impl Runner {
     /// A runner over `store` (a [`PostgresStore`](crate::PostgresStore),
     /// [`SqliteStore`](crate::SqliteStore) or [`Store`]) with no projection yet.
     pub fn new(store: impl Into<Store>) -> Self {
+        let store = store.into();
         Runner {
-            store: store.into(),
+            backend: store.backend(),
+            store,
             projections: Vec::new(),
             settings: Settings {
                 batch_size: 100,
@@ -471,12 +476,12 @@ impl Runner {
     /// from another cluster.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.check()?;
-        self.store.check_transaction_ids().await?;
+        self.backend.check_log_order().await?;
         let cancel = CancellationToken::new();
         // If this future is dropped (aborted), every task it started stops too.
         let _stop_on_drop = cancel.clone().drop_guard();
         let listener = {
-            let (store, stop) = (self.store.clone(), cancel.child_token());
+            let (store, stop) = (Arc::clone(&self.backend), cancel.child_token());
             tokio::spawn(async move { store.listen(stop).await })
         };
         let idle = Arc::new(Idle::default());
@@ -486,7 +491,7 @@ impl Runner {
             // The partition count, resolved once for the whole run.
             let count = self.partitions_of(projection.as_ref())?;
             let run = ProjectionRun::new(
-                self.store.clone(),
+                Arc::clone(&self.backend),
                 Arc::clone(projection),
                 count,
                 self.settings.clone(),
@@ -629,7 +634,7 @@ impl Runner {
     /// [`Error::UnknownProjection`], or the store's errors.
     pub async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {
         self.find(name)?;
-        self.store.parked(name).await
+        self.backend.parked(name).await
     }
 
     /// Hands the parked events of projection `name` to its handler again, in log order, each
@@ -644,10 +649,10 @@ impl Runner {
         let projection = self.find(name)?;
         let count = self.partitions_of(projection.as_ref())?;
         let mut replayed = 0;
-        for parked in self.store.parked(name).await? {
+        for parked in self.backend.parked(name).await? {
             // Read before the batch takes a connection: a `sqlite::memory:` pool has only one.
-            let event = self.store.read_event(parked.position.global_position).await?;
-            let mut batch = self.store.begin_batch().await?;
+            let event = self.backend.read_event(parked.position.global_position).await?;
+            let mut batch = self.backend.begin_batch(None).await?;
             if let Some(event) = event {
                 let partition =
                     Partition { index: partition_of(event.partition_hash, count), count };
@@ -684,7 +689,7 @@ impl Runner {
         let projection = self.find(name)?;
         // The replay that follows would refuse the count: reset nothing then.
         self.partitions_of(projection.as_ref())?;
-        let mut batch = self.store.begin_batch().await?;
+        let mut batch = self.backend.begin_batch(None).await?;
         let mut transaction = batch.transaction();
         if let Err(source) = projection.reset(&mut transaction).await {
             batch.rollback().await?;
@@ -699,7 +704,7 @@ impl Runner {
     /// # Errors
     /// The store's errors.
     pub async fn status(&self) -> Result<Status> {
-        status::status(&self.store, &self.projections).await
+        status::status(self.backend.as_ref(), &self.projections).await
     }
 }
 

@@ -2,15 +2,14 @@
 //! error and the parked events; and the read fence, so a stall is visible.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use time::OffsetDateTime;
 
 use crate::error::Result;
-use crate::event::{Position, StreamId};
+use crate::event::Position;
 use crate::partition::Partition;
 use crate::projection::Projection;
-use crate::store::{LeaseInfo, Store, WorkerStatus};
+use crate::store::{Backend, Fence, LeaseInfo, WorkerStatus};
 
 /// The state of every projection of a runner.
 #[derive(Debug, Clone)]
@@ -56,44 +55,10 @@ pub struct PartitionStatus {
     pub lease: Option<LeaseInfo>,
 }
 
-/// The oldest transaction in flight in the store's PostgreSQL database, prepared (two-phase)
-/// transactions included: readers never go past it. Transactions of other databases of the
-/// server do not count.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Fence {
-    /// The backend process running it (`pg_stat_activity.pid`); `None` for a prepared
-    /// transaction.
-    pub blocking_pid: Option<i32>,
-    /// The global id (`gid`) of a prepared transaction: it holds the fence until `COMMIT
-    /// PREPARED` or `ROLLBACK PREPARED`.
-    pub prepared: Option<String>,
-    /// How long it has been open (a prepared transaction: since it was prepared); `None` when
-    /// the server does not say (another role's session, to a role without
-    /// `pg_read_all_stats`).
-    pub age: Option<Duration>,
-}
-
-/// A parked event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ParkedEvent {
-    /// Its position in the log.
-    pub position: Position,
-    /// Its stream.
-    pub stream: StreamId,
-    /// Its type.
-    pub event_type: String,
-    /// The handler's last error; `None` when it was parked because an earlier event of its
-    /// stream was.
-    pub error: Option<String>,
-    /// How many times the handler was tried.
-    pub attempts: u32,
-    /// When it was parked.
-    pub parked_at: OffsetDateTime,
-}
-
-pub(super) async fn status(store: &Store, projections: &[Arc<dyn Projection>]) -> Result<Status> {
+pub(super) async fn status(
+    store: &dyn Backend,
+    projections: &[Arc<dyn Projection>],
+) -> Result<Status> {
     let mut result = Vec::with_capacity(projections.len());
     for projection in projections {
         let name = projection.name();

@@ -28,12 +28,13 @@ use super::feed::{Feed, Take};
 use super::{ErrorPolicy, ProjectionRun};
 use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
+use crate::domain::DecodeError;
 use crate::error::{Error, Result};
 use crate::event::{PersistedEvent, Position, StreamId};
 use crate::partition::Partition;
 use crate::partition::partition_of;
 use crate::projection::{Context, HandlerError, HandlerPanic, HandlerResult, Lease};
-use crate::store::BatchTx;
+use crate::store::backend::Batch;
 
 /// Whether the worker got through or was told to stop meanwhile.
 enum Flow {
@@ -270,7 +271,10 @@ impl Worker {
             {
                 tracing::warn!(target: "pupsource::runner", error = %err, "could not record the handler error for status");
             }
-            if attempt < retry.max_attempts {
+            // A stored payload that does not decode into its type fails the same way every
+            // time: straight to stop or park.
+            let permanent = failure.is::<DecodeError>();
+            if attempt < retry.max_attempts && !permanent {
                 // The reader does not wait for this partition meanwhile.
                 self.feed.set_retrying(self.partition.index, true);
                 let waited = sleep_or_cancel(&self.cancel, retry.backoff(attempt)).await;
@@ -345,7 +349,7 @@ impl Worker {
             match self.step(event) {
                 Step::Skip => {}
                 Step::Park => tx.park(&self.run.name, event, None, 0).await?,
-                Step::Handle => match self.call(event, &mut tx).await {
+                Step::Handle => match self.call(event, tx.as_mut()).await {
                     Ok(()) => handled += 1,
                     Err((kind, failure)) => {
                         tracing::debug!(target: "pupsource::runner", position = %event.position, error = %failure, "handler {kind} in batch");
@@ -375,7 +379,7 @@ impl Worker {
     async fn call(
         &self,
         event: &PersistedEvent,
-        tx: &mut BatchTx,
+        tx: &mut dyn Batch,
     ) -> Result<(), (&'static str, HandlerError)> {
         let mut cx = Context::new(&self.run.name, self.partition, event.position, tx.transaction())
             .with_lease(Some(&self.lease));
@@ -391,12 +395,12 @@ impl Worker {
 
     /// Opens a batch transaction: one the server closes if this worker leaves it idle past
     /// its lease (PostgreSQL), or one that holds the write lock (SQLite).
-    async fn begin(&self) -> Result<BatchTx> {
-        self.run.store.begin_leased_batch(self.run.settings.lease()).await
+    async fn begin(&self) -> Result<Box<dyn Batch>> {
+        self.run.store.begin_batch(Some(self.run.settings.lease())).await
     }
 
     /// Writes the checkpoint (retiring older layouts when possible) and commits.
-    async fn commit(&mut self, mut tx: BatchTx, through: Position) -> Result<()> {
+    async fn commit(&mut self, mut tx: Box<dyn Batch>, through: Position) -> Result<()> {
         let retired = tx
             .save_checkpoint(
                 &self.run.name,
@@ -458,7 +462,7 @@ impl Worker {
 }
 
 /// Rolls a transaction back; a connection lost meanwhile rolled it back already.
-async fn rollback(tx: BatchTx) {
+async fn rollback(tx: Box<dyn Batch>) {
     if let Err(err) = tx.rollback().await {
         tracing::debug!(target: "pupsource::runner", error = %err, "rollback failed; the server discards the transaction");
     }

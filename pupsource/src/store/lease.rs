@@ -31,6 +31,42 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use super::Scope;
+use crate::error::Result;
+
+/// The lease protocol above, as each backend implements it.
+#[async_trait::async_trait]
+pub(crate) trait Leases: Send + Sync {
+    /// Registers the worker, renews its leases and claims its share.
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Beat>;
+
+    /// Gives up `partitions` (if `worker` still holds them).
+    async fn release(
+        &self,
+        projection: &str,
+        partition_count: u32,
+        worker: &str,
+        partitions: &[u32],
+    ) -> Result<()>;
+
+    /// Removes the worker's registration.
+    async fn deregister(&self, projection: &str, worker: &str) -> Result<()>;
+
+    /// The partitions (other than `except`) still behind an event in `scope` at or below
+    /// `head`.
+    async fn pending_partitions(
+        &self,
+        projection: &str,
+        partition_count: u32,
+        scope: &Scope,
+        head: i64,
+        except: &[u32],
+    ) -> Result<Vec<u32>>;
+
+    /// The live workers of `projection`.
+    async fn workers(&self, projection: &str) -> Result<Vec<WorkerStatus>>;
+}
+
 /// What one worker asks of a heartbeat.
 #[derive(Debug)]
 pub(crate) struct Heartbeat<'a> {
@@ -48,7 +84,7 @@ pub(crate) struct Heartbeat<'a> {
 impl Heartbeat<'_> {
     /// Refuses to go on while `other`, a live worker, runs the projection with another
     /// partition count (its id and count).
-    pub(crate) fn refuse_other_layout(&self, other: Option<(String, i64)>) -> crate::Result<()> {
+    pub(crate) fn refuse_other_layout(&self, other: Option<(String, i64)>) -> Result<()> {
         match other {
             Some((worker, running)) => Err(crate::Error::LayoutInUse {
                 projection: self.projection.to_owned(),

@@ -23,15 +23,21 @@ use crate::projection::Lease;
 use crate::version::ExpectedVersion;
 
 mod any;
+pub(crate) mod backend;
 pub(crate) mod lease;
+#[cfg(feature = "postgres")]
 mod postgres;
+pub(crate) mod row;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
-pub use any::LeaseInfo;
 pub use any::Store;
-pub(crate) use any::{BatchTx, CheckpointInfo};
+pub(crate) use backend::Backend;
+pub use backend::{Fence, LeaseInfo, ParkedEvent, RestoreRepair};
 pub use lease::WorkerStatus;
-pub use postgres::{PostgresStore, RestoreRepair};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 /// An append-only log of events with per-aggregate streams.
@@ -332,38 +338,25 @@ impl Tables {
     }
 }
 
-/// A page of the log as the runner reads it: its events with their approximate size in
-/// memory, and whether it stopped at its limit (in events or bytes) rather than at the end of
-/// what is readable.
-#[derive(Debug, Default)]
-pub(crate) struct Page {
-    pub(crate) events: Vec<(PersistedEvent, usize)>,
-    pub(crate) full: bool,
-}
+/// A statement rendered once with a store's table names.
+#[derive(Debug, Clone)]
+pub(crate) struct Statement(std::sync::Arc<str>);
 
-impl Page {
-    /// Takes rows from `rows` until `limit` events were read (the query's `LIMIT`) or they
-    /// take `max_bytes`; the rest of the query is never buffered.
-    pub(crate) async fn collect<R>(
-        rows: impl futures_util::Stream<Item = std::result::Result<R, sqlx::Error>>,
-        limit: usize,
-        max_bytes: usize,
-        decode: impl Fn(&R) -> Result<(PersistedEvent, usize)>,
-    ) -> Result<Page> {
-        use futures_util::TryStreamExt as _;
-        let mut rows = std::pin::pin!(rows);
-        let mut page = Page::default();
-        let mut bytes = 0usize;
-        while let Some(row) = rows.try_next().await? {
-            let (event, size) = decode(&row)?;
-            page.events.push((event, size));
-            bytes = bytes.saturating_add(size);
-            if bytes >= max_bytes {
-                break;
-            }
-        }
-        page.full = page.events.len() >= limit || bytes >= max_bytes;
-        Ok(page)
+impl Statement {
+    /// Renders `template` ([`Tables::render`]).
+    pub(crate) fn new(tables: &Tables, template: &str) -> Self {
+        Statement(tables.render(template).into())
+    }
+
+    /// The statement's text, e.g. to append to.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// The statement, to run with `sqlx::query*`.
+    pub(crate) fn sql(&self) -> sqlx::AssertSqlSafe<std::sync::Arc<str>> {
+        sqlx::AssertSqlSafe(std::sync::Arc::clone(&self.0))
     }
 }
 
@@ -389,24 +382,6 @@ pub(crate) struct CheckpointRead {
 }
 
 impl CheckpointRead {
-    /// Reads the columns `owner`, `epoch`, `transaction_id` and `global_position` of a row.
-    pub(crate) fn from_row<R>(row: &R) -> Result<Self>
-    where
-        R: sqlx::Row,
-        for<'c> &'c str: sqlx::ColumnIndex<R>,
-        Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
-        Ok(CheckpointRead {
-            owner: row.try_get("owner")?,
-            epoch: row.try_get::<i64, _>("epoch")?.unsigned_abs(),
-            position: Position {
-                transaction_id: row.try_get("transaction_id")?,
-                global_position: row.try_get("global_position")?,
-            },
-        })
-    }
-
     /// Why a checkpoint write from `from` under `lease` changed no row, given the row as it is
     /// now (`None`: deleted).
     pub(crate) fn refusal(

@@ -62,35 +62,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
+use super::backend::{Backend, Batch, CheckpointInfo, Fence, Page, ParkedEvent, RestoreRepair};
+use super::row::EventDecoder;
 use super::{
-    CheckpointInfo, CheckpointRead, EventStore, LeaseInfo, Page, Scope, Tables, approximate_size,
-    hash_from_stored, hash_to_stored, next_version, partition_sql_args, stored_version,
-    version_bounds,
+    CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
+    partition_sql_args, stored_version, version_bounds,
 };
 use crate::backoff::{Backoff, sleep_or_cancel};
-use crate::checkpoint::{CheckpointRow, CheckpointState};
+use crate::checkpoint::CheckpointRow;
 use crate::error::{ConstraintKind, Error, Result};
 use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
 };
 use crate::partition::Partition;
 use crate::partition::partition_hash;
-use crate::projection::Lease;
-use crate::runner::{Fence, ParkedEvent};
+use crate::projection::{Lease, Transaction};
 use crate::store::lease::{int4, int8};
 use crate::version::ExpectedVersion;
 
 mod leases;
 mod restore;
-
-pub use restore::RestoreRepair;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_event_store.sql"),
@@ -107,7 +103,7 @@ const SETUP_IDLE_LIMIT: Duration = Duration::from_secs(10);
 /// At most one cross-process `NOTIFY` hint per this interval per process.
 const HINT_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Columns of a [`PersistedEvent`], in the order [`decode`] reads them.
+/// Columns of a [`PersistedEvent`], read by name (`store/row.rs`).
 const EVENT_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \
@@ -152,33 +148,33 @@ struct Inner {
 
 /// The store's statements, rendered once with its table names.
 struct Sql {
-    append_any: Arc<str>,
-    append_new: Arc<str>,
-    append_exact: Arc<str>,
-    head: Arc<str>,
-    read_all: Arc<str>,
-    read_stream: Arc<str>,
-    read_event: Arc<str>,
-    count_after: Arc<str>,
-    head_position: Arc<str>,
-    held_back: Arc<str>,
-    load_checkpoints: Arc<str>,
-    create_checkpoints: Arc<str>,
-    save_checkpoint: Arc<str>,
-    checkpoint_row: Arc<str>,
-    fence_layouts: Arc<str>,
-    retire_layouts: Arc<str>,
-    checkpoints: Arc<str>,
-    delete_checkpoints: Arc<str>,
-    record_error: Arc<str>,
-    park: Arc<str>,
-    unpark: Arc<str>,
-    parked: Arc<str>,
-    delete_parked: Arc<str>,
+    append_any: Statement,
+    append_new: Statement,
+    append_exact: Statement,
+    head: Statement,
+    read_all: Statement,
+    read_stream: Statement,
+    read_event: Statement,
+    count_after: Statement,
+    head_position: Statement,
+    held_back: Statement,
+    load_checkpoints: Statement,
+    create_checkpoints: Statement,
+    save_checkpoint: Statement,
+    checkpoint_row: Statement,
+    fence_layouts: Statement,
+    retire_layouts: Statement,
+    checkpoints: Statement,
+    delete_checkpoints: Statement,
+    record_error: Statement,
+    park: Statement,
+    unpark: Statement,
+    parked: Statement,
+    delete_parked: Statement,
     leases: leases::LeaseSql,
     /// Serializes whatever decides a projection's partitions (creating checkpoint rows,
     /// heartbeats): per schema, table and projection, so unrelated stores never wait.
-    projection_lock: Arc<str>,
+    projection_lock: Statement,
 }
 
 impl Sql {
@@ -200,9 +196,10 @@ impl Sql {
              WHERE {key} AND h.version = $15 AND h.transaction_id <= pg_current_xact_id() \
              RETURNING version"
         );
-        let append = |head: &str| -> Arc<str> {
-            tables
-                .render(&format!(
+        let append = |head: &str| {
+            Statement::new(
+                tables,
+                &format!(
                     "WITH head AS ({head}), inserted AS ( \
                        INSERT INTO \"{{events}}\" (bounded_context, aggregate_type, aggregate_id, \
                          aggregate_version, event_id, event_type, event_version, payload, metadata, \
@@ -218,10 +215,10 @@ impl Sql {
                        RETURNING global_position, transaction_id, aggregate_version) \
                      SELECT global_position, transaction_id::text::bigint AS transaction_id, \
                        aggregate_version FROM inserted ORDER BY aggregate_version"
-                ))
-                .into()
+                ),
+            )
         };
-        let render = |sql: &str| -> Arc<str> { tables.render(sql).into() };
+        let render = |sql: &str| Statement::new(tables, sql);
         let cp_key = "projection = $1 AND partition_count = $2 AND partition = $3";
         let scope_filter = "($3::text[] IS NULL OR bounded_context = ANY($3)) \
             AND ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
@@ -302,28 +299,22 @@ impl Sql {
             append_any: append(&any),
             append_new: append(&new),
             append_exact: append(&exact),
-            head: tables
-                .render(&format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}"))
-                .into(),
-            read_all: tables
-                .render(&format!(
-                    // `e.transaction_id`, qualified: unqualified, ORDER BY would name the
-                    // output column (the `::bigint` cast) and sort instead of using the index.
-                    "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" AS e \
+            head: render(&format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}")),
+            read_all: render(&format!(
+                // `e.transaction_id`, qualified: unqualified, ORDER BY would name the
+                // output column (the `::bigint` cast) and sort instead of using the index.
+                "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" AS e \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                        AND transaction_id < {FENCE} \
                        AND ($4::text[] IS NULL OR bounded_context = ANY($4)) \
                        AND ($5::text[] IS NULL OR aggregate_type = ANY($5)) \
                        AND ($6::text[] IS NULL OR event_type = ANY($6)) \
                      ORDER BY e.transaction_id, e.global_position LIMIT $3"
-                ))
-                .into(),
-            read_stream: tables
-                .render(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE {key} \
+            )),
+            read_stream: render(&format!(
+                "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE {key} \
                      AND aggregate_version BETWEEN $4 AND $5 ORDER BY aggregate_version"
-                ))
-                .into(),
+            )),
         }
     }
 }
@@ -419,325 +410,6 @@ impl PostgresStore {
         Ok(channel)
     }
 
-    pub(crate) fn wakeups(&self) -> watch::Receiver<u64> {
-        self.inner.wake.subscribe()
-    }
-
-    /// Forwards other processes' `NOTIFY` hints to [`Self::wakeups`] until `stop`.
-    pub(crate) async fn listen(&self, stop: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        while !stop.is_cancelled() {
-            let listener = async {
-                let channel = self.channel().await?;
-                let mut listener = PgListener::connect_with(&self.inner.pool).await?;
-                listener.listen(channel).await?;
-                loop {
-                    listener.recv().await?;
-                    self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
-                }
-            };
-            tokio::select! {
-                () = stop.cancelled() => return,
-                result = listener => {
-                    let err: sqlx::Error = match result { Err(err) => err, Ok(never) => never };
-                    tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile");
-                }
-            }
-            if !sleep_or_cancel(&stop, backoff.next()).await {
-                return;
-            }
-        }
-    }
-
-    pub(crate) async fn load_checkpoints(
-        &self,
-        projection: &str,
-        partition_count: u32,
-    ) -> Result<CheckpointState> {
-        let sql = &self.inner.sql;
-        let mut tx = self.begin_fenced(SETUP_IDLE_LIMIT).await?;
-        // One process at a time decides where new partitions start.
-        sqlx::query(AssertSqlSafe(Arc::clone(&sql.projection_lock)))
-            .bind(projection)
-            .execute(&mut *tx)
-            .await?;
-        // Other partition counts can commit nothing from here on; read their checkpoints after.
-        sqlx::query(AssertSqlSafe(Arc::clone(&sql.fence_layouts)))
-            .bind(projection)
-            .bind(int4(partition_count))
-            .execute(&mut *tx)
-            .await?;
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&sql.load_checkpoints)))
-            .bind(projection)
-            .fetch_all(&mut *tx)
-            .await?;
-        let rows = rows
-            .iter()
-            .map(|row| {
-                Ok(CheckpointRow {
-                    partition_count: row.try_get::<i32, _>(0)?.unsigned_abs(),
-                    partition: row.try_get::<i32, _>(1)?.unsigned_abs(),
-                    position: Position {
-                        transaction_id: row.try_get(2)?,
-                        global_position: row.try_get(3)?,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut state = CheckpointState::from_rows(partition_count, &rows);
-        if !state.created.is_empty() {
-            let start = state.current.checkpoints[state.created[0] as usize];
-            let created: Vec<i32> =
-                state.created.iter().map(|&p| i32::try_from(p).unwrap_or(i32::MAX)).collect();
-            sqlx::query(AssertSqlSafe(Arc::clone(&sql.create_checkpoints)))
-                .bind(projection)
-                .bind(i32::try_from(partition_count).unwrap_or(i32::MAX))
-                .bind(start.transaction_id)
-                .bind(start.global_position)
-                .bind(created)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(after) = state.retire_after().filter(|_| state.old_layouts_passed()) {
-            self.retire_layouts(&mut tx, projection, partition_count, after).await?;
-            state.old.clear();
-        }
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    /// Moves the partition's checkpoint from `from` to `to`, only if this worker still holds
-    /// its lease and the checkpoint is still at `from` (the statement locks the row, so no
-    /// claim can slip in before the commit).
-    ///
-    /// # Errors
-    /// [`Error::LeaseLost`], [`Error::CheckpointMoved`] or [`Error::CheckpointLost`].
-    pub(crate) async fn save_checkpoint(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
-        projection: &str,
-        partition: Partition,
-        lease: &Lease,
-        from: Position,
-        to: Position,
-    ) -> Result<()> {
-        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.save_checkpoint)))
-            .bind(projection)
-            .bind(int4(partition.count))
-            .bind(int4(partition.index))
-            .bind(to.transaction_id)
-            .bind(to.global_position)
-            .bind(&*lease.owner)
-            .bind(int8(lease.epoch))
-            .bind(from.transaction_id)
-            .bind(from.global_position)
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 1 {
-            return Ok(());
-        }
-        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.checkpoint_row)))
-            .bind(projection)
-            .bind(int4(partition.count))
-            .bind(int4(partition.index))
-            .fetch_optional(&mut **tx)
-            .await?;
-        let stored = row.as_ref().map(CheckpointRead::from_row).transpose()?;
-        Err(CheckpointRead::refusal(stored, projection, partition, lease, from))
-    }
-
-    pub(crate) async fn retire_layouts(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
-        projection: &str,
-        partition_count: u32,
-        after: Position,
-    ) -> Result<bool> {
-        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.retire_layouts)))
-            .bind(projection)
-            .bind(i32::try_from(partition_count).unwrap_or(i32::MAX))
-            .bind(after.transaction_id)
-            .bind(after.global_position)
-            .execute(&mut **tx)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.checkpoints)))
-            .bind(projection)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(CheckpointInfo {
-                    partition: Partition {
-                        count: row.try_get::<i32, _>(0)?.unsigned_abs(),
-                        index: row.try_get::<i32, _>(1)?.unsigned_abs(),
-                    },
-                    position: Position {
-                        transaction_id: row.try_get(2)?,
-                        global_position: row.try_get(3)?,
-                    },
-                    updated_at: row.try_get(4)?,
-                    last_error: row.try_get(5)?,
-                    lease: match row.try_get::<Option<String>, _>(6)? {
-                        Some(owner) => Some(LeaseInfo {
-                            owner,
-                            epoch: row.try_get::<i64, _>(7)?.unsigned_abs(),
-                            until: row.try_get(8)?,
-                        }),
-                        None => None,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn forget_projection(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
-        projection: &str,
-    ) -> Result<()> {
-        for sql in [&self.inner.sql.delete_checkpoints, &self.inner.sql.delete_parked] {
-            sqlx::query(AssertSqlSafe(Arc::clone(sql))).bind(projection).execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn record_error(
-        &self,
-        projection: &str,
-        partition: Partition,
-        message: &str,
-    ) -> Result<()> {
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.record_error)))
-            .bind(projection)
-            .bind(i32::try_from(partition.count).unwrap_or(i32::MAX))
-            .bind(i32::try_from(partition.index).unwrap_or(i32::MAX))
-            .bind(message.replace('\0', ""))
-            .execute(&self.inner.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn park(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
-        projection: &str,
-        event: &PersistedEvent,
-        error: Option<&str>,
-        attempts: u32,
-    ) -> Result<()> {
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.park)))
-            .bind(projection)
-            .bind(event.position.transaction_id)
-            .bind(event.position.global_position)
-            .bind(&event.stream.context)
-            .bind(&event.stream.aggregate_type)
-            .bind(&event.stream.aggregate_id)
-            .bind(&event.event_type)
-            .bind(error.map(|e| e.replace('\0', "")))
-            .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn unpark(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Postgres>,
-        projection: &str,
-        position: Position,
-    ) -> Result<()> {
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.unpark)))
-            .bind(projection)
-            .bind(position.global_position)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.parked)))
-            .bind(projection)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ParkedEvent {
-                    position: Position {
-                        transaction_id: row.try_get(0)?,
-                        global_position: row.try_get(1)?,
-                    },
-                    stream: StreamId {
-                        context: row.try_get(2)?,
-                        aggregate_type: row.try_get(3)?,
-                        aggregate_id: row.try_get(4)?,
-                    },
-                    event_type: row.try_get(5)?,
-                    error: row.try_get(6)?,
-                    attempts: row.try_get::<i32, _>(7)?.unsigned_abs(),
-                    parked_at: row.try_get(8)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
-        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_event)))
-            .bind(global_position)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        row.as_ref().map(decode).transpose()
-    }
-
-    pub(crate) async fn count_after(
-        &self,
-        after: Position,
-        scope: &Scope,
-        partition: Partition,
-    ) -> Result<u64> {
-        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        let (count, wrap) = partition_sql_args(partition.count);
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.count_after)))
-            .bind(after.transaction_id)
-            .bind(after.global_position)
-            .bind(list(&scope.contexts))
-            .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types))
-            .bind(count)
-            .bind(wrap)
-            .bind(i64::from(partition.index))
-            .fetch_one(&self.inner.pool)
-            .await?;
-        Ok(n.unsigned_abs())
-    }
-
-    pub(crate) async fn head(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.head_position)))
-            .fetch_one(&self.inner.pool)
-            .await?)
-    }
-
-    pub(crate) async fn held_back(
-        &self,
-        after: Position,
-        head: i64,
-        scope: &Scope,
-    ) -> Result<bool> {
-        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        Ok(sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.held_back)))
-            .bind(after.transaction_id)
-            .bind(after.global_position)
-            .bind(list(&scope.contexts))
-            .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types))
-            .bind(head)
-            .fetch_one(&self.inner.pool)
-            .await?)
-    }
-
     /// The query of a page of the log: events after `after` in `scope`, in log order, below
     /// the fence.
     fn log_query(
@@ -750,7 +422,7 @@ impl PostgresStore {
         // Not a persistent (named) statement: PostgreSQL then plans each page with its actual
         // parameters. A cached generic plan cannot see the `LIMIT`, assumes a tenth of the
         // table and, on a large log, prefers a parallel scan and sort to the index.
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_all)))
+        sqlx::query(self.inner.sql.read_all.sql())
             .persistent(false)
             .bind(after.transaction_id)
             .bind(after.global_position)
@@ -758,44 +430,6 @@ impl PostgresStore {
             .bind(list(&scope.contexts))
             .bind(list(&scope.aggregate_types))
             .bind(list(&scope.event_types))
-    }
-
-    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
-    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
-    pub(crate) async fn read_page(
-        &self,
-        after: Position,
-        limit: usize,
-        max_bytes: usize,
-        scope: &Scope,
-    ) -> Result<Page> {
-        scope.validate()?;
-        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
-        Page::collect(rows, limit, max_bytes, decode_sized).await
-    }
-
-    /// The oldest transaction of this database in flight with an id (module docs, "The
-    /// fence"): a backend's not known to be in another database, or a prepared transaction
-    /// of this one. It holds the read fence, or will once any later transaction ends (until
-    /// then, nothing committed is behind it).
-    pub(crate) async fn fence(&self) -> Result<Option<Fence>> {
-        let row: Option<(Option<i32>, Option<String>, Option<f64>)> = sqlx::query_as(
-            "SELECT t.pid, t.gid, EXTRACT(EPOCH FROM clock_timestamp() - t.since)::float8 \
-             FROM pg_database AS db, LATERAL ( \
-               SELECT pid, NULL AS gid, xact_start AS since, backend_xid AS xid \
-               FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND (datid = db.oid) IS NOT FALSE \
-               UNION ALL \
-               SELECT NULL, gid, prepared, transaction FROM pg_prepared_xacts \
-               WHERE (database = db.datname) IS NOT FALSE) AS t \
-             WHERE db.datname = current_database() ORDER BY age(t.xid) DESC LIMIT 1",
-        )
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        Ok(row.map(|(blocking_pid, prepared, seconds)| Fence {
-            blocking_pid,
-            prepared,
-            age: seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default()),
-        }))
     }
 
     /// Creates or upgrades the tables in `tx`, under the lock that serializes migrations.
@@ -822,6 +456,337 @@ impl PostgresStore {
             }
             other => other,
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresStore {
+    fn name(&self) -> &'static str {
+        "PostgreSQL"
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
+    /// Forwards other processes' `NOTIFY` hints to [`Self::wakeups`] until `stop`.
+    async fn listen(&self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        while !stop.is_cancelled() {
+            let listener = async {
+                let channel = self.channel().await?;
+                let mut listener = PgListener::connect_with(&self.inner.pool).await?;
+                listener.listen(channel).await?;
+                loop {
+                    listener.recv().await?;
+                    self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                result = listener => {
+                    let err: sqlx::Error = match result { Err(err) => err, Ok(never) => never };
+                    tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile");
+                }
+            }
+            if !sleep_or_cancel(&stop, backoff.next()).await {
+                return;
+            }
+        }
+    }
+
+    async fn check_log_order(&self) -> Result<()> {
+        self.check_transaction_ids().await
+    }
+
+    async fn repair_log_order(&self) -> Result<RestoreRepair> {
+        self.repair_restore().await
+    }
+
+    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
+    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
+    async fn read_page(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+        scope: &Scope,
+    ) -> Result<Page> {
+        scope.validate()?;
+        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
+        Page::collect(rows, limit, max_bytes).await
+    }
+
+    async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
+        let row = sqlx::query(self.inner.sql.read_event.sql())
+            .bind(global_position)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.as_ref()
+            .map(|row| EventDecoder::default().read(row).map(|(event, _)| event))
+            .transpose()
+    }
+
+    async fn head(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(self.inner.sql.head_position.sql())
+            .fetch_one(&self.inner.pool)
+            .await?)
+    }
+
+    async fn held_back(&self, after: Position, head: i64, scope: &Scope) -> Result<bool> {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        Ok(sqlx::query_scalar(self.inner.sql.held_back.sql())
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+            .bind(head)
+            .fetch_one(&self.inner.pool)
+            .await?)
+    }
+
+    /// The oldest transaction of this database in flight with an id (module docs, "The
+    /// fence"): a backend's not known to be in another database, or a prepared transaction
+    /// of this one. It holds the read fence, or will once any later transaction ends (until
+    /// then, nothing committed is behind it).
+    async fn fence(&self) -> Result<Option<Fence>> {
+        let row: Option<(Option<i32>, Option<String>, Option<f64>)> = sqlx::query_as(
+            "SELECT t.pid, t.gid, EXTRACT(EPOCH FROM clock_timestamp() - t.since)::float8 \
+             FROM pg_database AS db, LATERAL ( \
+               SELECT pid, NULL AS gid, xact_start AS since, backend_xid AS xid \
+               FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND (datid = db.oid) IS NOT FALSE \
+               UNION ALL \
+               SELECT NULL, gid, prepared, transaction FROM pg_prepared_xacts \
+               WHERE (database = db.datname) IS NOT FALSE) AS t \
+             WHERE db.datname = current_database() ORDER BY age(t.xid) DESC LIMIT 1",
+        )
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(row.map(|(blocking_pid, prepared, seconds)| Fence {
+            blocking_pid,
+            prepared,
+            age: seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default()),
+        }))
+    }
+
+    async fn count_after(
+        &self,
+        after: Position,
+        scope: &Scope,
+        partition: Partition,
+    ) -> Result<u64> {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let (count, wrap) = partition_sql_args(partition.count);
+        let n: i64 = sqlx::query_scalar(self.inner.sql.count_after.sql())
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+            .bind(count)
+            .bind(wrap)
+            .bind(i64::from(partition.index))
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(n.unsigned_abs())
+    }
+
+    async fn begin_setup(&self, projection: &str) -> Result<Box<dyn Batch>> {
+        let mut tx = self.begin_fenced(SETUP_IDLE_LIMIT).await?;
+        sqlx::query(self.inner.sql.projection_lock.sql())
+            .bind(projection)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Box::new(PgBatch { store: self.clone(), tx }))
+    }
+
+    async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
+        let rows = sqlx::query(self.inner.sql.checkpoints.sql())
+            .bind(projection)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(CheckpointInfo::read).collect()
+    }
+
+    async fn record_error(
+        &self,
+        projection: &str,
+        partition: Partition,
+        message: &str,
+    ) -> Result<()> {
+        sqlx::query(self.inner.sql.record_error.sql())
+            .bind(projection)
+            .bind(i32::try_from(partition.count).unwrap_or(i32::MAX))
+            .bind(i32::try_from(partition.index).unwrap_or(i32::MAX))
+            .bind(message.replace('\0', ""))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
+        let rows = sqlx::query(self.inner.sql.parked.sql())
+            .bind(projection)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(ParkedEvent::read).collect()
+    }
+
+    async fn begin_batch(&self, lease: Option<Duration>) -> Result<Box<dyn Batch>> {
+        let tx = match lease {
+            Some(lease) => self.begin_fenced(lease).await?,
+            None => self.inner.pool.begin().await?,
+        };
+        Ok(Box::new(PgBatch { store: self.clone(), tx }))
+    }
+}
+
+/// The transaction of one batch on PostgreSQL.
+struct PgBatch {
+    store: PostgresStore,
+    tx: sqlx::Transaction<'static, Postgres>,
+}
+
+#[async_trait::async_trait]
+impl Batch for PgBatch {
+    fn transaction(&mut self) -> Transaction<'_> {
+        Transaction::Postgres(&mut self.tx)
+    }
+
+    async fn move_checkpoint(
+        &mut self,
+        projection: &str,
+        partition: Partition,
+        lease: &Lease,
+        from: Position,
+        to: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.store.inner.sql.save_checkpoint.sql())
+            .bind(projection)
+            .bind(int4(partition.count))
+            .bind(int4(partition.index))
+            .bind(to.transaction_id)
+            .bind(to.global_position)
+            .bind(&*lease.owner)
+            .bind(int8(lease.epoch))
+            .bind(from.transaction_id)
+            .bind(from.global_position)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn checkpoint_row(
+        &mut self,
+        projection: &str,
+        partition: Partition,
+    ) -> Result<Option<CheckpointRead>> {
+        let row = sqlx::query(self.store.inner.sql.checkpoint_row.sql())
+            .bind(projection)
+            .bind(int4(partition.count))
+            .bind(int4(partition.index))
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(CheckpointRead::read).transpose()
+    }
+
+    async fn fence_layouts(&mut self, projection: &str, partition_count: u32) -> Result<()> {
+        sqlx::query(self.store.inner.sql.fence_layouts.sql())
+            .bind(projection)
+            .bind(int4(partition_count))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn checkpoint_rows(&mut self, projection: &str) -> Result<Vec<CheckpointRow>> {
+        let rows = sqlx::query(self.store.inner.sql.load_checkpoints.sql())
+            .bind(projection)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(CheckpointRow::read).collect()
+    }
+
+    async fn create_checkpoints(
+        &mut self,
+        projection: &str,
+        partition_count: u32,
+        partitions: &[u32],
+        start: Position,
+    ) -> Result<()> {
+        let partitions: Vec<i32> = partitions.iter().map(|&p| int4(p)).collect();
+        sqlx::query(self.store.inner.sql.create_checkpoints.sql())
+            .bind(projection)
+            .bind(int4(partition_count))
+            .bind(start.transaction_id)
+            .bind(start.global_position)
+            .bind(partitions)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn retire_layouts(
+        &mut self,
+        projection: &str,
+        partition_count: u32,
+        after: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.store.inner.sql.retire_layouts.sql())
+            .bind(projection)
+            .bind(i32::try_from(partition_count).unwrap_or(i32::MAX))
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn park(
+        &mut self,
+        projection: &str,
+        event: &PersistedEvent,
+        error: Option<&str>,
+        attempts: u32,
+    ) -> Result<()> {
+        sqlx::query(self.store.inner.sql.park.sql())
+            .bind(projection)
+            .bind(event.position.transaction_id)
+            .bind(event.position.global_position)
+            .bind(&event.stream.context)
+            .bind(&event.stream.aggregate_type)
+            .bind(&event.stream.aggregate_id)
+            .bind(&event.event_type)
+            .bind(error.map(|e| e.replace('\0', "")))
+            .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn unpark(&mut self, projection: &str, position: Position) -> Result<()> {
+        sqlx::query(self.store.inner.sql.unpark.sql())
+            .bind(projection)
+            .bind(position.global_position)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_projection(&mut self, projection: &str) -> Result<()> {
+        for sql in [&self.store.inner.sql.delete_checkpoints, &self.store.inner.sql.delete_parked] {
+            sqlx::query(sql.sql()).bind(projection).execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        Ok(self.tx.rollback().await?)
     }
 }
 
@@ -875,7 +840,7 @@ impl EventStore for PostgresStore {
             Some(0) => &self.inner.sql.append_new,
             Some(_) => &self.inner.sql.append_exact,
         };
-        let mut query = sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+        let mut query = sqlx::query(sql.sql())
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
@@ -900,13 +865,12 @@ impl EventStore for PostgresStore {
 
         if rows.is_empty() {
             // The head refused the append: wrong version, or a younger transaction appended.
-            let actual: Option<i64> =
-                sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.head)))
-                    .bind(&stream.context)
-                    .bind(&stream.aggregate_type)
-                    .bind(&stream.aggregate_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+            let actual: Option<i64> = sqlx::query_scalar(self.inner.sql.head.sql())
+                .bind(&stream.context)
+                .bind(&stream.aggregate_type)
+                .bind(&stream.aggregate_id)
+                .fetch_optional(&mut **tx)
+                .await?;
             let actual = actual.map_or(0, |v| v.unsigned_abs());
             return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
         }
@@ -948,7 +912,7 @@ impl EventStore for PostgresStore {
         let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
             return Ok(Stream { id: stream.clone(), events: Vec::new() });
         };
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_stream)))
+        let rows = sqlx::query(self.inner.sql.read_stream.sql())
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
@@ -956,7 +920,7 @@ impl EventStore for PostgresStore {
             .bind(to)
             .fetch_all(&self.inner.pool)
             .await?;
-        let events = rows.iter().map(decode).collect::<Result<_>>()?;
+        let events = EventDecoder::read_all(&rows)?;
         Ok(Stream { id: stream.clone(), events })
     }
 
@@ -968,7 +932,7 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<PersistedEvent>> {
         scope.validate()?;
         let rows = self.log_query(after, limit, scope).fetch_all(&self.inner.pool).await?;
-        rows.iter().map(decode).collect()
+        EventDecoder::read_all(&rows)
     }
 
     /// Also refuses a database restored from another cluster ([`Error::RestoredDatabase`]),
@@ -979,42 +943,4 @@ impl EventStore for PostgresStore {
         tx.commit().await?;
         self.check_transaction_ids().await
     }
-}
-
-/// An event row and its approximate size in memory.
-fn decode_sized(row: &PgRow) -> Result<(PersistedEvent, usize)> {
-    let text = |column: usize| -> Result<usize> {
-        Ok(row.try_get_raw(column)?.as_bytes().map_or(0, <[u8]>::len))
-    };
-    let (payload, metadata) = (text(9)?, text(10)?);
-    let event = decode(row)?;
-    let size = approximate_size(&event.event, payload, metadata);
-    Ok((event, size))
-}
-
-fn decode(row: &PgRow) -> Result<PersistedEvent> {
-    let position = Position { global_position: row.try_get(0)?, transaction_id: row.try_get(1)? };
-    let event_version: i32 = row.try_get(8)?;
-    let aggregate_version: i64 = row.try_get(5)?;
-    Ok(PersistedEvent {
-        event: Event {
-            stream: StreamId {
-                context: row.try_get(2)?,
-                aggregate_type: row.try_get(3)?,
-                aggregate_id: row.try_get(4)?,
-            },
-            event_id: row.try_get::<Uuid, _>(6)?,
-            event_type: row.try_get(7)?,
-            event_version: event_version.unsigned_abs(),
-            payload: row.try_get(9)?,
-            metadata: row.try_get(10)?,
-            causation_id: row.try_get(11)?,
-            correlation_id: row.try_get(12)?,
-            trace_id: row.try_get(13)?,
-            created_at: row.try_get::<OffsetDateTime, _>(15)?,
-        },
-        position,
-        aggregate_version: aggregate_version.unsigned_abs(),
-        partition_hash: hash_from_stored(row.try_get(14)?),
-    })
 }

@@ -15,26 +15,26 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use uuid::Uuid;
 
+use super::backend::{Backend, Batch, CheckpointInfo, Page, ParkedEvent};
+use super::row::EventDecoder;
 use super::{
-    CheckpointInfo, CheckpointRead, EventStore, LeaseInfo, Page, Scope, Tables, approximate_size,
-    hash_from_stored, hash_to_stored, next_version, partition_sql_args, stored_version,
-    version_bounds,
+    CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
+    partition_sql_args, stored_version, version_bounds,
 };
-use crate::checkpoint::{CheckpointRow, CheckpointState};
+use crate::backoff::Backoff;
+use crate::checkpoint::CheckpointRow;
 use crate::error::{Error, Result};
 use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
 };
 use crate::partition::Partition;
 use crate::partition::partition_hash;
-use crate::projection::Lease;
-use crate::runner::ParkedEvent;
+use crate::projection::{Lease, Transaction};
 use crate::store::lease::int8;
 use crate::version::ExpectedVersion;
 
@@ -56,8 +56,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("{checkpoints}", "lease_until", "INTEGER"),
 ];
 
-/// Columns of a [`PersistedEvent`], in the order [`decode`] reads them.
-const EVENT_COLUMNS: &str = "global_position, bounded_context, aggregate_type, aggregate_id, \
+/// Columns of a [`PersistedEvent`], read by name (`store/row.rs`); SQLite has no
+/// transaction ids: position order is commit order.
+const EVENT_COLUMNS: &str = "global_position, 0 AS transaction_id, bounded_context, aggregate_type, aggregate_id, \
     aggregate_version, event_id, event_type, event_version, payload, metadata, causation_id, \
     correlation_id, trace_id, partition_hash, created_at";
 
@@ -69,6 +70,164 @@ const MAX_PARAMS: usize = 32_766;
 
 /// How long a writer waits for the write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The store's statements, rendered once with its table names.
+pub(super) struct Sql {
+    /// The start of a page of the log; the scope's filters and the limit follow.
+    read_log: Statement,
+    /// The start of a multi-row insert; one `VALUES` tuple per event follows.
+    insert_events: Statement,
+    /// The start of a look-up of event ids; the `IN` list follows.
+    events_exist: Statement,
+    head: Statement,
+    upsert_head: Statement,
+    read_stream: Statement,
+    delete_checkpoints: Statement,
+    delete_parked: Statement,
+    fence_layouts: Statement,
+    load_checkpoints: Statement,
+    create_checkpoint: Statement,
+    save_checkpoint: Statement,
+    checkpoint_row: Statement,
+    retire_layouts: Statement,
+    checkpoints: Statement,
+    record_error: Statement,
+    park: Statement,
+    unpark: Statement,
+    parked: Statement,
+    read_event: Statement,
+    head_position: Statement,
+    count_after: Statement,
+    pub(super) leases: leases::LeaseSql,
+}
+
+impl Sql {
+    fn new(tables: &Tables) -> Self {
+        let key = "bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3";
+        Sql {
+            read_log: Statement::new(
+                tables,
+                &format!("SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"),
+            ),
+            insert_events: Statement::new(
+                tables,
+                "INSERT INTO \"{events}\" (bounded_context, aggregate_type, aggregate_id, \
+                 aggregate_version, event_id, event_type, event_version, payload, metadata, \
+                 causation_id, correlation_id, trace_id, partition_hash, created_at) VALUES ",
+            ),
+            events_exist: Statement::new(
+                tables,
+                "SELECT EXISTS (SELECT 1 FROM \"{events}\" WHERE event_id IN (",
+            ),
+            head: Statement::new(
+                tables,
+                &format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}"),
+            ),
+            upsert_head: Statement::new(
+                tables,
+                "INSERT INTO \"{aggregate_heads}\" \
+                 (bounded_context, aggregate_type, aggregate_id, version) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
+                 DO UPDATE SET version = excluded.version",
+            ),
+            read_stream: Statement::new(
+                tables,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE {key} \
+                     AND aggregate_version BETWEEN ?4 AND ?5 ORDER BY aggregate_version"
+                ),
+            ),
+            delete_checkpoints: Statement::new(
+                tables,
+                "DELETE FROM \"{checkpoints}\" WHERE projection = ?1",
+            ),
+            delete_parked: Statement::new(
+                tables,
+                "DELETE FROM \"{dead_letters}\" WHERE projection = ?1",
+            ),
+            fence_layouts: Statement::new(
+                tables,
+                "UPDATE \"{checkpoints}\" SET owner = NULL, lease_until = NULL \
+             WHERE projection = ?1 AND partition_count <> ?2 AND owner IS NOT NULL",
+            ),
+            load_checkpoints: Statement::new(
+                tables,
+                "SELECT partition_count, partition, transaction_id, global_position \
+             FROM \"{checkpoints}\" WHERE projection = ?1",
+            ),
+            create_checkpoint: Statement::new(
+                tables,
+                "INSERT INTO \"{checkpoints}\" (projection, partition_count, partition, transaction_id, \
+                 global_position, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            ),
+            save_checkpoint: Statement::new(
+                tables,
+                "UPDATE \"{checkpoints}\" SET transaction_id = ?4, global_position = ?5, updated_at = ?6, \
+             last_error = NULL, last_error_at = NULL \
+             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3 \
+               AND owner = ?7 AND epoch = ?8 AND transaction_id = ?9 AND global_position = ?10",
+            ),
+            checkpoint_row: Statement::new(
+                tables,
+                "SELECT owner, epoch, transaction_id, global_position FROM \"{checkpoints}\" \
+             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3",
+            ),
+            retire_layouts: Statement::new(
+                tables,
+                "DELETE FROM \"{checkpoints}\" WHERE projection = ?1 AND partition_count <> ?2 \
+             AND NOT EXISTS (SELECT 1 FROM \"{checkpoints}\" c WHERE c.projection = ?1 \
+               AND c.partition_count = ?2 AND (c.transaction_id, c.global_position) < (?3, ?4))",
+            ),
+            checkpoints: Statement::new(
+                tables,
+                "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error, \
+             owner, epoch, lease_until \
+             FROM \"{checkpoints}\" WHERE projection = ?1 ORDER BY partition_count, partition",
+            ),
+            record_error: Statement::new(
+                tables,
+                "UPDATE \"{checkpoints}\" SET last_error = ?4, last_error_at = ?5 \
+             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3",
+            ),
+            park: Statement::new(
+                tables,
+                "INSERT INTO \"{dead_letters}\" (projection, transaction_id, global_position, \
+             bounded_context, aggregate_type, aggregate_id, event_type, error, attempts, parked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+            ),
+            unpark: Statement::new(
+                tables,
+                "DELETE FROM \"{dead_letters}\" WHERE projection = ?1 AND global_position = ?2",
+            ),
+            parked: Statement::new(
+                tables,
+                "SELECT transaction_id, global_position, bounded_context, aggregate_type, aggregate_id, \
+             event_type, error, attempts, parked_at FROM \"{dead_letters}\" WHERE projection = ?1 \
+             ORDER BY transaction_id, global_position",
+            ),
+            read_event: Statement::new(
+                tables,
+                &format!("SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position = ?1"),
+            ),
+            head_position: Statement::new(
+                tables,
+                "SELECT COALESCE(max(global_position), 0) FROM \"{events}\"",
+            ),
+            count_after: Statement::new(
+                tables,
+                &format!(
+                    "SELECT count(*) FROM \"{{events}}\" WHERE global_position > $1 AND $2 = $2 \
+             AND ($3 IS NULL OR bounded_context IN (SELECT value FROM json_each($3))) \
+             AND ($4 IS NULL OR aggregate_type IN (SELECT value FROM json_each($4))) \
+             AND ($5 IS NULL OR event_type IN (SELECT value FROM json_each($5))) \
+             AND {} = $8",
+                    super::PARTITION_OF_SQL
+                ),
+            ),
+            leases: leases::LeaseSql::new(tables),
+        }
+    }
+}
 
 /// The event store on SQLite. Cheap to clone: clones share the pool.
 ///
@@ -94,9 +253,7 @@ pub struct SqliteStore {
 struct Inner {
     pool: SqlitePool,
     tables: Tables,
-    head: Arc<str>,
-    upsert_head: Arc<str>,
-    read_stream: Arc<str>,
+    sql: Sql,
     /// Bumped on every append of this process; readers wait on it.
     wake: watch::Sender<u64>,
 }
@@ -109,29 +266,7 @@ impl SqliteStore {
 
     /// A store on `pool` with the given table names.
     pub fn with_tables(pool: SqlitePool, tables: Tables) -> Self {
-        let key = "bounded_context = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3";
-        let inner = Inner {
-            head: tables
-                .render(&format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}"))
-                .into(),
-            upsert_head: tables
-                .render(
-                    "INSERT INTO \"{aggregate_heads}\" \
-                     (bounded_context, aggregate_type, aggregate_id, version) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
-                     DO UPDATE SET version = excluded.version",
-                )
-                .into(),
-            read_stream: tables
-                .render(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE {key} \
-                     AND aggregate_version BETWEEN ?4 AND ?5 ORDER BY aggregate_version"
-                ))
-                .into(),
-            pool,
-            tables,
-            wake: watch::Sender::new(0),
-        };
+        let inner = Inner { sql: Sql::new(&tables), pool, tables, wake: watch::Sender::new(0) };
         SqliteStore { inner: Arc::new(inner) }
     }
 
@@ -156,22 +291,34 @@ impl SqliteStore {
             }
             .into());
         }
-        let pool = if in_memory {
+        let (pool, options) = if in_memory {
             // Every connection to `:memory:` is a database of its own: keep exactly one, forever.
-            SqlitePoolOptions::new()
+            let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(options)
-                .await?
+                .max_lifetime(None);
+            (pool, options)
         } else {
-            SqlitePoolOptions::new()
-                .max_connections(16)
-                .connect_with(options.journal_mode(SqliteJournalMode::Wal))
-                .await?
+            (
+                SqlitePoolOptions::new().max_connections(16),
+                options.journal_mode(SqliteJournalMode::Wal),
+            )
         };
-        Ok(Self::new(pool))
+        // Switching a new file to WAL takes an exclusive lock, and SQLite answers `SQLITE_BUSY`
+        // at once (without waiting out the busy timeout) while another process opens the same
+        // file: wait for it like for any other lock, up to the busy timeout.
+        let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+        loop {
+            match pool.clone().connect_with(options.clone()).await.map_err(Error::from) {
+                Ok(pool) => return Ok(Self::new(pool)),
+                Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// The connection pool.
@@ -193,341 +340,6 @@ impl SqliteStore {
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub(crate) fn wakeups(&self) -> watch::Receiver<u64> {
-        self.inner.wake.subscribe()
-    }
-
-    fn sql(&self, template: &str) -> AssertSqlSafe<String> {
-        AssertSqlSafe(self.inner.tables.render(template))
-    }
-
-    pub(crate) async fn load_checkpoints(
-        &self,
-        projection: &str,
-        partition_count: u32,
-    ) -> Result<CheckpointState> {
-        // BEGIN IMMEDIATE: one process at a time decides where new partitions start.
-        let mut tx = self.begin_immediate().await?;
-        // Other partition counts can commit nothing from here on (a batch of theirs holds the
-        // write lock until it commits, so none is in flight now).
-        sqlx::query(self.sql(
-            "UPDATE \"{checkpoints}\" SET owner = NULL, lease_until = NULL \
-             WHERE projection = ?1 AND partition_count <> ?2 AND owner IS NOT NULL",
-        ))
-        .bind(projection)
-        .bind(i64::from(partition_count))
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(self.sql(
-            "SELECT partition_count, partition, transaction_id, global_position \
-             FROM \"{checkpoints}\" WHERE projection = ?1",
-        ))
-        .bind(projection)
-        .fetch_all(&mut *tx)
-        .await?;
-        let rows = rows
-            .iter()
-            .map(|row| {
-                Ok(CheckpointRow {
-                    partition_count: u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
-                    partition: u32::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
-                    position: Position {
-                        transaction_id: row.try_get(2)?,
-                        global_position: row.try_get(3)?,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut state = CheckpointState::from_rows(partition_count, &rows);
-        for &partition in &state.created {
-            let start = state.current.checkpoints[partition as usize];
-            sqlx::query(self.sql(
-                "INSERT INTO \"{checkpoints}\" (projection, partition_count, partition, transaction_id, \
-                 global_position, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-            ))
-            .bind(projection)
-            .bind(i64::from(partition_count))
-            .bind(i64::from(partition))
-            .bind(start.transaction_id)
-            .bind(start.global_position)
-            .bind(unix_micros(OffsetDateTime::now_utc()))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(after) = state.retire_after().filter(|_| state.old_layouts_passed()) {
-            self.retire_layouts(&mut tx, projection, partition_count, after).await?;
-            state.old.clear();
-        }
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    /// Moves the partition's checkpoint from `from` to `to`, only if this worker still holds
-    /// its lease and the checkpoint is still at `from` (under the write lock of the batch).
-    ///
-    /// # Errors
-    /// [`Error::LeaseLost`], [`Error::CheckpointMoved`] or [`Error::CheckpointLost`].
-    pub(crate) async fn save_checkpoint(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Sqlite>,
-        projection: &str,
-        partition: Partition,
-        lease: &Lease,
-        from: Position,
-        to: Position,
-    ) -> Result<()> {
-        let done = sqlx::query(self.sql(
-            "UPDATE \"{checkpoints}\" SET transaction_id = ?4, global_position = ?5, updated_at = ?6, \
-             last_error = NULL, last_error_at = NULL \
-             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3 \
-               AND owner = ?7 AND epoch = ?8 AND transaction_id = ?9 AND global_position = ?10",
-        ))
-        .bind(projection)
-        .bind(i64::from(partition.count))
-        .bind(i64::from(partition.index))
-        .bind(to.transaction_id)
-        .bind(to.global_position)
-        .bind(unix_micros(OffsetDateTime::now_utc()))
-        .bind(&*lease.owner)
-        .bind(int8(lease.epoch))
-        .bind(from.transaction_id)
-        .bind(from.global_position)
-        .execute(&mut **tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(());
-        }
-        let row = sqlx::query(self.sql(
-            "SELECT owner, epoch, transaction_id, global_position FROM \"{checkpoints}\" \
-             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3",
-        ))
-        .bind(projection)
-        .bind(i64::from(partition.count))
-        .bind(i64::from(partition.index))
-        .fetch_optional(&mut **tx)
-        .await?;
-        let stored = row.as_ref().map(CheckpointRead::from_row).transpose()?;
-        Err(CheckpointRead::refusal(stored, projection, partition, lease, from))
-    }
-
-    pub(crate) async fn retire_layouts(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Sqlite>,
-        projection: &str,
-        partition_count: u32,
-        after: Position,
-    ) -> Result<bool> {
-        let done = sqlx::query(self.sql(
-            "DELETE FROM \"{checkpoints}\" WHERE projection = ?1 AND partition_count <> ?2 \
-             AND NOT EXISTS (SELECT 1 FROM \"{checkpoints}\" c WHERE c.projection = ?1 \
-               AND c.partition_count = ?2 AND (c.transaction_id, c.global_position) < (?3, ?4))",
-        ))
-        .bind(projection)
-        .bind(i64::from(partition_count))
-        .bind(after.transaction_id)
-        .bind(after.global_position)
-        .execute(&mut **tx)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub(crate) async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
-        let rows = sqlx::query(self.sql(
-            "SELECT partition_count, partition, transaction_id, global_position, updated_at, last_error, \
-             owner, epoch, lease_until \
-             FROM \"{checkpoints}\" WHERE projection = ?1 ORDER BY partition_count, partition",
-        ))
-        .bind(projection)
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(CheckpointInfo {
-                    partition: Partition {
-                        count: u32::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
-                        index: u32::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
-                    },
-                    position: Position {
-                        transaction_id: row.try_get(2)?,
-                        global_position: row.try_get(3)?,
-                    },
-                    updated_at: from_unix_micros(row.try_get(4)?)
-                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                    last_error: row.try_get(5)?,
-                    lease: match row.try_get::<Option<String>, _>(6)? {
-                        Some(owner) => Some(LeaseInfo {
-                            owner,
-                            epoch: row.try_get::<i64, _>(7)?.unsigned_abs(),
-                            until: row.try_get::<Option<i64>, _>(8)?.and_then(from_unix_micros),
-                        }),
-                        None => None,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn forget_projection(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Sqlite>,
-        projection: &str,
-    ) -> Result<()> {
-        for sql in [
-            "DELETE FROM \"{checkpoints}\" WHERE projection = ?1",
-            "DELETE FROM \"{dead_letters}\" WHERE projection = ?1",
-        ] {
-            sqlx::query(self.sql(sql)).bind(projection).execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn record_error(
-        &self,
-        projection: &str,
-        partition: Partition,
-        message: &str,
-    ) -> Result<()> {
-        sqlx::query(self.sql(
-            "UPDATE \"{checkpoints}\" SET last_error = ?4, last_error_at = ?5 \
-             WHERE projection = ?1 AND partition_count = ?2 AND partition = ?3",
-        ))
-        .bind(projection)
-        .bind(i64::from(partition.count))
-        .bind(i64::from(partition.index))
-        .bind(message)
-        .bind(unix_micros(OffsetDateTime::now_utc()))
-        .execute(&self.inner.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn park(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Sqlite>,
-        projection: &str,
-        event: &PersistedEvent,
-        error: Option<&str>,
-        attempts: u32,
-    ) -> Result<()> {
-        sqlx::query(self.sql(
-            "INSERT INTO \"{dead_letters}\" (projection, transaction_id, global_position, \
-             bounded_context, aggregate_type, aggregate_id, event_type, error, attempts, parked_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
-        ))
-        .bind(projection)
-        .bind(event.position.transaction_id)
-        .bind(event.position.global_position)
-        .bind(&event.stream.context)
-        .bind(&event.stream.aggregate_type)
-        .bind(&event.stream.aggregate_id)
-        .bind(&event.event_type)
-        .bind(error)
-        .bind(i64::from(attempts))
-        .bind(unix_micros(OffsetDateTime::now_utc()))
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn unpark(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Sqlite>,
-        projection: &str,
-        position: Position,
-    ) -> Result<()> {
-        sqlx::query(
-            self.sql(
-                "DELETE FROM \"{dead_letters}\" WHERE projection = ?1 AND global_position = ?2",
-            ),
-        )
-        .bind(projection)
-        .bind(position.global_position)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
-        let rows = sqlx::query(self.sql(
-            "SELECT transaction_id, global_position, bounded_context, aggregate_type, aggregate_id, \
-             event_type, error, attempts, parked_at FROM \"{dead_letters}\" WHERE projection = ?1 \
-             ORDER BY transaction_id, global_position",
-        ))
-        .bind(projection)
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ParkedEvent {
-                    position: Position {
-                        transaction_id: row.try_get(0)?,
-                        global_position: row.try_get(1)?,
-                    },
-                    stream: StreamId {
-                        context: row.try_get(2)?,
-                        aggregate_type: row.try_get(3)?,
-                        aggregate_id: row.try_get(4)?,
-                    },
-                    event_type: row.try_get(5)?,
-                    error: row.try_get(6)?,
-                    attempts: u32::try_from(row.try_get::<i64, _>(7)?).unwrap_or(0),
-                    parked_at: from_unix_micros(row.try_get(8)?)
-                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
-        let row = sqlx::query(self.sql(&format!(
-            "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position = ?1"
-        )))
-        .bind(global_position)
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        row.as_ref().map(decode).transpose()
-    }
-
-    pub(crate) async fn head(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            self.sql("SELECT COALESCE(max(global_position), 0) FROM \"{events}\""),
-        )
-        .fetch_one(&self.inner.pool)
-        .await?)
-    }
-
-    pub(crate) async fn count_after(
-        &self,
-        after: Position,
-        scope: &Scope,
-        partition: Partition,
-    ) -> Result<u64> {
-        let (count, wrap) = partition_sql_args(partition.count);
-        // The scope lists are passed as JSON arrays: `$3`..`$5` are NULL for "all".
-        let list = |v: &Vec<String>| {
-            (!v.is_empty()).then(|| serde_json::Value::from(v.clone()).to_string())
-        };
-        let n: i64 = sqlx::query_scalar(self.sql(&format!(
-            "SELECT count(*) FROM \"{{events}}\" WHERE global_position > $1 AND $2 = $2 \
-             AND ($3 IS NULL OR bounded_context IN (SELECT value FROM json_each($3))) \
-             AND ($4 IS NULL OR aggregate_type IN (SELECT value FROM json_each($4))) \
-             AND ($5 IS NULL OR event_type IN (SELECT value FROM json_each($5))) \
-             AND {} = $8",
-            super::PARTITION_OF_SQL
-        )))
-        .bind(after.global_position)
-        .bind(after.transaction_id)
-        .bind(list(&scope.contexts))
-        .bind(list(&scope.aggregate_types))
-        .bind(list(&scope.event_types))
-        .bind(count)
-        .bind(wrap)
-        .bind(i64::from(partition.index))
-        .fetch_one(&self.inner.pool)
-        .await?;
-        Ok(n.unsigned_abs())
-    }
-
     /// The query of a page of the log: events after `after` in `scope`, in position order.
     fn log_query<'q>(
         &self,
@@ -535,9 +347,7 @@ impl SqliteStore {
         limit: usize,
         scope: &'q Scope,
     ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-        let mut sql = self.inner.tables.render(&format!(
-            "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position > ?"
-        ));
+        let mut sql = self.inner.sql.read_log.text().to_owned();
         let mut binds: Vec<&str> = Vec::new();
         for (column, values) in [
             ("bounded_context", &scope.contexts),
@@ -564,20 +374,6 @@ impl SqliteStore {
         query.bind(i64::try_from(limit).unwrap_or(i64::MAX))
     }
 
-    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
-    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
-    pub(crate) async fn read_page(
-        &self,
-        after: Position,
-        limit: usize,
-        max_bytes: usize,
-        scope: &Scope,
-    ) -> Result<Page> {
-        scope.validate()?;
-        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
-        Page::collect(rows, limit, max_bytes, decode_sized).await
-    }
-
     /// Inserts one chunk of events in one statement; returns (position, version) per event.
     async fn insert_chunk(
         &self,
@@ -586,11 +382,7 @@ impl SqliteStore {
         first_version: u64,
         hash: i64,
     ) -> Result<Vec<(i64, u64)>> {
-        let mut sql = self.inner.tables.render(
-            "INSERT INTO \"{events}\" (bounded_context, aggregate_type, aggregate_id, \
-             aggregate_version, event_id, event_type, event_version, payload, metadata, \
-             causation_id, correlation_id, trace_id, partition_hash, created_at) VALUES ",
-        );
+        let mut sql = self.inner.sql.insert_events.text().to_owned();
         for i in 0..events.len() {
             let base = i * PARAMS_PER_EVENT;
             sql.push_str(if i == 0 { "(" } else { ", (" });
@@ -634,10 +426,7 @@ impl SqliteStore {
         events: &[Event],
     ) -> Result<bool> {
         for chunk in events.chunks(MAX_PARAMS) {
-            let mut sql = self
-                .inner
-                .tables
-                .render("SELECT EXISTS (SELECT 1 FROM \"{events}\" WHERE event_id IN (");
+            let mut sql = self.inner.sql.events_exist.text().to_owned();
             for i in 0..chunk.len() {
                 sql.push_str(if i == 0 { "?" } else { ", ?" });
             }
@@ -651,6 +440,271 @@ impl SqliteStore {
             }
         }
         Ok(false)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for SqliteStore {
+    fn name(&self) -> &'static str {
+        "SQLite"
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
+    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
+    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
+    async fn read_page(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+        scope: &Scope,
+    ) -> Result<Page> {
+        scope.validate()?;
+        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
+        Page::collect(rows, limit, max_bytes).await
+    }
+
+    async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
+        let row = sqlx::query(self.inner.sql.read_event.sql())
+            .bind(global_position)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.as_ref()
+            .map(|row| EventDecoder::default().read(row).map(|(event, _)| event))
+            .transpose()
+    }
+
+    async fn head(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(self.inner.sql.head_position.sql())
+            .fetch_one(&self.inner.pool)
+            .await?)
+    }
+
+    async fn count_after(
+        &self,
+        after: Position,
+        scope: &Scope,
+        partition: Partition,
+    ) -> Result<u64> {
+        let (count, wrap) = partition_sql_args(partition.count);
+        // The scope lists are passed as JSON arrays: `$3`..`$5` are NULL for "all".
+        let list = |v: &Vec<String>| {
+            (!v.is_empty()).then(|| serde_json::Value::from(v.clone()).to_string())
+        };
+        let n: i64 = sqlx::query_scalar(self.inner.sql.count_after.sql())
+            .bind(after.global_position)
+            .bind(after.transaction_id)
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+            .bind(count)
+            .bind(wrap)
+            .bind(i64::from(partition.index))
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(n.unsigned_abs())
+    }
+
+    /// `BEGIN IMMEDIATE`: the write lock, so one process at a time decides where new
+    /// partitions start, and no batch of another partition count is in flight meanwhile.
+    async fn begin_setup(&self, _projection: &str) -> Result<Box<dyn Batch>> {
+        Ok(Box::new(SqliteBatch { store: self.clone(), tx: self.begin_immediate().await? }))
+    }
+
+    async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
+        let rows = sqlx::query(self.inner.sql.checkpoints.sql())
+            .bind(projection)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(CheckpointInfo::read).collect()
+    }
+
+    async fn record_error(
+        &self,
+        projection: &str,
+        partition: Partition,
+        message: &str,
+    ) -> Result<()> {
+        sqlx::query(self.inner.sql.record_error.sql())
+            .bind(projection)
+            .bind(i64::from(partition.count))
+            .bind(i64::from(partition.index))
+            .bind(message)
+            .bind(unix_micros(OffsetDateTime::now_utc()))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
+        let rows = sqlx::query(self.inner.sql.parked.sql())
+            .bind(projection)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(ParkedEvent::read).collect()
+    }
+
+    /// A batch holds the write lock from its start: nobody can claim its partition meanwhile,
+    /// so it needs no other bound on its life.
+    async fn begin_batch(&self, _lease: Option<Duration>) -> Result<Box<dyn Batch>> {
+        Ok(Box::new(SqliteBatch { store: self.clone(), tx: self.begin_immediate().await? }))
+    }
+}
+
+/// The transaction of one batch on SQLite (it holds the write lock).
+struct SqliteBatch {
+    store: SqliteStore,
+    tx: sqlx::Transaction<'static, Sqlite>,
+}
+
+#[async_trait::async_trait]
+impl Batch for SqliteBatch {
+    fn transaction(&mut self) -> Transaction<'_> {
+        Transaction::Sqlite(&mut self.tx)
+    }
+
+    async fn move_checkpoint(
+        &mut self,
+        projection: &str,
+        partition: Partition,
+        lease: &Lease,
+        from: Position,
+        to: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.store.inner.sql.save_checkpoint.sql())
+            .bind(projection)
+            .bind(i64::from(partition.count))
+            .bind(i64::from(partition.index))
+            .bind(to.transaction_id)
+            .bind(to.global_position)
+            .bind(unix_micros(OffsetDateTime::now_utc()))
+            .bind(&*lease.owner)
+            .bind(int8(lease.epoch))
+            .bind(from.transaction_id)
+            .bind(from.global_position)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn checkpoint_row(
+        &mut self,
+        projection: &str,
+        partition: Partition,
+    ) -> Result<Option<CheckpointRead>> {
+        let row = sqlx::query(self.store.inner.sql.checkpoint_row.sql())
+            .bind(projection)
+            .bind(i64::from(partition.count))
+            .bind(i64::from(partition.index))
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(CheckpointRead::read).transpose()
+    }
+
+    async fn fence_layouts(&mut self, projection: &str, partition_count: u32) -> Result<()> {
+        sqlx::query(self.store.inner.sql.fence_layouts.sql())
+            .bind(projection)
+            .bind(i64::from(partition_count))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn checkpoint_rows(&mut self, projection: &str) -> Result<Vec<CheckpointRow>> {
+        let rows = sqlx::query(self.store.inner.sql.load_checkpoints.sql())
+            .bind(projection)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(CheckpointRow::read).collect()
+    }
+
+    async fn create_checkpoints(
+        &mut self,
+        projection: &str,
+        partition_count: u32,
+        partitions: &[u32],
+        start: Position,
+    ) -> Result<()> {
+        let now = unix_micros(OffsetDateTime::now_utc());
+        for &partition in partitions {
+            sqlx::query(self.store.inner.sql.create_checkpoint.sql())
+                .bind(projection)
+                .bind(i64::from(partition_count))
+                .bind(i64::from(partition))
+                .bind(start.transaction_id)
+                .bind(start.global_position)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn retire_layouts(
+        &mut self,
+        projection: &str,
+        partition_count: u32,
+        after: Position,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.store.inner.sql.retire_layouts.sql())
+            .bind(projection)
+            .bind(i64::from(partition_count))
+            .bind(after.transaction_id)
+            .bind(after.global_position)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn park(
+        &mut self,
+        projection: &str,
+        event: &PersistedEvent,
+        error: Option<&str>,
+        attempts: u32,
+    ) -> Result<()> {
+        sqlx::query(self.store.inner.sql.park.sql())
+            .bind(projection)
+            .bind(event.position.transaction_id)
+            .bind(event.position.global_position)
+            .bind(&event.stream.context)
+            .bind(&event.stream.aggregate_type)
+            .bind(&event.stream.aggregate_id)
+            .bind(&event.event_type)
+            .bind(error)
+            .bind(i64::from(attempts))
+            .bind(unix_micros(OffsetDateTime::now_utc()))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn unpark(&mut self, projection: &str, position: Position) -> Result<()> {
+        sqlx::query(self.store.inner.sql.unpark.sql())
+            .bind(projection)
+            .bind(position.global_position)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_projection(&mut self, projection: &str) -> Result<()> {
+        let sql = &self.store.inner.sql;
+        for statement in [&sql.delete_checkpoints, &sql.delete_parked] {
+            sqlx::query(statement.sql()).bind(projection).execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        Ok(self.tx.rollback().await?)
     }
 }
 
@@ -678,7 +732,7 @@ impl EventStore for SqliteStore {
             stored_version(version)?;
             next_version(version, events.len())?;
         }
-        let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.head)))
+        let current: Option<i64> = sqlx::query_scalar(self.inner.sql.head.sql())
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
@@ -689,7 +743,7 @@ impl EventStore for SqliteStore {
             return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
         }
         let to_version = next_version(actual, events.len())?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.upsert_head)))
+        sqlx::query(self.inner.sql.upsert_head.sql())
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
@@ -744,7 +798,7 @@ impl EventStore for SqliteStore {
         let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
             return Ok(Stream { id: stream.clone(), events: Vec::new() });
         };
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.read_stream)))
+        let rows = sqlx::query(self.inner.sql.read_stream.sql())
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
@@ -752,7 +806,7 @@ impl EventStore for SqliteStore {
             .bind(to)
             .fetch_all(&self.inner.pool)
             .await?;
-        let events = rows.iter().map(decode).collect::<Result<_>>()?;
+        let events = EventDecoder::read_all(&rows)?;
         Ok(Stream { id: stream.clone(), events })
     }
 
@@ -764,7 +818,7 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<PersistedEvent>> {
         scope.validate()?;
         let rows = self.log_query(after, limit, scope).fetch_all(&self.inner.pool).await?;
-        rows.iter().map(decode).collect()
+        EventDecoder::read_all(&rows)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -804,53 +858,6 @@ pub(super) fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
 }
 
-fn decode(row: &SqliteRow) -> Result<PersistedEvent> {
-    decode_sized(row).map(|(event, _)| event)
-}
-
-/// An event row and its approximate size in memory.
-fn decode_sized(row: &SqliteRow) -> Result<(PersistedEvent, usize)> {
-    let global_position: i64 = row.try_get(0)?;
-    let bad = |reason: String| Error::Decode { position: global_position, reason };
-    let mut texts = 0;
-    let mut json = |index: usize| -> Result<serde_json::Value> {
-        let text: &str = row.try_get(index)?;
-        texts += text.len();
-        serde_json::from_str(text).map_err(|e| bad(format!("column {index} is not JSON: {e}")))
-    };
-    let micros: i64 = row.try_get(14)?;
-    let created_at = from_unix_micros(micros)
-        .ok_or_else(|| bad(format!("created_at {micros} is out of range")))?;
-    let event_version: i64 = row.try_get(7)?;
-    let aggregate_version: i64 = row.try_get(4)?;
-    let (payload, metadata) = (json(8)?, json(9)?);
-    let event = Event {
-        stream: StreamId {
-            context: row.try_get(1)?,
-            aggregate_type: row.try_get(2)?,
-            aggregate_id: row.try_get(3)?,
-        },
-        event_id: row.try_get::<Uuid, _>(5)?,
-        event_type: row.try_get(6)?,
-        event_version: u32::try_from(event_version)
-            .map_err(|e| bad(format!("event_version: {e}")))?,
-        payload,
-        metadata,
-        causation_id: row.try_get(10)?,
-        correlation_id: row.try_get(11)?,
-        trace_id: row.try_get(12)?,
-        created_at,
-    };
-    let size = approximate_size(&event, texts, 0);
-    let event = PersistedEvent {
-        event,
-        position: Position { transaction_id: 0, global_position },
-        aggregate_version: aggregate_version.unsigned_abs(),
-        partition_hash: hash_from_stored(row.try_get(13)?),
-    };
-    Ok((event, size))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,12 +866,14 @@ mod tests {
     #[tokio::test]
     async fn a_page_of_large_payloads_is_bounded_in_bytes() {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
-        store.migrate().await.expect("migrate");
+        EventStore::migrate(&store).await.expect("migrate");
         let stream = StreamId::new("Test", "Thing", "big");
         let payload = serde_json::json!({ "blob": "x".repeat(100_000) });
         let events: Vec<Event> =
             (0..20).map(|_| Event::new(&stream, "Big", payload.clone())).collect();
-        store.append_and_commit(ExpectedVersion::NoStream, &events).await.expect("append");
+        EventStore::append_and_commit(&store, ExpectedVersion::NoStream, &events)
+            .await
+            .expect("append");
 
         let all = Scope::all();
         let page = store.read_page(Position::START, 1_000, 300_000, &all).await.expect("page");

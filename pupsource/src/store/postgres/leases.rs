@@ -5,33 +5,33 @@
 //! duration, so a paused or cut-off worker cannot hold read-model or checkpoint rows past its
 //! lease: the server closes its transaction.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
+
+use sqlx::AssertSqlSafe;
 
 use super::PostgresStore;
 use crate::error::Result;
-use crate::store::lease::{Beat, Heartbeat, WorkerStatus, int4, int8};
-use crate::store::{Scope, Tables, partition_sql_args};
-use sqlx::{AssertSqlSafe, Row as _};
+use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, int4, int8};
+use crate::store::row::held_partitions;
+use crate::store::{Scope, Statement, Tables, partition_sql_args};
 
 /// The lease statements, rendered once with the store's table names.
 pub(super) struct LeaseSql {
-    register: Arc<str>,
-    purge: Arc<str>,
-    other_layout: Arc<str>,
-    live: Arc<str>,
-    renew: Arc<str>,
-    claim: Arc<str>,
-    release: Arc<str>,
-    deregister: Arc<str>,
-    pending: Arc<str>,
-    workers: Arc<str>,
+    register: Statement,
+    purge: Statement,
+    other_layout: Statement,
+    live: Statement,
+    renew: Statement,
+    claim: Statement,
+    release: Statement,
+    deregister: Statement,
+    pending: Statement,
+    workers: Statement,
 }
 
 impl LeaseSql {
     pub(super) fn new(tables: &Tables) -> Self {
-        let render = |sql: &str| -> Arc<str> { tables.render(sql).into() };
+        let render = |sql: &str| Statement::new(tables, sql);
         let key = "projection = $1 AND partition_count = $2";
         LeaseSql {
             register: render(
@@ -97,46 +97,55 @@ impl LeaseSql {
 }
 
 impl PostgresStore {
+    /// Begins a batch transaction that the server closes once it has stayed idle longer than
+    /// `idle_limit` (a paused or cut-off worker cannot hold its rows past its lease). The
+    /// setting travels with `BEGIN`: no extra round trip.
+    pub(crate) async fn begin_fenced(
+        &self,
+        idle_limit: Duration,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let millis = idle_limit.as_millis().clamp(1, i32::MAX as u128);
+        let begin = format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {millis}");
+        Ok(self.inner.pool.begin_with(AssertSqlSafe(begin)).await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl Leases for PostgresStore {
     /// Registers (or renews) the worker, renews the leases it holds and claims free or
     /// expired partitions up to its share. Refuses a partition count other than that of a
     /// live worker of the projection.
-    pub(crate) async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Beat> {
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<Beat> {
         let sql = &self.inner.sql.leases;
         let count = int4(beat.partition_count);
         let seconds = beat.lease.as_secs_f64();
         // Under the projection's lock: a paused process must not hold it past its lease.
         let mut tx = self.begin_fenced(beat.lease).await?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.projection_lock)))
+        sqlx::query(self.inner.sql.projection_lock.sql())
             .bind(beat.projection)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&sql.purge)))
+        sqlx::query(sql.purge.sql()).bind(beat.projection).execute(&mut *tx).await?;
+        let other: Option<(String, i64)> = sqlx::query_as(sql.other_layout.sql())
             .bind(beat.projection)
-            .execute(&mut *tx)
+            .bind(count)
+            .bind(beat.worker)
+            .fetch_optional(&mut *tx)
             .await?;
-        let other: Option<(String, i64)> =
-            sqlx::query_as(AssertSqlSafe(Arc::clone(&sql.other_layout)))
-                .bind(beat.projection)
-                .bind(count)
-                .bind(beat.worker)
-                .fetch_optional(&mut *tx)
-                .await?;
         beat.refuse_other_layout(other)?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&sql.register)))
+        sqlx::query(sql.register.sql())
             .bind(beat.projection)
             .bind(beat.worker)
             .bind(count)
             .bind(seconds)
             .execute(&mut *tx)
             .await?;
-        let live: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&sql.live)))
-            .bind(beat.projection)
-            .fetch_one(&mut *tx)
-            .await?;
+        let live: i64 =
+            sqlx::query_scalar(sql.live.sql()).bind(beat.projection).fetch_one(&mut *tx).await?;
         let (partitions, epochs): (Vec<i32>, Vec<i64>) =
             beat.held.iter().map(|(&p, &e)| (int4(p), int8(e))).unzip();
-        let mut held = collect(
-            sqlx::query(AssertSqlSafe(Arc::clone(&sql.renew)))
+        let mut held = held_partitions(
+            &sqlx::query(sql.renew.sql())
                 .bind(beat.projection)
                 .bind(count)
                 .bind(beat.worker)
@@ -149,8 +158,8 @@ impl PostgresStore {
         let share = beat.share(live);
         if held.len() < share {
             let kept: Vec<i32> = held.keys().map(|&p| int4(p)).collect();
-            let claimed = collect(
-                sqlx::query(AssertSqlSafe(Arc::clone(&sql.claim)))
+            let claimed = held_partitions(
+                &sqlx::query(sql.claim.sql())
                     .bind(beat.projection)
                     .bind(count)
                     .bind(beat.worker)
@@ -168,7 +177,7 @@ impl PostgresStore {
     }
 
     /// Gives up `partitions` (if this worker still holds them), so others can claim them.
-    pub(crate) async fn release(
+    async fn release(
         &self,
         projection: &str,
         partition_count: u32,
@@ -176,7 +185,7 @@ impl PostgresStore {
         partitions: &[u32],
     ) -> Result<()> {
         let partitions: Vec<i32> = partitions.iter().map(|&p| int4(p)).collect();
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.release)))
+        sqlx::query(self.inner.sql.leases.release.sql())
             .bind(projection)
             .bind(int4(partition_count))
             .bind(worker)
@@ -187,8 +196,8 @@ impl PostgresStore {
     }
 
     /// Removes the worker's registration (it stopped).
-    pub(crate) async fn deregister(&self, projection: &str, worker: &str) -> Result<()> {
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.deregister)))
+    async fn deregister(&self, projection: &str, worker: &str) -> Result<()> {
+        sqlx::query(self.inner.sql.leases.deregister.sql())
             .bind(projection)
             .bind(worker)
             .execute(&self.inner.pool)
@@ -196,21 +205,9 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Begins a batch transaction that the server closes once it has stayed idle longer than
-    /// `idle_limit` (a paused or cut-off worker cannot hold its rows past its lease). The
-    /// setting travels with `BEGIN`: no extra round trip.
-    pub(crate) async fn begin_fenced(
-        &self,
-        idle_limit: Duration,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        let millis = idle_limit.as_millis().clamp(1, i32::MAX as u128);
-        let begin = format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {millis}");
-        Ok(self.inner.pool.begin_with(AssertSqlSafe(begin)).await?)
-    }
-
     /// The partitions (other than `except`) whose checkpoint is behind an event in `scope` at
     /// or below `head`.
-    pub(crate) async fn pending_partitions(
+    async fn pending_partitions(
         &self,
         projection: &str,
         partition_count: u32,
@@ -221,49 +218,27 @@ impl PostgresStore {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let (modulus, wrap) = partition_sql_args(partition_count);
         let except: Vec<i32> = except.iter().map(|&p| int4(p)).collect();
-        let rows: Vec<i32> =
-            sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.pending)))
-                .bind(projection)
-                .bind(int4(partition_count))
-                .bind(list(&scope.contexts))
-                .bind(list(&scope.aggregate_types))
-                .bind(list(&scope.event_types))
-                .bind(modulus)
-                .bind(wrap)
-                .bind(head)
-                .bind(except)
-                .fetch_all(&self.inner.pool)
-                .await?;
+        let rows: Vec<i32> = sqlx::query_scalar(self.inner.sql.leases.pending.sql())
+            .bind(projection)
+            .bind(int4(partition_count))
+            .bind(list(&scope.contexts))
+            .bind(list(&scope.aggregate_types))
+            .bind(list(&scope.event_types))
+            .bind(modulus)
+            .bind(wrap)
+            .bind(head)
+            .bind(except)
+            .fetch_all(&self.inner.pool)
+            .await?;
         Ok(rows.into_iter().map(i32::unsigned_abs).collect())
     }
 
     /// The live workers of `projection`.
-    pub(crate) async fn workers(&self, projection: &str) -> Result<Vec<WorkerStatus>> {
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.leases.workers)))
+    async fn workers(&self, projection: &str) -> Result<Vec<WorkerStatus>> {
+        let rows = sqlx::query(self.inner.sql.leases.workers.sql())
             .bind(projection)
             .fetch_all(&self.inner.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(WorkerStatus {
-                    id: row.try_get(0)?,
-                    partition_count: row.try_get::<i32, _>(1)?.unsigned_abs(),
-                    started_at: row.try_get(2)?,
-                    heartbeat_at: row.try_get(3)?,
-                    expires_at: row.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(WorkerStatus::read).collect()
     }
-}
-
-/// `(partition, epoch)` rows into a map.
-fn collect(rows: Vec<sqlx::postgres::PgRow>) -> Result<BTreeMap<u32, u64>> {
-    rows.iter()
-        .map(|row| {
-            let partition: i32 = row.try_get(0)?;
-            let epoch: i64 = row.try_get(1)?;
-            Ok((partition.unsigned_abs(), epoch.unsigned_abs()))
-        })
-        .collect()
 }

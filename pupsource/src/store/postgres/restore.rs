@@ -59,13 +59,14 @@
 //! repair must therefore run before the application appends again: every process that starts
 //! through `migrate` is refused until then.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, PgConnection, Postgres};
 
 use super::PostgresStore;
 use crate::error::{Error, Result};
+use crate::store::Backend as _;
+use crate::store::RestoreRepair;
 
 /// The first rewritten id: the lowest id PostgreSQL gives a transaction
 /// (`FirstNormalTransactionId`), above the start position's 0.
@@ -80,53 +81,6 @@ const HORIZON_WARN_EVERY: Duration = Duration::from_secs(10);
 /// At most this many transactions per statement when advancing the counter (a PL/pgSQL loop
 /// counts in 32-bit integers).
 const ADVANCE_CHUNK: i64 = 1_000_000;
-
-/// What [`PostgresStore::repair_restore`] did. Its `Display` is the one-line summary the CLI's
-/// `repair-restore` command prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct RestoreRepair {
-    /// Whether stored ids were ahead of the cluster. `false`: nothing was changed.
-    pub repaired: bool,
-    /// Events whose transaction id was rewritten.
-    pub events: u64,
-    /// The distinct transaction ids of the repaired log: one per maximal run of increasing
-    /// positions in log order.
-    pub transaction_ids: u64,
-    /// Aggregate heads rewritten.
-    pub heads: u64,
-    /// Checkpoint rows rewritten.
-    pub checkpoints: u64,
-    /// Parked events rewritten.
-    pub parked: u64,
-    /// Transactions committed first to advance the cluster's counter past the new ids.
-    pub counter_advanced_by: u64,
-}
-
-impl fmt::Display for RestoreRepair {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.repaired {
-            return f.write_str(
-                "nothing to repair: no stored transaction id is ahead of this database",
-            );
-        }
-        let n =
-            |count: u64, noun: &str| format!("{count} {noun}{}", if count == 1 { "" } else { "s" });
-        write!(
-            f,
-            "repaired the stored transaction ids, keeping the log order: {} (now {}), {}, {}, {}",
-            n(self.events, "event"),
-            n(self.transaction_ids, "transaction id"),
-            n(self.heads, "aggregate head"),
-            n(self.checkpoints, "checkpoint"),
-            n(self.parked, "parked event"),
-        )?;
-        if self.counter_advanced_by > 0 {
-            write!(f, "; advanced the transaction counter by {} first", self.counter_advanced_by)?;
-        }
-        Ok(())
-    }
-}
 
 /// One try at the repair.
 enum Attempt {

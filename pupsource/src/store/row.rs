@@ -1,0 +1,366 @@
+//! Rows of the store's tables, read by column name, once for every backend.
+//!
+//! Each backend implements [`StoredRow`] for its row type: how an integer, a text, a time, a
+//! UUID and a JSON document are stored there (PostgreSQL: `int4`/`int8`, `timestamptz`,
+//! `json`; SQLite: `INTEGER`, microseconds since the Unix epoch, JSON text). Everything that
+//! turns a row into a checkpoint, a lease, a parked event, a worker or an event is written
+//! once below, against column names.
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::backend::{CheckpointInfo, LeaseInfo, ParkedEvent};
+use super::lease::WorkerStatus;
+use super::{CheckpointRead, approximate_size, hash_from_stored};
+use crate::checkpoint::CheckpointRow;
+use crate::error::{Error, Result};
+use crate::event::{Event, PersistedEvent, Position, StreamId};
+use crate::partition::Partition;
+
+/// One row as a backend stores it; every getter takes the column's index, found by name with
+/// [`StoredRow::index`].
+pub(crate) trait StoredRow {
+    /// The index of the column named `column`.
+    fn index(&self, column: &str) -> Result<usize>;
+    /// An integer column of any width.
+    fn int(&self, index: usize) -> Result<i64>;
+    /// A text column, `None` for `NULL`.
+    fn opt_text(&self, index: usize) -> Result<Option<String>>;
+    /// A time column, `None` for `NULL`.
+    fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>>;
+    /// A UUID column.
+    fn uuid(&self, index: usize) -> Result<Uuid>;
+    /// A JSON column and the length of its text.
+    fn json(&self, index: usize) -> Result<(serde_json::Value, usize)>;
+}
+
+/// Getters by column name, for rows read once (status, checkpoints, leases).
+trait ByName: StoredRow {
+    fn int_of(&self, column: &str) -> Result<i64> {
+        self.int(self.index(column)?)
+    }
+
+    fn count_of(&self, column: &str) -> Result<u32> {
+        Ok(u32::try_from(self.int_of(column)?).unwrap_or(0))
+    }
+
+    fn text_of(&self, column: &str) -> Result<String> {
+        self.opt_text_of(column)?.ok_or_else(|| null(column))
+    }
+
+    fn opt_text_of(&self, column: &str) -> Result<Option<String>> {
+        self.opt_text(self.index(column)?)
+    }
+
+    fn time_of(&self, column: &str) -> Result<OffsetDateTime> {
+        self.opt_time(self.index(column)?)?.ok_or_else(|| null(column))
+    }
+
+    fn position_of(&self) -> Result<Position> {
+        Ok(Position {
+            transaction_id: self.int_of("transaction_id")?,
+            global_position: self.int_of("global_position")?,
+        })
+    }
+
+    fn partition_of(&self) -> Result<Partition> {
+        Ok(Partition {
+            count: self.count_of("partition_count")?,
+            index: self.count_of("partition")?,
+        })
+    }
+}
+
+impl<R: StoredRow + ?Sized> ByName for R {}
+
+/// A `NULL` where the schema has `NOT NULL`.
+fn null(column: &str) -> Error {
+    Error::Database(sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: "unexpected NULL".into(),
+    })
+}
+
+impl CheckpointRow {
+    /// Columns `partition_count`, `partition`, `transaction_id`, `global_position`.
+    pub(crate) fn read(row: &impl StoredRow) -> Result<Self> {
+        let Partition { count, index } = row.partition_of()?;
+        Ok(CheckpointRow { partition_count: count, partition: index, position: row.position_of()? })
+    }
+}
+
+impl CheckpointRead {
+    /// Columns `owner`, `epoch`, `transaction_id` and `global_position`.
+    pub(crate) fn read(row: &impl StoredRow) -> Result<Self> {
+        Ok(CheckpointRead {
+            owner: row.opt_text_of("owner")?,
+            epoch: row.int_of("epoch")?.unsigned_abs(),
+            position: row.position_of()?,
+        })
+    }
+}
+
+impl CheckpointInfo {
+    /// A checkpoint row with its lease: `partition_count`, `partition`, `transaction_id`,
+    /// `global_position`, `updated_at`, `last_error`, `owner`, `epoch`, `lease_until`.
+    pub(crate) fn read(row: &impl StoredRow) -> Result<Self> {
+        let lease = match row.opt_text_of("owner")? {
+            Some(owner) => Some(LeaseInfo {
+                owner,
+                epoch: row.int_of("epoch")?.unsigned_abs(),
+                until: row.opt_time(row.index("lease_until")?)?,
+            }),
+            None => None,
+        };
+        Ok(CheckpointInfo {
+            partition: row.partition_of()?,
+            position: row.position_of()?,
+            updated_at: row.time_of("updated_at")?,
+            last_error: row.opt_text_of("last_error")?,
+            lease,
+        })
+    }
+}
+
+impl ParkedEvent {
+    /// A parked-event row: its position, stream, `event_type`, `error`, `attempts`,
+    /// `parked_at`.
+    pub(crate) fn read(row: &impl StoredRow) -> Result<Self> {
+        Ok(ParkedEvent {
+            position: row.position_of()?,
+            stream: StreamId {
+                context: row.text_of("bounded_context")?,
+                aggregate_type: row.text_of("aggregate_type")?,
+                aggregate_id: row.text_of("aggregate_id")?,
+            },
+            event_type: row.text_of("event_type")?,
+            error: row.opt_text_of("error")?,
+            attempts: row.count_of("attempts")?,
+            parked_at: row.time_of("parked_at")?,
+        })
+    }
+}
+
+impl WorkerStatus {
+    /// A workers row: `worker_id`, `partition_count`, `started_at`, `heartbeat_at`,
+    /// `expires_at`.
+    pub(crate) fn read(row: &impl StoredRow) -> Result<Self> {
+        Ok(WorkerStatus {
+            id: row.text_of("worker_id")?,
+            partition_count: row.count_of("partition_count")?,
+            started_at: row.time_of("started_at")?,
+            heartbeat_at: row.time_of("heartbeat_at")?,
+            expires_at: row.time_of("expires_at")?,
+        })
+    }
+}
+
+/// The partitions a heartbeat holds, from `(partition, epoch)` rows.
+pub(crate) fn held_partitions(rows: &[impl StoredRow]) -> Result<BTreeMap<u32, u64>> {
+    rows.iter()
+        .map(|row| Ok((row.count_of("partition")?, row.int_of("epoch")?.unsigned_abs())))
+        .collect()
+}
+
+/// Where the columns of an event are in the rows of a query, found by name from its first
+/// row: every row of a query has the same columns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventColumns {
+    global_position: usize,
+    transaction_id: usize,
+    bounded_context: usize,
+    aggregate_type: usize,
+    aggregate_id: usize,
+    aggregate_version: usize,
+    event_id: usize,
+    event_type: usize,
+    event_version: usize,
+    payload: usize,
+    metadata: usize,
+    causation_id: usize,
+    correlation_id: usize,
+    trace_id: usize,
+    partition_hash: usize,
+    created_at: usize,
+}
+
+impl EventColumns {
+    /// The columns of `row`'s query, by name.
+    pub(crate) fn of(row: &impl StoredRow) -> Result<Self> {
+        Ok(EventColumns {
+            global_position: row.index("global_position")?,
+            transaction_id: row.index("transaction_id")?,
+            bounded_context: row.index("bounded_context")?,
+            aggregate_type: row.index("aggregate_type")?,
+            aggregate_id: row.index("aggregate_id")?,
+            aggregate_version: row.index("aggregate_version")?,
+            event_id: row.index("event_id")?,
+            event_type: row.index("event_type")?,
+            event_version: row.index("event_version")?,
+            payload: row.index("payload")?,
+            metadata: row.index("metadata")?,
+            causation_id: row.index("causation_id")?,
+            correlation_id: row.index("correlation_id")?,
+            trace_id: row.index("trace_id")?,
+            partition_hash: row.index("partition_hash")?,
+            created_at: row.index("created_at")?,
+        })
+    }
+
+    /// The event of `row`, and roughly what it costs in memory.
+    pub(crate) fn read(&self, row: &impl StoredRow) -> Result<(PersistedEvent, usize)> {
+        let global_position = row.int(self.global_position)?;
+        let bad = |what: &str, e: &dyn std::fmt::Display| Error::Decode {
+            position: global_position,
+            reason: format!("{what}: {e}"),
+        };
+        let text = |index: usize| -> Result<String> {
+            row.opt_text(index)?.ok_or_else(|| bad("column", &"unexpected NULL"))
+        };
+        let (payload, payload_len) = row.json(self.payload).map_err(|e| bad("payload", &e))?;
+        let (metadata, metadata_len) = row.json(self.metadata).map_err(|e| bad("metadata", &e))?;
+        let event_version = row.int(self.event_version)?;
+        let event = Event {
+            stream: StreamId {
+                context: text(self.bounded_context)?,
+                aggregate_type: text(self.aggregate_type)?,
+                aggregate_id: text(self.aggregate_id)?,
+            },
+            event_id: row.uuid(self.event_id)?,
+            event_type: text(self.event_type)?,
+            event_version: u32::try_from(event_version).map_err(|e| bad("event_version", &e))?,
+            payload,
+            metadata,
+            causation_id: row.opt_text(self.causation_id)?,
+            correlation_id: row.opt_text(self.correlation_id)?,
+            trace_id: row.opt_text(self.trace_id)?,
+            created_at: row
+                .opt_time(self.created_at)
+                .map_err(|e| bad("created_at", &e))?
+                .ok_or_else(|| bad("created_at", &"unexpected NULL"))?,
+        };
+        let size = approximate_size(&event, payload_len, metadata_len);
+        let event = PersistedEvent {
+            event,
+            position: Position { transaction_id: row.int(self.transaction_id)?, global_position },
+            aggregate_version: row.int(self.aggregate_version)?.unsigned_abs(),
+            partition_hash: hash_from_stored(row.int(self.partition_hash)?),
+        };
+        Ok((event, size))
+    }
+}
+
+/// Decodes event rows, finding the columns by name on the first.
+#[derive(Debug, Default)]
+pub(crate) struct EventDecoder(Option<EventColumns>);
+
+impl EventDecoder {
+    /// The event of `row`, and roughly what it costs in memory.
+    pub(crate) fn read(&mut self, row: &impl StoredRow) -> Result<(PersistedEvent, usize)> {
+        let columns = match self.0 {
+            Some(columns) => columns,
+            None => *self.0.insert(EventColumns::of(row)?),
+        };
+        columns.read(row)
+    }
+
+    /// The events of `rows`.
+    pub(crate) fn read_all(rows: &[impl StoredRow]) -> Result<Vec<PersistedEvent>> {
+        let mut decoder = EventDecoder::default();
+        rows.iter().map(|row| decoder.read(row).map(|(event, _)| event)).collect()
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use sqlx::postgres::PgRow;
+    use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+
+    use super::*;
+
+    impl StoredRow for PgRow {
+        fn index(&self, column: &str) -> Result<usize> {
+            Ok(self.try_column(column)?.ordinal())
+        }
+
+        fn int(&self, index: usize) -> Result<i64> {
+            let raw = self.try_get_raw(index)?;
+            Ok(match raw.type_info().name() {
+                "INT2" => i64::from(self.try_get::<i16, _>(index)?),
+                "INT4" => i64::from(self.try_get::<i32, _>(index)?),
+                _ => self.try_get::<i64, _>(index)?,
+            })
+        }
+
+        fn opt_text(&self, index: usize) -> Result<Option<String>> {
+            Ok(self.try_get(index)?)
+        }
+
+        fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>> {
+            Ok(self.try_get(index)?)
+        }
+
+        fn uuid(&self, index: usize) -> Result<Uuid> {
+            Ok(self.try_get(index)?)
+        }
+
+        fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
+            let len = self.try_get_raw(index)?.as_bytes().map_or(0, <[u8]>::len);
+            Ok((self.try_get(index)?, len))
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use sqlx::sqlite::SqliteRow;
+    use sqlx::{Column as _, Row as _};
+
+    use super::*;
+    use crate::store::sqlite::from_unix_micros;
+
+    impl StoredRow for SqliteRow {
+        fn index(&self, column: &str) -> Result<usize> {
+            Ok(self.try_column(column)?.ordinal())
+        }
+
+        fn int(&self, index: usize) -> Result<i64> {
+            Ok(self.try_get(index)?)
+        }
+
+        fn opt_text(&self, index: usize) -> Result<Option<String>> {
+            Ok(self.try_get(index)?)
+        }
+
+        /// Microseconds since the Unix epoch, UTC.
+        fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>> {
+            match self.try_get::<Option<i64>, _>(index)? {
+                None => Ok(None),
+                Some(micros) => from_unix_micros(micros).map(Some).ok_or_else(|| {
+                    Error::Database(sqlx::Error::ColumnDecode {
+                        index: index.to_string(),
+                        source: format!("{micros} µs since 1970 is out of range").into(),
+                    })
+                }),
+            }
+        }
+
+        fn uuid(&self, index: usize) -> Result<Uuid> {
+            Ok(self.try_get(index)?)
+        }
+
+        /// JSON stored as text.
+        fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
+            let text: &str = self.try_get(index)?;
+            let value = serde_json::from_str(text).map_err(|e| {
+                Error::Database(sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source: Box::new(e),
+                })
+            })?;
+            Ok((value, text.len()))
+        }
+    }
+}
