@@ -47,9 +47,13 @@ struct Args {
     /// Directory for the SQLite files (recreated).
     #[arg(long, default_value = "target/bench-sqlite")]
     sqlite_dir: PathBuf,
-    /// Seconds per append workload.
+    /// Seconds per append workload and round.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Rounds of each append workload (pupsource and the baseline alternate, each round
+    /// starting with the other): the table shows medians and the ratio's spread.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Events preloaded for the catch-up workloads.
     #[arg(long, default_value_t = 1_000_000)]
     catch_up_events: u64,
@@ -79,6 +83,7 @@ struct Args {
 pub(crate) struct Sizes {
     pub(crate) batch_size: usize,
     pub(crate) append_time: Duration,
+    pub(crate) append_rounds: u32,
     pub(crate) catch_up_events: u64,
     pub(crate) read_model_events: u64,
     pub(crate) latency_appends: u32,
@@ -132,6 +137,7 @@ async fn run(args: Args) -> BenchResult<()> {
         Sizes {
             batch_size: args.batch_size,
             append_time: Duration::from_millis(500),
+            append_rounds: 1,
             catch_up_events: 20_000,
             read_model_events: 2_000,
             latency_appends: 100,
@@ -140,6 +146,7 @@ async fn run(args: Args) -> BenchResult<()> {
         Sizes {
             batch_size: args.batch_size,
             append_time: Duration::from_secs_f64(args.seconds.max(0.1)),
+            append_rounds: args.rounds.max(1),
             catch_up_events: args.catch_up_events.max(1_000),
             read_model_events: args.read_model_events.max(100),
             latency_appends: args.latency_appends.max(10),

@@ -13,6 +13,9 @@ pub(crate) struct Row {
     pub(crate) unit: &'static str,
     pub(crate) lib: f64,
     pub(crate) raw: Option<f64>,
+    /// Over several rounds: the median of the rounds' ratios and their (lowest, highest).
+    /// `None`: one round, the ratio is `lib / raw`.
+    pub(crate) ratio: Option<(f64, (f64, f64))>,
     pub(crate) lib_latency: Option<Latency>,
     pub(crate) raw_latency: Option<Latency>,
 }
@@ -58,10 +61,11 @@ pub(crate) fn table(rows: &[Row]) -> String {
     );
     for row in rows {
         let raw = row.raw.map_or_else(|| "—".to_owned(), |raw| figure(raw, row.unit));
-        let ratio = row
-            .raw
-            .filter(|raw| *raw > 0.0)
-            .map_or_else(|| "—".to_owned(), |raw| format!("{:.2}", row.lib / raw));
+        let ratio = match (row.ratio, row.raw) {
+            (Some((median, (lo, hi))), _) => format!("{median:.2} ({lo:.2}–{hi:.2})"),
+            (None, Some(raw)) if raw > 0.0 => format!("{:.2}", row.lib / raw),
+            (None, _) => "—".to_owned(),
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -110,8 +114,11 @@ pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
          does the minimum work for the same rows (one statement per append, a keyset-paged scan \
          in the same order for catch-up). Tables are emptied between workloads. The ratio is \
          pupsource / baseline (higher is better).\n\n\
-         - appends: each writer appends to new streams (`NoStream`) for {append:.1} s; \
-         latency is per committed transaction;\n\
+         - appends: each writer appends to new streams (`NoStream`) for {append:.1} s per \
+         round, pupsource and the baseline in turn ({rounds} rounds, each starting with the side \
+         the previous one ended with); rates are medians of the rounds, the ratio is the median \
+         of the rounds' ratios with their lowest and highest in brackets; latency is per \
+         committed transaction, over every round;\n\
          - catch-up: {catch_up} preloaded events (about 200-byte JSON payloads over 10,000 \
          aggregates), a no-op typed projection; time until every partition's checkpoint is at \
          the head; the baseline decodes the payloads into the same type;\n\
@@ -125,6 +132,7 @@ pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
          ## Command\n\n```text\n{command}\n```\n\n\
          ## Results\n\n{table}",
         append = sizes.append_time.as_secs_f64(),
+        rounds = sizes.append_rounds,
         catch_up = sizes.catch_up_events,
         read_model = sizes.read_model_events,
         latency = sizes.latency_appends,

@@ -88,10 +88,10 @@ pub(crate) async fn all(
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if wanted("append") {
         for writers in [1, 4, 16] {
-            rows.push(appends(side, writers, 1, sizes.append_time).await?);
+            rows.push(appends(side, writers, 1, sizes.append_time, sizes.append_rounds).await?);
         }
         for writers in [1, 4] {
-            rows.push(appends(side, writers, 100, sizes.append_time).await?);
+            rows.push(appends(side, writers, 100, sizes.append_time, sizes.append_rounds).await?);
         }
     }
     if wanted("latency") {
@@ -107,54 +107,38 @@ pub(crate) async fn all(
 }
 
 /// `writers` tasks append `per_append` events per transaction to new streams until `time`
-/// has passed: once through pupsource, once through the baseline.
+/// has passed, `rounds` times through pupsource and as often through the baseline, in turn
+/// (each round starts with the side the previous one ended with). Rates and ratio are medians
+/// of the rounds; latencies are over every round.
 async fn appends(
     side: &Side,
     writers: usize,
     per_append: usize,
     time: Duration,
+    rounds: u32,
 ) -> BenchResult<Row> {
     baseline::truncate(side).await?;
-    let mut figures = Vec::new();
-    for lib in [true, false] {
-        let started = Instant::now();
-        let deadline = started + time;
-        let mut tasks = Vec::new();
-        for w in 0..writers {
-            let store = side.store();
-            let raw = !lib;
-            let side = side.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut i = 0u64;
-                while Instant::now() < deadline {
-                    let stream = format!("w{w}-{i}");
-                    let at = Instant::now();
-                    if raw {
-                        let payloads: Vec<String> = (0..per_append as u64)
-                            .map(|k| serde_json::to_string(&deposit(i + k)))
-                            .collect::<Result<_, _>>()?;
-                        baseline::append(&side, &stream, &payloads).await?;
-                    } else {
-                        let events = (0..per_append as u64)
-                            .map(|k| deposit(i + k).to_event(&stream))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        store.append_and_commit(ExpectedVersion::NoStream, &events).await?;
-                    }
-                    latencies.push(at.elapsed());
-                    i += 1;
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
-            }));
+    let (mut lib_rates, mut raw_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lib_latencies, mut raw_latencies) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let mut rates = [0.0; 2];
+        for lib in order {
+            let (rate, mut latencies) =
+                append_round(side, writers, per_append, time, lib, round).await?;
+            rates[usize::from(!lib)] = rate;
+            if lib {
+                lib_latencies.append(&mut latencies)
+            } else {
+                raw_latencies.append(&mut latencies)
+            }
         }
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await??);
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let events = (latencies.len() * per_append) as f64;
-        figures.push((events / elapsed, Latency::of(&mut latencies)));
+        lib_rates.push(rates[0]);
+        raw_rates.push(rates[1]);
+        ratios.push(rates[0] / rates[1].max(f64::MIN_POSITIVE));
     }
+    let spread =
+        ratios.iter().copied().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)));
     let workload = if per_append == 1 {
         format!("append, 1 event/tx, {writers} writer{}", if writers == 1 { "" } else { "s" })
     } else {
@@ -167,11 +151,69 @@ async fn appends(
         backend: side.name(),
         workload,
         unit: "events/s",
-        lib: figures[0].0,
-        raw: Some(figures[1].0),
-        lib_latency: figures[0].1,
-        raw_latency: figures[1].1,
+        lib: median(&mut lib_rates),
+        raw: Some(median(&mut raw_rates)),
+        ratio: Some((median(&mut ratios), spread)).filter(|_| rounds > 1),
+        lib_latency: Latency::of(&mut lib_latencies),
+        raw_latency: Latency::of(&mut raw_latencies),
     })
+}
+
+/// One side's round of [`appends`]: events per second and the latency of each append.
+async fn append_round(
+    side: &Side,
+    writers: usize,
+    per_append: usize,
+    time: Duration,
+    lib: bool,
+    round: u32,
+) -> BenchResult<(f64, Vec<Duration>)> {
+    let started = Instant::now();
+    let deadline = started + time;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = side.store();
+        let side = side.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                // Streams are new in every round, on both sides.
+                let stream = format!("r{round}-w{w}-{i}");
+                let at = Instant::now();
+                if lib {
+                    let events = (0..per_append as u64)
+                        .map(|k| deposit(i + k).to_event(&stream))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    store.append_and_commit(ExpectedVersion::NoStream, &events).await?;
+                } else {
+                    let payloads: Vec<String> = (0..per_append as u64)
+                        .map(|k| serde_json::to_string(&deposit(i + k)))
+                        .collect::<Result<_, _>>()?;
+                    baseline::append(&side, &stream, &payloads).await?;
+                }
+                latencies.push(at.elapsed());
+                i += 1;
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let events = (latencies.len() * per_append) as f64;
+    Ok((events / started.elapsed().as_secs_f64(), latencies))
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Catch-up of a preloaded log with a no-op typed projection (1, 4, 8 partitions) against a
@@ -226,6 +268,7 @@ async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
             unit: "events/s",
             lib: events as f64 / elapsed,
             raw: Some(raw),
+            ratio: None,
             lib_latency: None,
             raw_latency: None,
         });
@@ -239,6 +282,7 @@ async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
         unit: "MiB",
         lib: rss.1 as f64 / 1_048_576.0,
         raw: None,
+        ratio: None,
         lib_latency: None,
         raw_latency: None,
     });
@@ -272,6 +316,7 @@ async fn read_model(side: &Side, sizes: Sizes) -> BenchResult<Row> {
         unit: "events/s",
         lib,
         raw: Some(raw),
+        ratio: None,
         lib_latency: None,
         raw_latency: None,
     })
@@ -311,6 +356,7 @@ async fn idle_latency(side: &Side, appends: u32) -> BenchResult<Row> {
         unit: "appends",
         lib: f64::from(appends),
         raw: None,
+        ratio: None,
         lib_latency: Latency::of(&mut latencies),
         raw_latency: None,
     })

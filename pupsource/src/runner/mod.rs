@@ -615,10 +615,9 @@ impl Runner {
 
     /// The partition count `projection` runs with, checked.
     fn partitions_of(&self, projection: &dyn Projection) -> Result<u32, InvalidInput> {
-        match self.settings.partitions {
-            Some(count) => check_partition_count(count, None),
-            None => check_partition_count(projection.partitions(), Some(projection.name())),
-        }
+        // A refusal names the projection when the count is its own, not the override.
+        let own = self.settings.partitions.is_none().then(|| projection.name());
+        check_partition_count(self.settings.partition_count(projection), own)
     }
 
     fn find(&self, name: &str) -> Result<&Arc<dyn Projection>> {

@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -430,6 +430,97 @@ impl PostgresStore {
             .bind(list(&scope.contexts))
             .bind(list(&scope.aggregate_types))
             .bind(list(&scope.event_types))
+    }
+
+    /// Appends `events` with one statement on `conn`: in the caller's transaction, or in a
+    /// transaction of its own (autocommit). The head update and every insert are one
+    /// statement, so either all of it is written or nothing.
+    async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        expected: ExpectedVersion,
+        events: &[Event],
+    ) -> Result<AppendResult> {
+        let stream = validate_append(events)?;
+        let expected_version = expected.exact().map(stored_version).transpose()?;
+        next_version(expected.exact().unwrap_or(0), events.len())?;
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut metadata = Vec::with_capacity(events.len());
+        let mut causation = Vec::with_capacity(events.len());
+        let mut correlation = Vec::with_capacity(events.len());
+        let mut trace = Vec::with_capacity(events.len());
+        let mut created = Vec::with_capacity(events.len());
+        for event in events {
+            ids.push(event.event_id);
+            types.push(event.event_type.clone());
+            versions.push(i32::try_from(event.event_version).unwrap_or(i32::MAX));
+            payloads.push(event.payload.to_string());
+            metadata.push(event.metadata.to_string());
+            causation.push(event.causation_id.clone());
+            correlation.push(event.correlation_id.clone());
+            trace.push(event.trace_id.clone());
+            created.push(event.created_at);
+        }
+
+        let sql = match expected_version {
+            None => &self.inner.sql.append_any,
+            Some(0) => &self.inner.sql.append_new,
+            Some(_) => &self.inner.sql.append_exact,
+        };
+        let mut query = sqlx::query(sql.sql())
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(hash_to_stored(partition_hash(&stream.aggregate_id)))
+            .bind(count)
+            .bind(ids)
+            .bind(types)
+            .bind(versions)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(causation)
+            .bind(correlation)
+            .bind(trace)
+            .bind(created);
+        if let Some(version) = expected_version.filter(|v| *v > 0) {
+            query = query.bind(version);
+        }
+        let rows = query.fetch_all(&mut *conn).await.map_err(|e| self.append_error(e, stream))?;
+        if !rows.is_empty() {
+            self.appended();
+        }
+
+        if rows.is_empty() {
+            // The head refused the append: wrong version, or a younger transaction appended.
+            let actual: Option<i64> = sqlx::query_scalar(self.inner.sql.head.sql())
+                .bind(&stream.context)
+                .bind(&stream.aggregate_type)
+                .bind(&stream.aggregate_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let actual = actual.map_or(0, |v| v.unsigned_abs());
+            return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
+        }
+
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            positions.push(Position {
+                global_position: row.try_get(0)?,
+                transaction_id: row.try_get(1)?,
+            });
+            versions.push(row.try_get::<i64, _>(2)?.unsigned_abs());
+        }
+        Ok(AppendResult {
+            from_version: versions.first().copied().unwrap_or(0),
+            to_version: versions.last().copied().unwrap_or(0),
+            positions,
+        })
     }
 
     /// Creates or upgrades the tables in `tx`, under the lock that serializes migrations.
@@ -809,99 +900,18 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
         events: &[Event],
     ) -> Result<AppendResult> {
-        let stream = validate_append(events)?;
-        let expected_version = expected.exact().map(stored_version).transpose()?;
-        next_version(expected.exact().unwrap_or(0), events.len())?;
-        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
-        let mut causation = Vec::with_capacity(events.len());
-        let mut correlation = Vec::with_capacity(events.len());
-        let mut trace = Vec::with_capacity(events.len());
-        let mut created = Vec::with_capacity(events.len());
-        for event in events {
-            ids.push(event.event_id);
-            types.push(event.event_type.clone());
-            versions.push(i32::try_from(event.event_version).unwrap_or(i32::MAX));
-            payloads.push(event.payload.to_string());
-            metadata.push(event.metadata.to_string());
-            causation.push(event.causation_id.clone());
-            correlation.push(event.correlation_id.clone());
-            trace.push(event.trace_id.clone());
-            created.push(event.created_at);
-        }
-
-        let sql = match expected_version {
-            None => &self.inner.sql.append_any,
-            Some(0) => &self.inner.sql.append_new,
-            Some(_) => &self.inner.sql.append_exact,
-        };
-        let mut query = sqlx::query(sql.sql())
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(hash_to_stored(partition_hash(&stream.aggregate_id)))
-            .bind(count)
-            .bind(ids)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
-            .bind(causation)
-            .bind(correlation)
-            .bind(trace)
-            .bind(created);
-        if let Some(version) = expected_version.filter(|v| *v > 0) {
-            query = query.bind(version);
-        }
-        let rows = query.fetch_all(&mut **tx).await.map_err(|e| self.append_error(e, stream))?;
-        if !rows.is_empty() {
-            self.appended();
-        }
-
-        if rows.is_empty() {
-            // The head refused the append: wrong version, or a younger transaction appended.
-            let actual: Option<i64> = sqlx::query_scalar(self.inner.sql.head.sql())
-                .bind(&stream.context)
-                .bind(&stream.aggregate_type)
-                .bind(&stream.aggregate_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-            let actual = actual.map_or(0, |v| v.unsigned_abs());
-            return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
-        }
-
-        let mut positions = Vec::with_capacity(rows.len());
-        let mut versions = Vec::with_capacity(rows.len());
-        for row in &rows {
-            positions.push(Position {
-                global_position: row.try_get(0)?,
-                transaction_id: row.try_get(1)?,
-            });
-            versions.push(row.try_get::<i64, _>(2)?.unsigned_abs());
-        }
-        Ok(AppendResult {
-            from_version: versions.first().copied().unwrap_or(0),
-            to_version: versions.last().copied().unwrap_or(0),
-            positions,
-        })
+        self.append_on(tx, expected, events).await
     }
 
+    /// One statement in a transaction of its own (autocommit): one round trip, with the same
+    /// checks and errors as [`EventStore::append`].
     async fn append_and_commit(
         &self,
         expected: ExpectedVersion,
         events: &[Event],
     ) -> Result<AppendResult> {
-        let mut tx = self.begin().await?;
-        let result = self.append(&mut tx, expected, events).await?;
-        tx.commit().await?;
-        // Committed now: wake readers again, in case they looked before the commit.
-        self.appended();
-        Ok(result)
+        let mut conn = self.inner.pool.acquire().await?;
+        self.append_on(&mut conn, expected, events).await
     }
 
     async fn read_stream(
