@@ -53,6 +53,10 @@ pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 
 
 /// A projection: turns events into a read model.
 ///
+/// Its `Typed` supertrait is sealed and holds for every `'static` type, so no projection
+/// implements it: it lets [`Runner::get`](crate::Runner::get) hand a projection back as its
+/// own type.
+///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use pupsource::projection::{Context, HandleFuture, Projection};
