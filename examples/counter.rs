@@ -189,15 +189,7 @@ async fn summary(runner: Runner) -> Result<(), pupsource::HandlerError> {
         other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     let current = i64::from(runner.partition_count("counter").unwrap_or(0));
-    let this_run = runner
-        .projections()
-        .iter()
-        .find_map(|p| {
-            (std::sync::Arc::clone(p) as std::sync::Arc<dyn std::any::Any + Send + Sync>)
-                .downcast::<Counter>()
-                .ok()
-        })
-        .map_or(0, |c| c.this_run.load(Ordering::Relaxed));
+    let this_run = runner.get::<Counter>().map_or(0, |c| c.this_run.load(Ordering::Relaxed));
 
     println!("partition  events (SQL read model)");
     let mut earlier = 0;

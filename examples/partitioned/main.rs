@@ -23,7 +23,6 @@
 //! cargo run --example partitioned -- --partition-key 0 --total-partitions 3 --until-caught-up
 //! ```
 
-use std::any::Any;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -173,10 +172,7 @@ async fn prepare(runner: Runner) -> Result<(), HandlerError> {
 /// Prints what this process handled, and checks each of its partitions against the log.
 async fn summary(runner: Runner) -> Result<(), HandlerError> {
     let Some(count) = runner.partition_count(NAME) else { return Ok(()) };
-    let ours = runner
-        .projections()
-        .iter()
-        .find_map(|p| (&**p as &dyn Any).downcast_ref::<PartitionedEvents>());
+    let ours = runner.get::<PartitionedEvents>();
     let read_model = "SELECT CAST(partition AS BIGINT), events FROM partitioned_events \
                       WHERE partition_count = $1";
     let per_aggregate = "SELECT aggregate_id, count(*) FROM events GROUP BY aggregate_id";
@@ -208,7 +204,7 @@ async fn summary(runner: Runner) -> Result<(), HandlerError> {
             0..count
         }
     };
-    if let Some(lease) = ours.and_then(|p| p.lease.get()) {
+    if let Some(lease) = ours.as_ref().and_then(|p| p.lease.get()) {
         println!("leased by worker {} (epoch {})", lease.owner, lease.epoch);
     }
     let handled = ours.map_or(0, |p| p.this_run.load(Ordering::Relaxed));

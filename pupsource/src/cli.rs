@@ -7,8 +7,9 @@
 //! app migrate | list | status | rebuild NAME | replay NAME | repair-restore
 //! ```
 //!
-//! Every failure is one line on stderr (`error: …` with its causes) and a non-zero exit code:
-//! 2 for bad arguments, 1 for everything else. Logging follows `RUST_LOG` (default `warn`).
+//! Every failure is an [`Error`], printed as one line on stderr (`error: …` with its causes)
+//! with a non-zero exit code: 2 for bad arguments, 1 for everything else. Logging follows
+//! `RUST_LOG` (default `warn`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,57 @@ use crate::store::Store;
 /// The database used when neither `--database-url` nor `DATABASE_URL` is given: a SQLite file
 /// in the working directory, created and migrated on first use.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:pupsource.db";
+
+/// Why a command of the CLI failed. [`App::main`] prints it as one line, `error: ` and the
+/// error with its causes, and exits with [`Error::exit_code`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The command line is not valid: clap's first paragraph (e.g. the missing arguments), on
+    /// one line.
+    #[error("{}", usage_line(.0))]
+    Usage(clap::Error),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// Connecting, migrating, running or inspecting the projections failed.
+    #[error(transparent)]
+    Pupsource(#[from] crate::Error),
+    /// A hook given to [`App::before_run`] or [`App::after_run`] failed.
+    #[error("the `{hook}` hook failed")]
+    Hook {
+        /// `before_run` or `after_run`.
+        hook: &'static str,
+        /// What the hook returned.
+        #[source]
+        source: HandlerError,
+    },
+}
+
+impl Error {
+    /// The process's exit code for this error: 2 for bad arguments, 1 for everything else.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Clap's first paragraph on one line, without its `error: ` (the CLI prints its own).
+fn usage_line(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+        .collect();
+    let first = first.join(" ");
+    match first.strip_prefix("error: ").unwrap_or(&first) {
+        "" => "invalid arguments (see --help)".to_owned(),
+        first => format!("{first} (see --help)"),
+    }
+}
 
 /// A hook around `run`: gets the configured runner (cheap to clone).
 type Hook = Box<
@@ -187,51 +239,37 @@ impl App {
         self
     }
 
-    /// Parses the process's arguments, runs the command, and returns the exit code. Errors
-    /// are printed as one line on stderr.
+    /// Parses the process's arguments, runs the command, and returns the exit code. An
+    /// [`Error`] is printed as one line on stderr.
     pub fn main(self) -> ExitCode {
-        let cli = match Cli::try_parse() {
-            Ok(cli) => cli,
-            Err(err) => {
-                if !err.use_stderr() {
-                    // --help, --version
-                    let _ = err.print();
-                    return ExitCode::SUCCESS;
-                }
-                // Clap's first paragraph (e.g. the missing arguments, one per line) on one line.
-                let rendered = err.to_string();
-                let first: Vec<&str> = rendered
-                    .lines()
-                    .map(str::trim)
-                    .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
-                    .collect();
-                let first = if first.is_empty() {
-                    "error: invalid arguments".to_owned()
-                } else {
-                    first.join(" ")
-                };
-                eprintln!("{first} (see --help)");
-                return ExitCode::from(2);
-            }
-        };
-        init_tracing();
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                eprintln!("error: cannot start the async runtime: {err}");
-                return ExitCode::FAILURE;
-            }
-        };
-        match runtime.block_on(self.execute(cli)) {
+        match self.try_main() {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("error: {}", one_line(&*err));
-                ExitCode::FAILURE
+                eprintln!("error: {}", one_line(&err));
+                err.exit_code()
             }
         }
     }
 
-    async fn execute(&self, cli: Cli) -> std::result::Result<(), HandlerError> {
+    fn try_main(self) -> std::result::Result<(), Error> {
+        let cli = match Cli::try_parse() {
+            Ok(cli) => cli,
+            // --help, --version
+            Err(err) if !err.use_stderr() => {
+                let _ = err.print();
+                return Ok(());
+            }
+            Err(err) => return Err(Error::Usage(err)),
+        };
+        init_tracing();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        runtime.block_on(self.execute(cli))
+    }
+
+    async fn execute(&self, cli: Cli) -> std::result::Result<(), Error> {
         let projections = crate::registry::registered()?;
         let store = Store::connect(&cli.database_url).await?;
         // `migrate` refuses a database that needs the repair; the repair migrates itself.
@@ -252,7 +290,7 @@ impl App {
                 Ok(())
             }
             Some(Command::Status) => {
-                print_status(&Runner::with_projections(store, projections)).await
+                Ok(print_status(&Runner::with_projections(store, projections)).await?)
             }
             Some(Command::Rebuild { name }) => {
                 let runner = Runner::with_projections(store, projections).until_caught_up();
@@ -280,7 +318,7 @@ impl App {
         store: Store,
         projections: Vec<Arc<dyn Projection>>,
         args: RunArgs,
-    ) -> std::result::Result<(), HandlerError> {
+    ) -> std::result::Result<(), Error> {
         let mut runner = Runner::with_projections(store, projections)
             .batch_size(args.batch_size as usize)
             .poll_interval(args.poll_interval)
@@ -303,11 +341,15 @@ impl App {
         // Bad settings fail before the hook runs (it may seed data, print, …).
         runner.check()?;
         if let Some(hook) = &self.before_run {
-            hook(runner.clone()).await?;
+            hook(runner.clone())
+                .await
+                .map_err(|source| Error::Hook { hook: "before_run", source })?;
         }
         with_progress(&runner, runner.run()).await?;
         if let Some(hook) = &self.after_run {
-            hook(runner.clone()).await?;
+            hook(runner.clone())
+                .await
+                .map_err(|source| Error::Hook { hook: "after_run", source })?;
         }
         Ok(())
     }
@@ -335,7 +377,7 @@ async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) 
     }
 }
 
-async fn print_status(runner: &Runner) -> std::result::Result<(), HandlerError> {
+async fn print_status(runner: &Runner) -> Result<()> {
     let status = runner.status().await?;
     if let Some(fence) = status.fence {
         let who = match (&fence.prepared, fence.blocking_pid) {
@@ -395,4 +437,36 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_arguments_are_one_line_with_exit_code_2() {
+        // Clap lists the missing arguments one per line, after a usage block.
+        let parsed = Cli::try_parse_from(["app", "--partition-key", "1"]);
+        let err = Error::Usage(parsed.expect_err("a key without a count"));
+        assert_eq!(
+            one_line(&err),
+            "the following required arguments were not provided: --total-partitions <N> \
+             (see --help)"
+        );
+        assert_eq!(err.exit_code(), ExitCode::from(2));
+    }
+
+    #[test]
+    fn a_failed_hook_is_named_with_its_cause_and_exit_code_1() {
+        let err = Error::Hook { hook: "after_run", source: "mail server busy".into() };
+        assert_eq!(one_line(&err), "the `after_run` hook failed: mail server busy");
+        assert_eq!(err.exit_code(), ExitCode::FAILURE);
+    }
+
+    #[test]
+    fn a_library_error_reads_as_itself_with_exit_code_1() {
+        let err = Error::from(crate::Error::NoProjections);
+        assert_eq!(one_line(&err), crate::Error::NoProjections.to_string());
+        assert_eq!(err.exit_code(), ExitCode::FAILURE);
+    }
 }

@@ -1,37 +1,4 @@
-//! # pupsource
-//!
-//! Event sourcing for Rust: an append-only event store on PostgreSQL or SQLite with optimistic
-//! concurrency and per-aggregate streams, read in a gap-free global order.
-//!
-//! ```
-//! use pupsource::{Event, EventStore, ExpectedVersion, Position, Scope, SqliteStore, StreamId};
-//! use serde_json::json;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> pupsource::Result<()> {
-//! let store = SqliteStore::connect("sqlite::memory:").await?;
-//! store.migrate().await?;
-//!
-//! let order = StreamId::new("Sales", "Order", "o-1");
-//! store
-//!     .append_and_commit(
-//!         ExpectedVersion::NoStream,
-//!         &[
-//!             Event::new(&order, "OrderPlaced", json!({ "total": 42 })),
-//!             Event::new(&order, "OrderPaid", json!({})),
-//!         ],
-//!     )
-//!     .await?;
-//!
-//! // A second writer that still believes the order is new loses the race.
-//! let late = Event::new(&order, "OrderPlaced", json!({ "total": 7 }));
-//! let err = store.append_and_commit(ExpectedVersion::NoStream, &[late]).await.unwrap_err();
-//! assert!(matches!(err, pupsource::Error::Concurrency { actual: 2, .. }));
-//!
-//! let log = store.read_all(Position::START, 100, &Scope::all()).await?;
-//! assert_eq!(log.len(), 2);
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -75,7 +42,3 @@ pub use version::ExpectedVersion;
 #[doc(hidden)]
 #[path = "__private.rs"]
 pub mod __private;
-
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

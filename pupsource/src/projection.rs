@@ -11,8 +11,10 @@
 //! commit together or not at all. Effects outside that transaction (memory, other systems) are
 //! at-least-once; [`Context::idempotency_key`] names each delivery for deduplication.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::event::{PersistedEvent, Position};
 use crate::partition::Partition;
@@ -36,7 +38,7 @@ pub struct HandlerPanic {
 
 impl HandlerPanic {
     /// From a caught panic's payload.
-    pub(crate) fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
+    pub(crate) fn from_payload(payload: &(dyn Any + Send)) -> Self {
         let message = payload
             .downcast_ref::<&str>()
             .map(|m| (*m).to_owned())
@@ -50,6 +52,10 @@ impl HandlerPanic {
 pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
 
 /// A projection: turns events into a read model.
+///
+/// Its `Typed` supertrait is sealed and holds for every `'static` type, so no projection
+/// implements it: it lets [`Runner::get`](crate::Runner::get) hand a projection back as its
+/// own type.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +82,7 @@ pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 
     message = "`{Self}` is not a projection",
     note = "declare it with `#[pupsource::projection]`, or implement `pupsource::projection::Projection`"
 )]
-pub trait Projection: std::any::Any + Send + Sync + 'static {
+pub trait Projection: sealed::Typed + Send + Sync + 'static {
     /// The projection's unique name; checkpoints are stored under it.
     fn name(&self) -> &str;
 
@@ -102,6 +108,19 @@ pub trait Projection: std::any::Any + Send + Sync + 'static {
         let _ = transaction;
         Box::pin(async { Ok(()) })
     }
+}
+
+mod sealed {
+    /// What lets [`Runner::get`](crate::Runner::get) hand a projection back as its own type:
+    /// every `'static` type has it, so no projection implements it, and no user names it.
+    pub trait Typed: std::any::Any {}
+
+    impl<T: std::any::Any> Typed for T {}
+}
+
+/// `projection` as a `P`, if that is its type.
+pub(crate) fn downcast<P: Projection>(projection: &Arc<dyn Projection>) -> Option<Arc<P>> {
+    (Arc::clone(projection) as Arc<dyn Any + Send + Sync>).downcast::<P>().ok()
 }
 
 /// The open transaction of a batch, on whichever database the store uses.

@@ -360,6 +360,44 @@ impl Runner {
         &self.projections
     }
 
+    /// The projection of type `P`, as its own type: e.g. to read its in-memory state once a
+    /// run ended. The first one if several instances of `P` run under different names; `None`
+    /// if there is none.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use pupsource::{Context, Event, EventStore, ExpectedVersion, HandlerResult, PersistedEvent};
+    /// use pupsource::{Runner, SqliteStore, StreamId};
+    ///
+    /// #[pupsource::projection]
+    /// #[derive(Default)]
+    /// struct CountEvents(AtomicU64);
+    ///
+    /// impl pupsource::HandleRaw for CountEvents {
+    ///     async fn handle(&self, _: &PersistedEvent, _: &mut Context<'_>) -> HandlerResult {
+    ///         self.0.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> pupsource::Result<()> {
+    /// let store = SqliteStore::connect("sqlite::memory:").await?;
+    /// store.migrate().await?;
+    /// let user = StreamId::new("Identity", "User", "u1");
+    /// let event = Event::new(&user, "UserCreated", serde_json::json!({}));
+    /// store.append_and_commit(ExpectedVersion::NoStream, &[event]).await?;
+    ///
+    /// let runner = Runner::with_projections(store, pupsource::registry::registered()?);
+    /// runner.clone().until_caught_up().run().await?;
+    /// let counter = runner.get::<CountEvents>().expect("registered");
+    /// assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn get<P: Projection>(&self) -> Option<Arc<P>> {
+        self.projections.iter().find_map(crate::projection::downcast)
+    }
+
     /// Events per batch transaction (default 100, at least 1).
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.settings.batch_size = batch_size.max(1);

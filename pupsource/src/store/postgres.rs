@@ -89,10 +89,10 @@ mod leases;
 mod restore;
 
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../../migrations/postgres/0001_event_store.sql"),
-    include_str!("../../../migrations/postgres/0002_projections.sql"),
-    include_str!("../../../migrations/postgres/0003_leases.sql"),
-    include_str!("../../../migrations/postgres/0004_fencing.sql"),
+    include_str!("../../migrations/postgres/0001_event_store.sql"),
+    include_str!("../../migrations/postgres/0002_projections.sql"),
+    include_str!("../../migrations/postgres/0003_leases.sql"),
+    include_str!("../../migrations/postgres/0004_fencing.sql"),
 ];
 
 /// How long the transaction that creates a projection's checkpoint rows, under the

@@ -41,9 +41,9 @@ use crate::version::ExpectedVersion;
 mod leases;
 
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../../migrations/sqlite/0001_event_store.sql"),
-    include_str!("../../../migrations/sqlite/0002_projections.sql"),
-    include_str!("../../../migrations/sqlite/0003_leases.sql"),
+    include_str!("../../migrations/sqlite/0001_event_store.sql"),
+    include_str!("../../migrations/sqlite/0002_projections.sql"),
+    include_str!("../../migrations/sqlite/0003_leases.sql"),
 ];
 
 /// Columns that migrations add to existing tables, as (table, column, definition): SQLite has
