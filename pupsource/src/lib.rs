@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod aggregate;
 mod backoff;
 mod checkpoint;
 pub mod cli;
@@ -47,11 +48,12 @@ pub mod runner;
 pub mod store;
 mod version;
 
+pub use aggregate::{Aggregate, AggregateStore, Apply, Change};
 pub use domain::{DecodeError, DomainEvent, Envelope, Handle, HandleRaw};
 pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
 pub use event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
 pub use projection::{Context, HandlerError, HandlerResult, Projection};
-pub use pupsource_macros::{DomainEvent, main, projection};
+pub use pupsource_macros::{DomainEvent, aggregate, main, projection};
 pub use runner::Runner;
 pub use store::{EventStore, PostgresStore, Scope, SqliteStore, Store};
 pub use version::ExpectedVersion;

@@ -97,6 +97,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0002_projections.sql"),
     include_str!("../../../migrations/postgres/0003_leases.sql"),
     include_str!("../../../migrations/postgres/0004_fencing.sql"),
+    include_str!("../../../migrations/postgres/0005_snapshots.sql"),
 ];
 
 /// How long the transaction that creates a projection's checkpoint rows, under the
@@ -798,6 +799,29 @@ impl PostgresStore {
         }))
     }
 
+    /// [`EventStore::read_stream`] through `executor`: the pool, or a transaction (an
+    /// aggregate loaded inside the caller's transaction).
+    pub(crate) async fn read_stream_on<'c>(
+        &self,
+        executor: impl sqlx::Executor<'c, Database = Postgres>,
+        stream: &StreamId,
+        versions: impl RangeBounds<u64>,
+    ) -> Result<Stream> {
+        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
+            return Ok(Stream { id: stream.clone(), events: Vec::new() });
+        };
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_stream)))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(executor)
+            .await?;
+        let events = rows.iter().map(decode).collect::<Result<_>>()?;
+        Ok(Stream { id: stream.clone(), events })
+    }
+
     /// Creates or upgrades the tables in `tx`, under the lock that serializes migrations.
     async fn apply_migrations(&self, tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<()> {
         // Serializes concurrent migrations: `CREATE TABLE IF NOT EXISTS` races otherwise.
@@ -945,19 +969,7 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Stream> {
-        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
-            return Ok(Stream { id: stream.clone(), events: Vec::new() });
-        };
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.sql.read_stream)))
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let events = rows.iter().map(decode).collect::<Result<_>>()?;
-        Ok(Stream { id: stream.clone(), events })
+        self.read_stream_on(&self.inner.pool, stream, versions).await
     }
 
     async fn read_all(

@@ -1,0 +1,210 @@
+//! What loading and changing aggregates needs of each database: a connection, a stream read
+//! through a given connection (a pooled one, or the caller's transaction), and the snapshot
+//! row of a stream. The SQL of snapshots lives here, rendered with the store's table names.
+//!
+//! One row per stream (`{snapshots}`, primary key: the stream). It is written only in the
+//! transaction of an append to its stream, after the append: that append holds the stream's
+//! head (PostgreSQL: the head row's lock; SQLite: the write lock) until commit, so snapshot
+//! writes of one stream happen in version order and a plain upsert never goes back in time.
+
+use std::future::Future;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _, Sqlite, SqliteConnection};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::event::{PersistedEvent, StreamId};
+use crate::store::{EventStore, PostgresStore, SqliteStore, Tables};
+
+/// A stream's snapshot row.
+#[derive(Debug)]
+pub struct StoredSnapshot {
+    /// The stream version the state was folded up to.
+    pub(super) aggregate_version: u64,
+    /// The schema version of the state.
+    pub(super) snapshot_version: u32,
+    /// The state, as JSON text.
+    pub(super) state: String,
+}
+
+/// A connection of the backend `B`.
+pub(super) type Connection<B> = <<B as EventStore>::Database as sqlx::Database>::Connection;
+
+/// The databases aggregates are stored in: [`PostgresStore`] and [`SqliteStore`]. Sealed: its
+/// methods are the aggregate module's, not public API.
+pub trait Backend: EventStore + sealed::Sealed {
+    /// A connection from the store's pool.
+    #[doc(hidden)]
+    fn connection(&self) -> impl Future<Output = Result<PoolConnection<Self::Database>>> + Send;
+
+    /// The events of `stream` after version `after`, in version order.
+    #[doc(hidden)]
+    fn read_after(
+        &self,
+        conn: &mut Connection<Self>,
+        stream: &StreamId,
+        after: u64,
+    ) -> impl Future<Output = Result<Vec<PersistedEvent>>> + Send;
+
+    /// The snapshot row of `stream`, if any.
+    #[doc(hidden)]
+    fn read_snapshot(
+        &self,
+        conn: &mut Connection<Self>,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<StoredSnapshot>>> + Send;
+
+    /// Writes (inserts or replaces) the snapshot row of `stream`.
+    #[doc(hidden)]
+    fn write_snapshot(
+        &self,
+        conn: &mut Connection<Self>,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::PostgresStore {}
+    impl Sealed for crate::SqliteStore {}
+}
+
+/// `SELECT` of a stream's snapshot row; `$1`..`$3` (`?1`..`?3`) are the stream.
+fn select_sql(tables: &Tables, cast: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(tables.render(&format!(
+        "SELECT aggregate_version, snapshot_version, state{cast} FROM \"{{snapshots}}\" \
+         WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3"
+    )))
+}
+
+/// Upsert of a stream's snapshot row: `$1`..`$3` the stream, `$4` its version, `$5` the
+/// snapshot version, `$6` the state as JSON text, `$7` the time (SQLite only).
+fn upsert_sql(tables: &Tables, state: &str, created_at: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(tables.render(&format!(
+        "INSERT INTO \"{{snapshots}}\" (bounded_context, aggregate_type, aggregate_id, \
+           aggregate_version, snapshot_version, state, created_at) \
+         VALUES ($1, $2, $3, $4, $5, {state}, {created_at}) \
+         ON CONFLICT (bounded_context, aggregate_type, aggregate_id) DO UPDATE SET \
+           aggregate_version = excluded.aggregate_version, \
+           snapshot_version = excluded.snapshot_version, state = excluded.state, \
+           created_at = excluded.created_at"
+    )))
+}
+
+/// A snapshot row as read: the integers as stored.
+fn stored(aggregate_version: i64, snapshot_version: i64, state: String) -> Result<StoredSnapshot> {
+    let bad = |column: &str, value: i64| Error::Decode {
+        position: 0,
+        reason: format!("snapshot column `{column}` holds {value}, out of range"),
+    };
+    Ok(StoredSnapshot {
+        aggregate_version: u64::try_from(aggregate_version)
+            .map_err(|_| bad("aggregate_version", aggregate_version))?,
+        snapshot_version: u32::try_from(snapshot_version)
+            .map_err(|_| bad("snapshot_version", snapshot_version))?,
+        state,
+    })
+}
+
+impl Backend for PostgresStore {
+    async fn connection(&self) -> Result<PoolConnection<Postgres>> {
+        Ok(self.pool().acquire().await?)
+    }
+
+    async fn read_after(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        after: u64,
+    ) -> Result<Vec<PersistedEvent>> {
+        let from = after.saturating_add(1);
+        Ok(self.read_stream_on(conn, stream, from..).await?.events)
+    }
+
+    async fn read_snapshot(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>> {
+        let row = sqlx::query(select_sql(self.tables(), "::text"))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .fetch_optional(conn)
+            .await?;
+        row.map(|row| {
+            stored(row.try_get(0)?, row.try_get::<i32, _>(1)?.into(), row.try_get(2)?)
+        })
+        .transpose()
+    }
+
+    async fn write_snapshot(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<()> {
+        sqlx::query(upsert_sql(self.tables(), "$6::json", "now()"))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(crate::store::stored_version(snapshot.aggregate_version)?)
+            .bind(i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX))
+            .bind(&snapshot.state)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Backend for SqliteStore {
+    async fn connection(&self) -> Result<PoolConnection<Sqlite>> {
+        Ok(self.pool().acquire().await?)
+    }
+
+    async fn read_after(
+        &self,
+        conn: &mut SqliteConnection,
+        stream: &StreamId,
+        after: u64,
+    ) -> Result<Vec<PersistedEvent>> {
+        let from = after.saturating_add(1);
+        Ok(self.read_stream_on(conn, stream, from..).await?.events)
+    }
+
+    async fn read_snapshot(
+        &self,
+        conn: &mut SqliteConnection,
+        stream: &StreamId,
+    ) -> Result<Option<StoredSnapshot>> {
+        let row = sqlx::query(select_sql(self.tables(), ""))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .fetch_optional(conn)
+            .await?;
+        row.map(|row| stored(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)).transpose()
+    }
+
+    async fn write_snapshot(
+        &self,
+        conn: &mut SqliteConnection,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<()> {
+        let micros = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
+        sqlx::query(upsert_sql(self.tables(), "$6", "$7"))
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(crate::store::stored_version(snapshot.aggregate_version)?)
+            .bind(i64::from(snapshot.snapshot_version))
+            .bind(&snapshot.state)
+            .bind(i64::try_from(micros).unwrap_or(i64::MAX))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
