@@ -65,9 +65,7 @@ pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
-    aggregate::expand(args.into(), item.clone())
-        .unwrap_or_else(|err| with_error(item, &err))
-        .into()
+    aggregate::expand(args.into(), item.clone()).unwrap_or_else(|err| with_error(item, &err)).into()
 }
 
 /// Emits `fn main` running the pupsource CLI over every registered projection.

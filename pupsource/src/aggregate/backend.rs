@@ -134,10 +134,8 @@ impl Backend for PostgresStore {
             .bind(&stream.aggregate_id)
             .fetch_optional(conn)
             .await?;
-        row.map(|row| {
-            stored(row.try_get(0)?, row.try_get::<i32, _>(1)?.into(), row.try_get(2)?)
-        })
-        .transpose()
+        row.map(|row| stored(row.try_get(0)?, row.try_get::<i32, _>(1)?.into(), row.try_get(2)?))
+            .transpose()
     }
 
     async fn write_snapshot(

@@ -9,7 +9,8 @@
 //! times ([`Retry`]).
 //!
 //! ```
-//! use pupsource::aggregate::{AggregateStore, Apply, Change};
+//! use pupsource::aggregate::{AggregateStore, Apply, Change, ExecuteError};
+//! use pupsource::EventStore;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, pupsource::DomainEvent)]
@@ -31,31 +32,37 @@
 //!     fn apply(&mut self, event: &Withdrawn) { self.balance -= event.amount; }
 //! }
 //!
-//! #[derive(Debug)]
-//! struct InsufficientFunds;
+//! #[derive(Debug, PartialEq)]
+//! enum Refused { InsufficientFunds { balance: u64 } }
 //!
-//! /// The decision: no side effects, it may run more than once.
-//! fn withdraw(account: &Account, amount: u64) -> Result<Vec<Change<Account>>, InsufficientFunds> {
+//! // The decisions: no side effects, they may run more than once.
+//! fn deposit(_: &Account, amount: u64) -> Result<Vec<Change<Account>>, Refused> {
+//!     Ok(vec![Deposited { amount }.into()])
+//! }
+//! fn withdraw(account: &Account, amount: u64) -> Result<Vec<Change<Account>>, Refused> {
 //!     if account.balance < amount {
-//!         return Err(InsufficientFunds);
+//!         return Err(Refused::InsufficientFunds { balance: account.balance });
 //!     }
 //!     Ok(vec![Withdrawn { amount }.into()])
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> pupsource::Result<()> {
 //! let store = pupsource::SqliteStore::connect("sqlite::memory:").await?;
 //! store.migrate().await?;
 //!
-//! store.execute::<Account, _>("a-1", |_| Ok::<_, InsufficientFunds>(vec![Deposited { amount: 50 }.into()])).await?;
-//! let done = store.execute::<Account, _>("a-1", |account| withdraw(account, 20)).await?;
-//! assert_eq!((done.state.balance, done.version), (30, 2));
+//! store.execute::<Account, _>("a-1", |account| deposit(account, 50)).await.expect("deposited");
+//! let done = store.execute::<Account, _>("a-1", |account| withdraw(account, 20)).await.expect("withdrawn");
+//! assert_eq!((done.state.balance, done.version, done.positions.len()), (30, 2, 1));
 //!
+//! // The caller's own error comes back, and nothing is written.
 //! let refused = store.execute::<Account, _>("a-1", |account| withdraw(account, 100)).await;
-//! assert!(matches!(refused, Err(pupsource::aggregate::ExecuteError::Rejected(InsufficientFunds))));
+//! assert!(matches!(refused, Err(ExecuteError::Rejected(Refused::InsufficientFunds { balance: 30 }))));
 //!
 //! let account = store.load::<Account>("a-1").await?;
 //! assert_eq!((account.state.balance, account.version), (30, 2));
+//! let new = store.load::<Account>("a-2").await?;
+//! assert_eq!((new.state.balance, new.version), (0, 0));
 //! # Ok(()) }
 //! ```
 //!

@@ -118,14 +118,16 @@ pub(super) async fn execute<B: Backend, A: Aggregate, E>(
         let due = due_snapshot(&state, snapshot.unwrap_or(0), version, events.len(), &stream);
         let appended = match tx.as_deref_mut() {
             Some(tx) => append(store, tx, &stream, version, &events, due.as_ref()).await,
-            None => async {
-                let mut own = store.begin().await?;
-                let appended =
-                    append(store, &mut own, &stream, version, &events, due.as_ref()).await?;
-                own.commit().await?;
-                Ok(appended)
+            None => {
+                async {
+                    let mut own = store.begin().await?;
+                    let appended =
+                        append(store, &mut own, &stream, version, &events, due.as_ref()).await?;
+                    own.commit().await?;
+                    Ok(appended)
+                }
+                .await
             }
-            .await,
         };
         match appended {
             Ok(AppendResult { to_version, positions, .. }) => {
