@@ -16,7 +16,7 @@ use crate::event::Event;
     label = "`{A}` does not list `{Self}`",
     note = "list it in `#[aggregate(events(...))]` on `{A}` and implement `pupsource::aggregate::Apply<{Self}>` for it"
 )]
-pub trait EventOf<A: Aggregate>: DomainEvent {}
+pub trait EventOf<A>: DomainEvent {}
 
 /// One event a decision returns for its aggregate `A`, made with `.into()` from an event of
 /// `A`: `vec![Deposited { amount }.into()]`.
