@@ -284,7 +284,7 @@ impl<E> ExecuteError<E> {
 /// waits before each new attempt: a random wait between half and all of a bound that starts at
 /// `first_wait` and doubles up to `max_wait`, so that colliding writers spread out.
 ///
-/// Defaults: 8 attempts, waits from 1 ms up to 100 ms.
+/// Defaults: 10 attempts, waits from 2 ms up to 200 ms.
 ///
 /// ```
 /// use std::time::Duration;
@@ -303,9 +303,9 @@ pub struct Retry {
 impl Default for Retry {
     fn default() -> Self {
         Retry {
-            attempts: 8,
-            first_wait: Duration::from_millis(1),
-            max_wait: Duration::from_millis(100),
+            attempts: 10,
+            first_wait: Duration::from_millis(2),
+            max_wait: Duration::from_millis(200),
         }
     }
 }
@@ -361,8 +361,11 @@ pub trait AggregateStore: Backend {
     }
 
     /// Loads the aggregate `id`, runs `decide` on it, and appends the events it returns
-    /// (with a snapshot, when one is due) in one transaction, expecting the version it loaded.
-    /// On a conflict it loads and decides again, up to [`Retry::default`]'s attempts.
+    /// (with a snapshot, when one is due), all in one transaction, expecting the version it
+    /// loaded. On a conflict it rolls back, then loads and decides again in a new transaction,
+    /// up to [`Retry::default`]'s attempts. (On SQLite the transaction holds the write lock
+    /// from the load on, so there is no conflict; on PostgreSQL a concurrent writer can append
+    /// while `decide` runs.)
     ///
     /// `decide` may run more than once: it must not have side effects.
     ///

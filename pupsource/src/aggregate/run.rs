@@ -89,7 +89,13 @@ fn apply<A: Aggregate>(state: &mut A, event: &Event, version: u64) -> Result<()>
 }
 
 /// The decide–append loop of [`AggregateStore::execute`](super::AggregateStore::execute) and
-/// its variants: in the caller's transaction `tx`, or in one of its own per attempt.
+/// its variants: each attempt in the caller's transaction `tx`, or in one of its own.
+///
+/// An attempt loads the aggregate inside the transaction it appends in: on SQLite that
+/// transaction holds the write lock from its start, so nothing can come between the load and
+/// the append and no attempt conflicts; on PostgreSQL the window is the decision alone, and a
+/// conflicting attempt is rolled back and retried in a new transaction (with a new
+/// transaction id, which the per-aggregate order guard needs).
 pub(super) async fn execute<B: Backend, A: Aggregate, E>(
     store: &B,
     mut tx: Option<&mut sqlx::Transaction<'_, B::Database>>,
@@ -102,46 +108,33 @@ pub(super) async fn execute<B: Backend, A: Aggregate, E>(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let Loaded { mut state, version, snapshot, .. } = match tx.as_deref_mut() {
-            Some(tx) => load(store, tx, &stream).await?,
-            None => load(store, &mut *store.connection().await?, &stream).await?,
-        };
-        let changes = decide(&state).map_err(ExecuteError::Rejected)?;
-        if changes.is_empty() {
-            return Ok(Executed { state, version, positions: Vec::new(), attempts });
-        }
-        let events = changes.into_iter().map(|c| c.into_event(id)).collect::<Result<Vec<_>>>()?;
-        // Through the decoder a load uses: an event that would not load back is refused here.
-        for (event, event_version) in events.iter().zip(version + 1..) {
-            apply(&mut state, event, event_version)?;
-        }
-        let due = due_snapshot(&state, snapshot.unwrap_or(0), version, events.len(), &stream);
-        let appended = match tx.as_deref_mut() {
-            Some(tx) => append(store, tx, &stream, version, &events, due.as_ref()).await,
+        let outcome = match tx.as_deref_mut() {
+            Some(tx) => attempt(store, tx, &stream, &mut decide).await,
             None => {
                 async {
                     let mut own = store.begin().await?;
-                    let appended =
-                        append(store, &mut own, &stream, version, &events, due.as_ref()).await?;
-                    own.commit().await?;
-                    Ok(appended)
+                    let done = attempt(store, &mut own, &stream, &mut decide).await?;
+                    own.commit().await.map_err(Error::from)?;
+                    Ok(done)
                 }
                 .await
             }
         };
-        match appended {
-            Ok(AppendResult { to_version, positions, .. }) => {
+        match outcome {
+            Ok((state, AppendResult { to_version, positions, .. })) => {
                 return Ok(Executed { state, version: to_version, positions, attempts });
             }
-            Err(source @ Error::Concurrency { .. }) if attempts >= retry.attempts => {
+            Err(ExecuteError::Store(source @ Error::Concurrency { .. }))
+                if attempts >= retry.attempts =>
+            {
                 return Err(ExecuteError::Conflict { attempts, source });
             }
-            Err(Error::Concurrency { actual, .. }) => {
+            Err(ExecuteError::Store(Error::Concurrency { expected, actual, .. })) => {
                 let wait = jitter(waits.next());
                 tracing::debug!(
                     target: TARGET,
                     %stream,
-                    loaded = version,
+                    %expected,
                     actual,
                     attempt = attempts,
                     ?wait,
@@ -149,25 +142,41 @@ pub(super) async fn execute<B: Backend, A: Aggregate, E>(
                 );
                 tokio::time::sleep(wait).await;
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         }
     }
 }
 
-/// Appends `events` after `version` in `tx`, then writes `snapshot` if one is due.
-async fn append<B: Backend>(
+/// One attempt in `tx`: load, decide, check that the decision's events load back, append
+/// them at the loaded version with a snapshot if one is due. The state after the events and
+/// what was appended (nothing, at the loaded version, if the decision returned no event).
+async fn attempt<B: Backend, A: Aggregate, E>(
     store: &B,
     tx: &mut sqlx::Transaction<'_, B::Database>,
     stream: &StreamId,
-    version: u64,
-    events: &[Event],
-    snapshot: Option<&StoredSnapshot>,
-) -> Result<AppendResult> {
-    let appended = store.append(tx, ExpectedVersion::Exact(version), events).await?;
-    if let Some(snapshot) = snapshot {
-        store.write_snapshot(tx, stream, snapshot).await?;
+    decide: &mut (impl FnMut(&A) -> Result<Vec<Change<A>>, E> + Send),
+) -> Result<(A, AppendResult), ExecuteError<E>> {
+    let Loaded { mut state, version, snapshot, .. } = load(store, tx, stream).await?;
+    let changes = decide(&state).map_err(ExecuteError::Rejected)?;
+    if changes.is_empty() {
+        let unchanged =
+            AppendResult { from_version: version, to_version: version, positions: Vec::new() };
+        return Ok((state, unchanged));
     }
-    Ok(appended)
+    let events = changes
+        .into_iter()
+        .map(|change| change.into_event(&stream.aggregate_id))
+        .collect::<Result<Vec<_>>>()?;
+    // Through the decoder a load uses: an event that would not load back is refused here.
+    for (event, event_version) in events.iter().zip(version + 1..) {
+        apply(&mut state, event, event_version)?;
+    }
+    let due = due_snapshot(&state, snapshot.unwrap_or(0), version, events.len(), stream);
+    let appended = store.append(tx, ExpectedVersion::Exact(version), &events).await?;
+    if let Some(snapshot) = due {
+        store.write_snapshot(tx, stream, &snapshot).await?;
+    }
+    Ok((state, appended))
 }
 
 /// The snapshot to write with an append of `count` events after `version`, if one is due: the
