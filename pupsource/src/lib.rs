@@ -1,7 +1,9 @@
 //! # pupsource
 //!
 //! Event sourcing for Rust: an append-only event store on PostgreSQL or SQLite with optimistic
-//! concurrency and per-aggregate streams, read in a gap-free global order.
+//! concurrency and per-aggregate streams, read in a gap-free global order; aggregates loaded
+//! from their streams and snapshots and changed by retried decisions ([`mod@aggregate`]); and
+//! partitioned projections ([`projection`]).
 //!
 //! ```
 //! use pupsource::{Event, EventStore, ExpectedVersion, Position, Scope, SqliteStore, StreamId};

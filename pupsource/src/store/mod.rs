@@ -331,7 +331,7 @@ impl Tables {
         &self.workers
     }
 
-    /// The aggregate snapshots table (see [`crate::aggregate`]).
+    /// The aggregate snapshots table (see [`mod@crate::aggregate`]).
     pub fn snapshots(&self) -> &Identifier {
         &self.snapshots
     }
