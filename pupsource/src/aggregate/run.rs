@@ -15,6 +15,13 @@ use crate::version::ExpectedVersion;
 const TARGET: &str = "pupsource::aggregate";
 
 /// Loads `stream` through `conn`.
+#[tracing::instrument(
+    name = "aggregate.load",
+    target = "pupsource::aggregate",
+    level = "debug",
+    skip_all,
+    fields(aggregate = A::NAME, %stream)
+)]
 pub(super) async fn load<B: Backend, A: Aggregate>(
     store: &B,
     conn: &mut Connection<B>,
@@ -96,6 +103,13 @@ fn apply<A: Aggregate>(state: &mut A, event: &Event, version: u64) -> Result<()>
 /// the append and no attempt conflicts; on PostgreSQL the window is the decision alone, and a
 /// conflicting attempt is rolled back and retried in a new transaction (with a new
 /// transaction id, which the per-aggregate order guard needs).
+#[tracing::instrument(
+    name = "aggregate.execute",
+    target = "pupsource::aggregate",
+    level = "debug",
+    skip_all,
+    fields(aggregate = A::NAME, aggregate_id = id)
+)]
 pub(super) async fn execute<B: Backend, A: Aggregate, E>(
     store: &B,
     mut tx: Option<&mut sqlx::Transaction<'_, B::Database>>,
