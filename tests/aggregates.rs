@@ -109,6 +109,32 @@ macro_rules! apply_balance {
 }
 apply_balance!(Account, SnapshotAccount);
 
+/// Another aggregate of the same stream, with snapshots of the same version and shape, that
+/// counts only deposits: it must never start from `SnapshotAccount`'s state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[pupsource::aggregate(
+    events(Opened, Deposited, Withdrawn),
+    snapshot_every = 2,
+    snapshot_version = 2
+)]
+struct Deposits(Balance);
+
+impl Apply<Opened> for Deposits {
+    fn apply(&mut self, event: &Opened) {
+        self.0.open(event);
+    }
+}
+
+impl Apply<Deposited> for Deposits {
+    fn apply(&mut self, event: &Deposited) {
+        self.0.add(event.amount);
+    }
+}
+
+impl Apply<Withdrawn> for Deposits {
+    fn apply(&mut self, _: &Withdrawn) {}
+}
+
 #[derive(Debug, PartialEq)]
 enum Refused {
     InsufficientFunds { balance: i64, amount: i64 },
@@ -143,7 +169,7 @@ impl<S: AggregateStore + Into<Store>> Backend for S {}
 /// The snapshot row of `id`: (aggregate_version, snapshot_version, state).
 async fn snapshot_row(store: &Store, id: &str) -> Option<(i64, i64, serde_json::Value)> {
     let sql = "SELECT aggregate_version, CAST(snapshot_version AS BIGINT), CAST(state AS TEXT) \
-               FROM snapshots WHERE aggregate_id = $1";
+               FROM snapshots WHERE aggregate_id = $1 AND state_type = 'SnapshotAccount'";
     let row: Option<(i64, i64, String)> = on_pool!(store, |pool| sqlx::query_as(sql)
         .bind(id)
         .fetch_optional(pool)
@@ -191,6 +217,7 @@ on_every_backend!(
     execute_in_commits_with_the_callers_writes_or_not_at_all,
     a_snapshot_is_written_in_the_append_that_crosses_a_multiple,
     a_snapshot_of_another_version_or_that_does_not_decode_is_ignored_and_replaced,
+    aggregates_sharing_a_stream_keep_their_own_snapshots,
 );
 
 async fn a_new_stream_loads_as_default_at_version_zero<S: Backend>(store: S) {
@@ -593,6 +620,30 @@ async fn a_snapshot_of_another_version_or_that_does_not_decode_is_ignored_and_re
     assert_eq!(full.history, [1, 2, 3]);
     let loaded = store.load::<SnapshotAccount>("s").await.expect("load");
     assert_eq!((loaded.state.0.history, loaded.folded), (vec![1, 2, 3, 1, 1], 0));
+}
+
+async fn aggregates_sharing_a_stream_keep_their_own_snapshots<S: Backend>(store: S) {
+    let raw: Store = store.clone().into();
+    let both = |_: &SnapshotAccount| {
+        Ok::<_, Refused>(vec![Deposited { amount: 10 }.into(), Withdrawn { amount: 4 }.into()])
+    };
+    for _ in 0..3 {
+        store.execute::<SnapshotAccount, _>("s", both).await.expect("execute");
+    }
+    let deposits = store.load::<Deposits>("s").await.expect("load");
+    assert_eq!((deposits.snapshot, deposits.state.0.balance), (None, 30), "not the other's");
+    store.execute::<Deposits, _>("s", |_| deposit(1)).await.expect("execute");
+    let deposits = store.load::<Deposits>("s").await.expect("load");
+    assert_eq!((deposits.snapshot, deposits.state.0.balance), (Some(7), 31));
+    let account = store.load::<SnapshotAccount>("s").await.expect("load");
+    assert_eq!((account.snapshot, account.state.0.balance), (Some(6), 19));
+    let types: Vec<String> = on_pool!(&raw, |pool| sqlx::query_scalar(
+        "SELECT state_type FROM snapshots WHERE aggregate_id = 's' ORDER BY state_type"
+    )
+    .fetch_all(pool)
+    .await
+    .expect("snapshot rows"));
+    assert_eq!(types, ["Deposits", "SnapshotAccount"]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 //! through a given connection (a pooled one, or the caller's transaction), and the snapshot
 //! row of a stream. The SQL of snapshots lives here, rendered with the store's table names.
 //!
-//! One row per stream (`{snapshots}`, primary key: the stream). It is written only in the
-//! transaction of an append to its stream, after the append: that append holds the stream's
-//! head (PostgreSQL: the head row's lock; SQLite: the write lock) until commit, so snapshot
-//! writes of one stream happen in version order and a plain upsert never goes back in time.
+//! One row per stream and aggregate type (`{snapshots}`, primary key: the stream and
+//! `state_type`, the Rust name of the aggregate): two aggregates folding the same stream never
+//! read each other's state. It is written only in the transaction of an append to its stream,
+//! after the append: that append holds the stream's head (PostgreSQL: the head row's lock;
+//! SQLite: the write lock) until commit, so snapshot writes of one stream happen in version
+//! order and a plain upsert never goes back in time.
 
 use std::future::Future;
 
@@ -20,6 +22,8 @@ use crate::store::{EventStore, PostgresStore, SqliteStore, Tables};
 /// A stream's snapshot row.
 #[derive(Debug)]
 pub struct StoredSnapshot {
+    /// The Rust name of the aggregate whose state it is.
+    pub(super) state_type: &'static str,
     /// The stream version the state was folded up to.
     pub(super) aggregate_version: u64,
     /// The schema version of the state.
@@ -47,12 +51,13 @@ pub trait Backend: EventStore + sealed::Sealed {
         after: u64,
     ) -> impl Future<Output = Result<Vec<PersistedEvent>>> + Send;
 
-    /// The snapshot row of `stream`, if any.
+    /// The snapshot row of `stream` of the aggregate named `state_type`, if any.
     #[doc(hidden)]
     fn read_snapshot(
         &self,
         conn: &mut Connection<Self>,
         stream: &StreamId,
+        state_type: &'static str,
     ) -> impl Future<Output = Result<Option<StoredSnapshot>>> + Send;
 
     /// Writes (inserts or replaces) the snapshot row of `stream`.
@@ -71,22 +76,24 @@ mod sealed {
     impl Sealed for crate::SqliteStore {}
 }
 
-/// `SELECT` of a stream's snapshot row; `$1`..`$3` (`?1`..`?3`) are the stream.
+/// `SELECT` of a stream's snapshot row; `$1`..`$3` are the stream, `$4` the state's type.
 fn select_sql(tables: &Tables, cast: &str) -> AssertSqlSafe<String> {
     AssertSqlSafe(tables.render(&format!(
         "SELECT aggregate_version, snapshot_version, state{cast} FROM \"{{snapshots}}\" \
-         WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3"
+         WHERE bounded_context = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+           AND state_type = $4"
     )))
 }
 
-/// Upsert of a stream's snapshot row: `$1`..`$3` the stream, `$4` its version, `$5` the
-/// snapshot version, `$6` the state as JSON text, `$7` the time (SQLite only).
+/// Upsert of a stream's snapshot row: `$1`..`$3` the stream, `$4` the state's type, `$5` its
+/// version, `$6` the snapshot version, `$7` the state as JSON text, `$8` the time (SQLite
+/// only).
 fn upsert_sql(tables: &Tables, state: &str, created_at: &str) -> AssertSqlSafe<String> {
     AssertSqlSafe(tables.render(&format!(
         "INSERT INTO \"{{snapshots}}\" (bounded_context, aggregate_type, aggregate_id, \
-           aggregate_version, snapshot_version, state, created_at) \
-         VALUES ($1, $2, $3, $4, $5, {state}, {created_at}) \
-         ON CONFLICT (bounded_context, aggregate_type, aggregate_id) DO UPDATE SET \
+           state_type, aggregate_version, snapshot_version, state, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, {state}, {created_at}) \
+         ON CONFLICT (bounded_context, aggregate_type, aggregate_id, state_type) DO UPDATE SET \
            aggregate_version = excluded.aggregate_version, \
            snapshot_version = excluded.snapshot_version, state = excluded.state, \
            created_at = excluded.created_at"
@@ -94,12 +101,18 @@ fn upsert_sql(tables: &Tables, state: &str, created_at: &str) -> AssertSqlSafe<S
 }
 
 /// A snapshot row as read: the integers as stored.
-fn stored(aggregate_version: i64, snapshot_version: i64, state: String) -> Result<StoredSnapshot> {
+fn stored(
+    state_type: &'static str,
+    aggregate_version: i64,
+    snapshot_version: i64,
+    state: String,
+) -> Result<StoredSnapshot> {
     let bad = |column: &str, value: i64| Error::Decode {
         position: 0,
         reason: format!("snapshot column `{column}` holds {value}, out of range"),
     };
     Ok(StoredSnapshot {
+        state_type,
         aggregate_version: u64::try_from(aggregate_version)
             .map_err(|_| bad("aggregate_version", aggregate_version))?,
         snapshot_version: u32::try_from(snapshot_version)
@@ -127,15 +140,19 @@ impl Backend for PostgresStore {
         &self,
         conn: &mut PgConnection,
         stream: &StreamId,
+        state_type: &'static str,
     ) -> Result<Option<StoredSnapshot>> {
         let row = sqlx::query(select_sql(self.tables(), "::text"))
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
+            .bind(state_type)
             .fetch_optional(conn)
             .await?;
-        row.map(|row| stored(row.try_get(0)?, row.try_get::<i32, _>(1)?.into(), row.try_get(2)?))
-            .transpose()
+        row.map(|row| {
+            stored(state_type, row.try_get(0)?, row.try_get::<i32, _>(1)?.into(), row.try_get(2)?)
+        })
+        .transpose()
     }
 
     async fn write_snapshot(
@@ -144,10 +161,11 @@ impl Backend for PostgresStore {
         stream: &StreamId,
         snapshot: &StoredSnapshot,
     ) -> Result<()> {
-        sqlx::query(upsert_sql(self.tables(), "$6::json", "now()"))
+        sqlx::query(upsert_sql(self.tables(), "$7::json", "now()"))
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
+            .bind(snapshot.state_type)
             .bind(crate::store::stored_version(snapshot.aggregate_version)?)
             .bind(i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX))
             .bind(&snapshot.state)
@@ -176,14 +194,17 @@ impl Backend for SqliteStore {
         &self,
         conn: &mut SqliteConnection,
         stream: &StreamId,
+        state_type: &'static str,
     ) -> Result<Option<StoredSnapshot>> {
         let row = sqlx::query(select_sql(self.tables(), ""))
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
+            .bind(state_type)
             .fetch_optional(conn)
             .await?;
-        row.map(|row| stored(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)).transpose()
+        row.map(|row| stored(state_type, row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            .transpose()
     }
 
     async fn write_snapshot(
@@ -193,10 +214,11 @@ impl Backend for SqliteStore {
         snapshot: &StoredSnapshot,
     ) -> Result<()> {
         let micros = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
-        sqlx::query(upsert_sql(self.tables(), "$6", "$7"))
+        sqlx::query(upsert_sql(self.tables(), "$7", "$8"))
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
+            .bind(snapshot.state_type)
             .bind(crate::store::stored_version(snapshot.aggregate_version)?)
             .bind(i64::from(snapshot.snapshot_version))
             .bind(&snapshot.state)

@@ -78,7 +78,8 @@
 //! - A decision's events are applied to the state, through the same decoder as a load, before
 //!   they are appended: an event that would not load back is refused with nothing written.
 //! - Snapshots (`#[aggregate(snapshot_every = N, snapshot_version = V)]`) are written in the
-//!   transaction of the append they describe, so a snapshot never runs ahead of its events.
+//!   transaction of the append they describe, so a snapshot never runs ahead of its events;
+//!   each aggregate type has its own, so two aggregates folding one stream never share state.
 //!   A load trusts a snapshot only if its `snapshot_version` is the aggregate's and it decodes;
 //!   otherwise it folds the whole stream, and the next write replaces the snapshot. A snapshot
 //!   is written when an append crosses a multiple of `N`, or when the newest usable snapshot is
@@ -113,7 +114,8 @@ pub use change::{Change, EventOf};
 /// with `snapshot_version` (default 1; change it whenever the state's serialized shape
 /// changes). `crate = "path"` names the runtime for a crate that re-exports pupsource.
 pub trait Aggregate: Default + Send + 'static {
-    /// The Rust type's name, for messages.
+    /// The Rust type's name: for messages, and the key of its snapshots among those of other
+    /// aggregates of the same stream (renaming the type makes its old snapshots unused).
     const NAME: &'static str;
     /// The bounded context of its streams.
     const CONTEXT: &'static str;

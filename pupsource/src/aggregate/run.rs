@@ -28,7 +28,7 @@ pub(super) async fn load<B: Backend, A: Aggregate>(
     stream: &StreamId,
 ) -> Result<Loaded<A>> {
     let (mut state, snapshot) = match A::SNAPSHOTS {
-        Some(policy) => match store.read_snapshot(conn, stream).await? {
+        Some(policy) => match store.read_snapshot(conn, stream, A::NAME).await? {
             Some(stored) => restore(policy, &stored, stream)
                 .map_or((A::default(), None), |state| (state, Some(stored.aggregate_version))),
             None => (A::default(), None),
@@ -212,6 +212,7 @@ fn due_snapshot<A: Aggregate>(
     }
     match (policy.encode)(state) {
         Ok(state) => Some(StoredSnapshot {
+            state_type: A::NAME,
             aggregate_version: new_version,
             snapshot_version: policy.version,
             state,
