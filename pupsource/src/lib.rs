@@ -3,7 +3,7 @@
 //! Event sourcing for Rust: an append-only event store on PostgreSQL or SQLite with optimistic
 //! concurrency and per-aggregate streams, read in a gap-free global order; aggregates loaded
 //! from their streams and snapshots and changed by retried decisions ([`mod@aggregate`]); and
-//! partitioned projections ([`projection`]).
+//! partitioned projections ([`mod@projection`]).
 //!
 //! ```
 //! use pupsource::{Event, EventStore, ExpectedVersion, Position, Scope, SqliteStore, StreamId};
