@@ -3,6 +3,10 @@
 //! loaded; a writer that lost the race gets `Error::Concurrency`, reloads and decides again.
 //! No withdrawal is lost or applied twice, and the balance can never go below zero.
 //!
+//! The same workload runs twice: first with the loop written by hand (fold, decide, append,
+//! retry), then with `#[pupsource::aggregate]` and `Store::execute`, which do all of that
+//! (with bounded retries) given the `Apply` impls and the decision alone.
+//!
 //! `TASKS` tasks (default 8) each withdraw `WITHDRAWALS` times (default 25) at once, from an
 //! account opened with enough money for all of them; the final balance is then checked
 //! against the expected one. On an in-memory SQLite database by default, or `DATABASE_URL`.
@@ -13,6 +17,7 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example optimistic_concurrency
 //! ```
 
+use pupsource::aggregate::{Apply, Change, ExecuteError};
 use pupsource::{DomainEvent, ExpectedVersion, PersistedEvent, Store};
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +95,91 @@ async fn withdraw(store: &Store, id: &str, amount_cents: u64) -> Result<Withdraw
     }
 }
 
+/// The same account as an aggregate: the fold is one `Apply` impl per event, and `execute`
+/// writes the load, the append at the loaded version and the retries.
+#[derive(Debug, Default)]
+#[pupsource::aggregate(events(AccountOpened, MoneyWithdrawn))]
+struct AccountState {
+    balance_cents: u64,
+}
+
+impl Apply<AccountOpened> for AccountState {
+    fn apply(&mut self, event: &AccountOpened) {
+        self.balance_cents = event.initial_cents;
+    }
+}
+
+impl Apply<MoneyWithdrawn> for AccountState {
+    fn apply(&mut self, event: &MoneyWithdrawn) {
+        self.balance_cents = self.balance_cents.saturating_sub(event.amount_cents);
+    }
+}
+
+/// The refusal of a withdrawal, the decision's own error.
+#[derive(Debug)]
+struct InsufficientFunds {
+    balance_cents: u64,
+}
+
+/// The decision: no side effects, `execute` may run it more than once.
+fn decide_withdrawal(
+    account: &AccountState,
+    amount_cents: u64,
+) -> Result<Vec<Change<AccountState>>, InsufficientFunds> {
+    if account.balance_cents < amount_cents {
+        return Err(InsufficientFunds { balance_cents: account.balance_cents });
+    }
+    Ok(vec![MoneyWithdrawn { amount_cents }.into()])
+}
+
+/// The same workload through `execute`, on another account.
+async fn with_execute(store: &Store, tasks: u64, per_task: u64) -> Result<(), BoxError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let initial_cents = tasks * per_task * AMOUNT_CENTS + RESERVE_CENTS;
+    let opened = AccountOpened { initial_cents }.to_event(&id)?;
+    store.append_and_commit(ExpectedVersion::NoStream, &[opened]).await?;
+
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (store, id) = (store.clone(), id.clone());
+        running.spawn(async move {
+            let mut attempts = 0;
+            for _ in 0..per_task {
+                let done = store
+                    .execute(&id, |account: &AccountState| decide_withdrawal(account, AMOUNT_CENTS))
+                    .await
+                    .map_err(|err| format!("{err:?}"))?;
+                attempts += u64::from(done.attempts);
+            }
+            Ok::<u64, BoxError>(attempts)
+        });
+    }
+    let mut attempts = 0;
+    while let Some(task) = running.join_next().await {
+        attempts += task??;
+    }
+    let account = store.load::<AccountState>(&id).await?;
+    let expected = initial_cents - tasks * per_task * AMOUNT_CENTS;
+    println!(
+        "with execute: final balance {} cents (expected {expected}), stream version {}, \
+         {attempts} attempts",
+        account.state.balance_cents, account.version
+    );
+    let too_much = account.state.balance_cents + 1;
+    match store.execute(&id, |a: &AccountState| decide_withdrawal(a, too_much)).await {
+        Err(ExecuteError::Rejected(InsufficientFunds { balance_cents })) => {
+            println!(
+                "with execute, withdrawing {too_much} cents: refused, the balance is {balance_cents}"
+            );
+        }
+        other => return Err(format!("an overdraft was not refused: {other:?}").into()),
+    }
+    if account.state.balance_cents != expected {
+        return Err("the final balance is wrong".into());
+    }
+    Ok(())
+}
+
 fn arg(position: usize, default: u64) -> Result<u64, BoxError> {
     match std::env::args().nth(position) {
         None => Ok(default),
@@ -147,5 +237,5 @@ async fn main() -> Result<(), BoxError> {
     if account.balance_cents != expected {
         return Err("the final balance is wrong".into());
     }
-    Ok(())
+    with_execute(&store, tasks, per_task).await
 }

@@ -623,6 +623,48 @@ fn optimistic_concurrency_example_loses_no_withdrawal() {
         line(&out, "withdrawing "),
         format!("withdrawing {} cents: refused, the balance is {expected}", expected + 1)
     );
+
+    // The same workload through `#[aggregate]` and `execute`.
+    let result = line(&out, "with execute: final balance ");
+    assert_eq!(number_after(result, "final balance "), expected, "{out}");
+    assert_eq!(number_after(result, "stream version "), version, "{out}");
+    assert!(number_after(result, &format!("stream version {version}, ")) >= tasks * per_task);
+    assert_eq!(
+        line(&out, "with execute, withdrawing "),
+        format!(
+            "with execute, withdrawing {} cents: refused, the balance is {expected}",
+            expected + 1
+        )
+    );
+}
+
+/// `bank_account`: concurrent commands on aggregates with snapshots, a transfer in one
+/// transaction and a projection of the same events agree on every balance, on the SQLite
+/// default and on PostgreSQL.
+#[test]
+fn bank_account_example_aggregates_and_projection_agree() {
+    let postgres = common::postgres_url();
+    for env in [vec![], vec![("DATABASE_URL", postgres.as_str())]] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = stdout_of("bank_account", dir.path(), &env, &["6", "30"]);
+        assert_eq!(
+            line(&out, "opening alice's account again: "),
+            "opening alice's account again: the account is open already"
+        );
+        let summary = line(&out, "180 commands: ");
+        let applied = number_after(summary, "180 commands: ");
+        assert_eq!(applied + number_after(summary, " attempts (conflicts decided again), "), 180);
+        for name in ["alice", "bob", "carol"] {
+            let account = line(&out, &format!("{name}: balance "));
+            let balance = number_after(account, "balance ");
+            assert_eq!(number_after(account, "; projection "), balance, "{env:?}: {account}");
+            assert_eq!(number_after(account, "; expected "), balance, "{env:?}: {account}");
+        }
+        // With 6 * 30 commands over 3 accounts, each account passes version 10: loads start
+        // from a snapshot.
+        assert!(out.contains("(snapshot version "), "{out}");
+        assert!(out.lines().any(|l| l == "aggregates, projection and commands agree"), "{out}");
+    }
 }
 
 /// `typed_events`: a version 1 event stored as raw JSON decodes as version 2 through the

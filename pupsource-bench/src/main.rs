@@ -11,6 +11,7 @@
 //! cargo run --release -p pupsource-bench -- --write BENCHMARKS.md
 //! ```
 
+mod aggregates;
 mod baseline;
 mod report;
 mod workloads;
@@ -70,7 +71,7 @@ struct Args {
     /// Events per batch transaction of the projections (pupsource's default is 100).
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
-    /// Run only these workloads (repeatable): append, latency, read-model, catch-up.
+    /// Run only these workloads (repeatable): append, latency, read-model, catch-up, aggregate.
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
     /// Also write the report (method, machine, command, table) to this markdown file.

@@ -103,6 +103,9 @@ pub(crate) async fn all(
     if wanted("catch-up") {
         rows.extend(catch_up(side, sizes).await?);
     }
+    if wanted("aggregate") {
+        rows.extend(crate::aggregates::all(side, sizes).await?);
+    }
     Ok(())
 }
 

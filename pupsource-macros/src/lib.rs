@@ -1,4 +1,5 @@
-//! Procedural macros of pupsource: `#[derive(DomainEvent)]`, `#[projection]` and `main!()`.
+//! Procedural macros of pupsource: `#[derive(DomainEvent)]`, `#[projection]`, `#[aggregate]`
+//! and `main!()`.
 //!
 //! Use them through the `pupsource` crate, which re-exports them; the generated code names
 //! the runtime only through `::pupsource::__private` and public `::pupsource` items, or
@@ -13,6 +14,7 @@
 use proc_macro::TokenStream;
 use quote::quote;
 
+mod aggregate;
 mod args;
 mod entry;
 mod event;
@@ -50,6 +52,20 @@ pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
     projection::expand(args.into(), item.clone())
         .unwrap_or_else(|err| with_error(item, &err))
         .into()
+}
+
+/// Declares an aggregate on a struct or enum: `#[aggregate(events(A, B))]`.
+///
+/// Arguments: `events(…)` (required: the events it applies, through
+/// `pupsource::aggregate::Apply<E>`; its context and aggregate type are theirs),
+/// `ignore("…")` (stored event types a load skips), `snapshot_every = N` (a snapshot of the
+/// serde state every `N` versions), `snapshot_version = V` (the snapshots' schema version,
+/// default 1), `crate = "path"` (the runtime, for a crate that re-exports pupsource; default
+/// `::pupsource`).
+#[proc_macro_attribute]
+pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    aggregate::expand(args.into(), item.clone()).unwrap_or_else(|err| with_error(item, &err)).into()
 }
 
 /// Emits `fn main` running the pupsource CLI over every registered projection.

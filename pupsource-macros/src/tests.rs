@@ -110,6 +110,62 @@ fn raw_projection_with_every_argument() {
     );
 }
 
+fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
+    crate::aggregate::expand(args, item).expect("a valid aggregate")
+}
+
+#[test]
+fn aggregate_dispatch_marks_and_checks() {
+    assert_snapshot(
+        "aggregate_dispatch_marks_and_checks",
+        aggregate(
+            quote!(events(Deposited, events::Withdrawn), ignore("Audited")),
+            quote! {
+                #[derive(Default)]
+                struct Account { balance: u64 }
+            },
+        ),
+    );
+}
+
+#[test]
+fn aggregate_with_snapshots_through_a_reexport() {
+    assert_snapshot(
+        "aggregate_with_snapshots_through_a_reexport",
+        aggregate(
+            quote!(
+                events(Opened),
+                snapshot_every = 100,
+                snapshot_version = 3,
+                crate = "app::pupsource"
+            ),
+            quote! {
+                #[derive(Default, Serialize, Deserialize)]
+                enum Door { #[default] Closed, Open }
+            },
+        ),
+    );
+}
+
+#[test]
+fn every_aggregate_problem_is_reported_at_once() {
+    let err = crate::aggregate::expand(
+        quote!(events(A, A), ignore("", "x", "x"), snapshot_every = 0, colour = 1),
+        quote!(
+            struct S<T>(T);
+        ),
+    )
+    .expect_err("invalid");
+    let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+    assert_eq!(messages.len(), 6, "{messages:#?}");
+    assert!(messages.iter().any(|m| m.starts_with("unknown aggregate argument `colour`")));
+    assert!(messages.iter().any(|m| m == "`A` is listed twice in `events(...)`"));
+    assert!(messages.iter().any(|m| m == "an ignored event type cannot be empty"));
+    assert!(messages.iter().any(|m| m == "`x` is listed twice in `ignore(...)`"));
+    assert!(messages.iter().any(|m| m == "`snapshot_every` must be at least 1"));
+    assert!(messages.iter().any(|m| m.starts_with("`#[aggregate]` types cannot be generic")));
+}
+
 #[test]
 fn main_runs_the_cli() {
     assert_snapshot("main", crate::entry::expand(quote!()).expect("no arguments"));

@@ -3,6 +3,8 @@
 use std::future::Future;
 
 pub use crate::domain::decode_exact;
+use crate::domain::{DecodeError, DomainEvent};
+use crate::event::Event;
 pub use crate::limits::MAX_PARTITIONS;
 use crate::projection::{HandleFuture, HandlerResult};
 pub use crate::registry::Registration;
@@ -24,6 +26,12 @@ impl<'a, F: Future<Output = HandlerResult> + Send + 'a> ResetFuture<'a> for F {}
 /// The boxed future of a `#[projection(reset = …)]` function.
 pub fn reset<'a>(future: impl ResetFuture<'a>) -> HandleFuture<'a> {
     Box::pin(future)
+}
+
+/// `event` decoded (and upcast) as `E`, if it is of `E`'s type: the dispatch of an
+/// `#[aggregate]`, whose stream holds only its context's events.
+pub fn decode_listed<E: DomainEvent>(event: &Event) -> Option<Result<E, DecodeError>> {
+    (event.event_type == E::NAME).then(|| E::decode_payload(&event.payload, event.event_version))
 }
 
 /// Whether two strings are equal, in a `const` context.

@@ -80,6 +80,42 @@ pub enum Error {
         reason: String,
     },
 
+    /// A stored event of an aggregate's stream is of a type the aggregate neither lists in
+    /// `#[aggregate(events(...))]` nor ignores with `ignore("...")`: loading it would silently
+    /// drop what it says.
+    #[error(
+        "aggregate `{aggregate}` cannot apply event `{event_type}` (version {aggregate_version} \
+         of stream {stream}): list it in `#[aggregate(events(...))]` or skip it with \
+         `#[aggregate(ignore(\"{event_type}\"))]`"
+    )]
+    UnlistedEvent {
+        /// The aggregate's Rust type.
+        aggregate: &'static str,
+        /// The stream.
+        stream: Box<StreamId>,
+        /// The stored event type.
+        event_type: String,
+        /// The event's version in the stream.
+        aggregate_version: u64,
+    },
+
+    /// An event of an aggregate's stream (stored, or just decided) does not decode into the
+    /// type the aggregate lists for it.
+    #[error(
+        "event `{event_type}` (version {aggregate_version} of stream {stream}) cannot be applied: {source}"
+    )]
+    EventDecode {
+        /// The stream.
+        stream: Box<StreamId>,
+        /// The event type.
+        event_type: String,
+        /// The event's version in the stream.
+        aggregate_version: u64,
+        /// Why it does not decode.
+        #[source]
+        source: crate::domain::DecodeError,
+    },
+
     /// A handler kept failing on an event, and the policy is to stop the projection.
     #[error(
         "projection `{projection}` partition {partition} failed on event `{event_type}` at \

@@ -4,6 +4,7 @@
 #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
 compile_error!("pupsource needs a database: enable its `postgres` or `sqlite` feature (or both)");
 
+pub mod aggregate;
 mod backoff;
 mod checkpoint;
 #[cfg(feature = "cli")]
@@ -20,6 +21,7 @@ pub mod runner;
 pub mod store;
 mod version;
 
+pub use aggregate::{Aggregate, AggregateStore, Apply, Change};
 pub use domain::{DecodeError, DomainEvent, Envelope, Handle, HandleRaw};
 pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
 pub use event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
@@ -27,7 +29,7 @@ pub use projection::{Context, HandlerError, HandlerResult, Projection};
 #[cfg(feature = "cli")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cli")))]
 pub use pupsource_macros::main;
-pub use pupsource_macros::{DomainEvent, projection};
+pub use pupsource_macros::{DomainEvent, aggregate, projection};
 pub use runner::Runner;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -240,6 +240,7 @@ pub struct Tables {
     checkpoints: Identifier,
     dead_letters: Identifier,
     workers: Identifier,
+    snapshots: Identifier,
 }
 
 impl Default for Tables {
@@ -250,6 +251,7 @@ impl Default for Tables {
             checkpoints: Identifier(Cow::Borrowed("checkpoints")),
             dead_letters: Identifier(Cow::Borrowed("dead_letters")),
             workers: Identifier(Cow::Borrowed("projection_workers")),
+            snapshots: Identifier(Cow::Borrowed("snapshots")),
         }
     }
 }
@@ -301,6 +303,15 @@ impl Tables {
         Ok(self)
     }
 
+    /// Sets the aggregate snapshots table's name (default `snapshots`).
+    ///
+    /// # Errors
+    /// [`InvalidInput::TableName`] if it is not a plain identifier.
+    pub fn with_snapshots(mut self, name: impl Into<Cow<'static, str>>) -> Result<Self> {
+        self.snapshots = Identifier::new(name)?;
+        Ok(self)
+    }
+
     /// The events table.
     pub fn events(&self) -> &Identifier {
         &self.events
@@ -326,8 +337,13 @@ impl Tables {
         &self.workers
     }
 
-    /// Replaces `{events}`, `{aggregate_heads}`, `{checkpoints}`, `{dead_letters}` and
-    /// `{workers}` in a SQL template by the validated names.
+    /// The aggregate snapshots table (see [`mod@crate::aggregate`]).
+    pub fn snapshots(&self) -> &Identifier {
+        &self.snapshots
+    }
+
+    /// Replaces `{events}`, `{aggregate_heads}`, `{checkpoints}`, `{dead_letters}`,
+    /// `{workers}` and `{snapshots}` in a SQL template by the validated names.
     pub(crate) fn render(&self, template: &str) -> String {
         template
             .replace("{events}", self.events.as_str())
@@ -335,6 +351,7 @@ impl Tables {
             .replace("{checkpoints}", self.checkpoints.as_str())
             .replace("{dead_letters}", self.dead_letters.as_str())
             .replace("{workers}", self.workers.as_str())
+            .replace("{snapshots}", self.snapshots.as_str())
     }
 }
 

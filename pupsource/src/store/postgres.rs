@@ -93,6 +93,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_projections.sql"),
     include_str!("../../migrations/postgres/0003_leases.sql"),
     include_str!("../../migrations/postgres/0004_fencing.sql"),
+    include_str!("../../migrations/postgres/0005_snapshots.sql"),
 ];
 
 /// How long the transaction that creates a projection's checkpoint rows, under the
@@ -548,6 +549,29 @@ impl PostgresStore {
             other => other,
         }
     }
+
+    /// [`EventStore::read_stream`] through `executor`: the pool, or a transaction (an
+    /// aggregate loaded inside the caller's transaction).
+    pub(crate) async fn read_stream_on<'c>(
+        &self,
+        executor: impl sqlx::Executor<'c, Database = Postgres>,
+        stream: &StreamId,
+        versions: impl RangeBounds<u64>,
+    ) -> Result<Stream> {
+        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
+            return Ok(Stream { id: stream.clone(), events: Vec::new() });
+        };
+        let rows = sqlx::query(self.inner.sql.read_stream.sql())
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(executor)
+            .await?;
+        let events = EventDecoder::read_all(&rows)?;
+        Ok(Stream { id: stream.clone(), events })
+    }
 }
 
 #[async_trait::async_trait]
@@ -919,19 +943,7 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Stream> {
-        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
-            return Ok(Stream { id: stream.clone(), events: Vec::new() });
-        };
-        let rows = sqlx::query(self.inner.sql.read_stream.sql())
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let events = EventDecoder::read_all(&rows)?;
-        Ok(Stream { id: stream.clone(), events })
+        self.read_stream_on(&self.inner.pool, stream, versions).await
     }
 
     async fn read_all(

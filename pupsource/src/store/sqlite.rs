@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_event_store.sql"),
     include_str!("../../migrations/sqlite/0002_projections.sql"),
     include_str!("../../migrations/sqlite/0003_leases.sql"),
+    include_str!("../../migrations/sqlite/0004_snapshots.sql"),
 ];
 
 /// Columns that migrations add to existing tables, as (table, column, definition): SQLite has
@@ -441,6 +442,29 @@ impl SqliteStore {
         }
         Ok(false)
     }
+
+    /// [`EventStore::read_stream`] through `executor`: the pool, or a transaction (an
+    /// aggregate loaded inside the caller's transaction).
+    pub(crate) async fn read_stream_on<'c>(
+        &self,
+        executor: impl sqlx::Executor<'c, Database = Sqlite>,
+        stream: &StreamId,
+        versions: impl RangeBounds<u64>,
+    ) -> Result<Stream> {
+        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
+            return Ok(Stream { id: stream.clone(), events: Vec::new() });
+        };
+        let rows = sqlx::query(self.inner.sql.read_stream.sql())
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(executor)
+            .await?;
+        let events = EventDecoder::read_all(&rows)?;
+        Ok(Stream { id: stream.clone(), events })
+    }
 }
 
 #[async_trait::async_trait]
@@ -795,19 +819,7 @@ impl EventStore for SqliteStore {
         stream: &StreamId,
         versions: impl RangeBounds<u64> + Send,
     ) -> Result<Stream> {
-        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
-            return Ok(Stream { id: stream.clone(), events: Vec::new() });
-        };
-        let rows = sqlx::query(self.inner.sql.read_stream.sql())
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&self.inner.pool)
-            .await?;
-        let events = EventDecoder::read_all(&rows)?;
-        Ok(Stream { id: stream.clone(), events })
+        self.read_stream_on(&self.inner.pool, stream, versions).await
     }
 
     async fn read_all(

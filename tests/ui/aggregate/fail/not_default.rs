@@ -1,0 +1,16 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, pupsource::DomainEvent)]
+#[event(context = "Banking", aggregate = "Account")]
+struct Deposited {}
+
+#[pupsource::aggregate(events(Deposited))]
+struct Account {
+    balance: u64,
+}
+
+impl pupsource::aggregate::Apply<Deposited> for Account {
+    fn apply(&mut self, _: &Deposited) {}
+}
+
+fn main() {}
