@@ -226,7 +226,6 @@ impl Backend for SqliteStore {
         stream: &StreamId,
         snapshot: &StoredSnapshot,
     ) -> Result<()> {
-        let micros = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
         sqlx::query(upsert_sql(self.tables(), "$7", "$8"))
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
@@ -235,7 +234,7 @@ impl Backend for SqliteStore {
             .bind(crate::store::stored_version(snapshot.aggregate_version)?)
             .bind(i64::from(snapshot.snapshot_version))
             .bind(&snapshot.state)
-            .bind(i64::try_from(micros).unwrap_or(i64::MAX))
+            .bind(crate::store::unix_micros(OffsetDateTime::now_utc()))
             .execute(conn)
             .await?;
         Ok(())

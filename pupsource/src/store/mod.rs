@@ -30,6 +30,8 @@ mod postgres;
 pub(crate) mod row;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+pub(crate) use sqlite::unix_micros;
 
 pub use any::Store;
 pub(crate) use backend::Backend;
@@ -375,6 +377,37 @@ impl Statement {
     pub(crate) fn sql(&self) -> sqlx::AssertSqlSafe<std::sync::Arc<str>> {
         sqlx::AssertSqlSafe(std::sync::Arc::clone(&self.0))
     }
+}
+
+/// The events of `stream` whose versions fall in `versions`, read with a backend's
+/// `read_stream` statement (`$1`..`$3` the stream, `$4` and `$5` the inclusive version bounds)
+/// through `executor`: the pool, or a transaction.
+pub(crate) async fn read_stream_with<'c, DB>(
+    statement: &Statement,
+    executor: impl sqlx::Executor<'c, Database = DB>,
+    stream: &StreamId,
+    versions: (Bound<u64>, Bound<u64>),
+) -> Result<Stream>
+where
+    DB: sqlx::Database,
+    DB::Row: row::StoredRow,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let Some((from, to)) = version_bounds(&versions).filter(|_| crate::event::storable(stream))
+    else {
+        return Ok(Stream { id: stream.clone(), events: Vec::new() });
+    };
+    let rows = sqlx::query(statement.sql())
+        .bind(stream.context.as_str())
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .bind(from)
+        .bind(to)
+        .fetch_all(executor)
+        .await?;
+    Ok(Stream { id: stream.clone(), events: row::EventDecoder::read_all(&rows)? })
 }
 
 /// Roughly what an event read from the log costs in memory: its JSON texts and names, and a

@@ -71,13 +71,13 @@ use super::backend::{Backend, Batch, CheckpointInfo, Fence, Page, ParkedEvent, R
 use super::row::EventDecoder;
 use super::{
     CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
-    partition_sql_args, stored_version, version_bounds,
+    partition_sql_args, stored_version,
 };
 use crate::backoff::{Backoff, sleep_or_cancel};
 use crate::checkpoint::CheckpointRow;
 use crate::error::{ConstraintKind, Error, Result};
 use crate::event::{
-    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
+    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
 use crate::partition::Partition;
 use crate::partition::partition_hash;
@@ -558,19 +558,8 @@ impl PostgresStore {
         stream: &StreamId,
         versions: impl RangeBounds<u64>,
     ) -> Result<Stream> {
-        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
-            return Ok(Stream { id: stream.clone(), events: Vec::new() });
-        };
-        let rows = sqlx::query(self.inner.sql.read_stream.sql())
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(executor)
-            .await?;
-        let events = EventDecoder::read_all(&rows)?;
-        Ok(Stream { id: stream.clone(), events })
+        let versions = (versions.start_bound().cloned(), versions.end_bound().cloned());
+        super::read_stream_with(&self.inner.sql.read_stream, executor, stream, versions).await
     }
 }
 
@@ -637,9 +626,7 @@ impl Backend for PostgresStore {
             .bind(global_position)
             .fetch_optional(&self.inner.pool)
             .await?;
-        row.as_ref()
-            .map(|row| EventDecoder::default().read(row).map(|(event, _)| event))
-            .transpose()
+        row.as_ref().map(EventDecoder::read_one).transpose()
     }
 
     async fn head(&self) -> Result<i64> {

@@ -266,6 +266,11 @@ impl EventDecoder {
         columns.read(row)
     }
 
+    /// The event of a single row.
+    pub(crate) fn read_one(row: &impl StoredRow) -> Result<PersistedEvent> {
+        EventColumns::of(row)?.read(row).map(|(event, _)| event)
+    }
+
     /// The events of `rows`.
     pub(crate) fn read_all(rows: &[impl StoredRow]) -> Result<Vec<PersistedEvent>> {
         let mut decoder = EventDecoder::default();

@@ -24,13 +24,13 @@ use super::backend::{Backend, Batch, CheckpointInfo, Page, ParkedEvent};
 use super::row::EventDecoder;
 use super::{
     CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
-    partition_sql_args, stored_version, version_bounds,
+    partition_sql_args, stored_version,
 };
 use crate::backoff::Backoff;
 use crate::checkpoint::CheckpointRow;
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, storable, validate_append,
+    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
 use crate::partition::Partition;
 use crate::partition::partition_hash;
@@ -451,19 +451,8 @@ impl SqliteStore {
         stream: &StreamId,
         versions: impl RangeBounds<u64>,
     ) -> Result<Stream> {
-        let Some((from, to)) = version_bounds(&versions).filter(|_| storable(stream)) else {
-            return Ok(Stream { id: stream.clone(), events: Vec::new() });
-        };
-        let rows = sqlx::query(self.inner.sql.read_stream.sql())
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(executor)
-            .await?;
-        let events = EventDecoder::read_all(&rows)?;
-        Ok(Stream { id: stream.clone(), events })
+        let versions = (versions.start_bound().cloned(), versions.end_bound().cloned());
+        super::read_stream_with(&self.inner.sql.read_stream, executor, stream, versions).await
     }
 }
 
@@ -496,9 +485,7 @@ impl Backend for SqliteStore {
             .bind(global_position)
             .fetch_optional(&self.inner.pool)
             .await?;
-        row.as_ref()
-            .map(|row| EventDecoder::default().read(row).map(|(event, _)| event))
-            .transpose()
+        row.as_ref().map(EventDecoder::read_one).transpose()
     }
 
     async fn head(&self) -> Result<i64> {
@@ -514,16 +501,12 @@ impl Backend for SqliteStore {
         partition: Partition,
     ) -> Result<u64> {
         let (count, wrap) = partition_sql_args(partition.count);
-        // The scope lists are passed as JSON arrays: `$3`..`$5` are NULL for "all".
-        let list = |v: &Vec<String>| {
-            (!v.is_empty()).then(|| serde_json::Value::from(v.clone()).to_string())
-        };
         let n: i64 = sqlx::query_scalar(self.inner.sql.count_after.sql())
             .bind(after.global_position)
             .bind(after.transaction_id)
-            .bind(list(&scope.contexts))
-            .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types))
+            .bind(json_list(&scope.contexts))
+            .bind(json_list(&scope.aggregate_types))
+            .bind(json_list(&scope.event_types))
             .bind(count)
             .bind(wrap)
             .bind(i64::from(partition.index))
@@ -862,7 +845,13 @@ impl EventStore for SqliteStore {
     }
 }
 
-pub(super) fn unix_micros(at: OffsetDateTime) -> i64 {
+/// Scope lists as JSON arrays, `NULL` for "all".
+fn json_list(values: &[String]) -> Option<String> {
+    (!values.is_empty()).then(|| serde_json::Value::from(values.to_vec()).to_string())
+}
+
+/// A time as SQLite stores it: microseconds since the Unix epoch, UTC.
+pub(crate) fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::Sqlite;
 use time::OffsetDateTime;
 
-use super::{SqliteStore, unix_micros};
+use super::{SqliteStore, json_list, unix_micros};
 use crate::error::Result;
 use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, int4, int8};
 use crate::store::row::held_partitions;
@@ -20,11 +20,6 @@ use crate::store::{PARTITION_OF_SQL, Scope, Statement, Tables, partition_sql_arg
 /// `lease` in microseconds after `now`.
 fn until(now: i64, lease: Duration) -> i64 {
     now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX))
-}
-
-/// Scope lists as JSON arrays, `NULL` for "all".
-fn json_list(values: &[String]) -> Option<String> {
-    (!values.is_empty()).then(|| serde_json::Value::from(values.to_vec()).to_string())
 }
 
 /// The lease statements, rendered once with the store's table names.
