@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use proc_macro2::Span;
 use syn::{LitInt, Path};
 
-use crate::args::Errors;
+use crate::args::{Errors, List};
 
 /// A count of at least 1, with the span of the literal it was written as.
 pub(crate) struct Count {
@@ -37,4 +37,23 @@ impl Count {
 /// The path generated code names the runtime by: the `crate = "…"` argument, or `::pupsource`.
 pub(crate) fn runtime(path: Option<Path>) -> Path {
     path.unwrap_or_else(|| syn::parse_quote!(::pupsource))
+}
+
+/// The event types of `events(…)`: at least one, none twice.
+pub(crate) fn listed(events: List<Path>, errors: &mut Errors) -> Vec<Path> {
+    if events.items.is_empty() {
+        errors.push(syn::Error::new(events.span, "`events(...)` needs at least one event type"));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for event in &events.items {
+        let text = quote::quote!(#event).to_string().replace(' ', "");
+        if seen.contains(&text) {
+            errors.push(syn::Error::new_spanned(
+                event,
+                format!("`{text}` is listed twice in `events(...)`"),
+            ));
+        }
+        seen.push(text);
+    }
+    events.items
 }

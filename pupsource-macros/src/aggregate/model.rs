@@ -9,7 +9,7 @@ use syn::{Data, DeriveInput, Ident, LitStr, Path};
 
 use super::parse::Args;
 use crate::args::{Errors, List};
-use crate::model::{Count, runtime};
+use crate::model::{Count, listed, runtime};
 
 pub(super) struct Aggregate {
     pub(super) runtime: Path,
@@ -55,25 +55,6 @@ impl Aggregate {
             snapshots,
         })
     }
-}
-
-/// The event types of `events(…)`: at least one, none twice.
-fn listed(events: List<Path>, errors: &mut Errors) -> Vec<Path> {
-    if events.items.is_empty() {
-        errors.push(syn::Error::new(events.span, "`events(...)` needs at least one event type"));
-    }
-    let mut seen: Vec<String> = Vec::new();
-    for event in &events.items {
-        let text = quote::quote!(#event).to_string().replace(' ', "");
-        if seen.contains(&text) {
-            errors.push(syn::Error::new_spanned(
-                event,
-                format!("`{text}` is listed twice in `events(...)`"),
-            ));
-        }
-        seen.push(text);
-    }
-    events.items
 }
 
 /// The names of `ignore(…)`: none empty, none twice.

@@ -8,7 +8,7 @@ use syn::{Data, DeriveInput, Ident, LitStr, Path};
 
 use super::parse::Args;
 use crate::args::{Errors, List};
-use crate::model::{Count, runtime};
+use crate::model::{Count, listed, runtime};
 
 /// What a projection handles.
 pub(super) enum Handlers {
@@ -94,20 +94,7 @@ fn typed(
     aggregates: &Option<List<LitStr>>,
     errors: &mut Errors,
 ) -> Vec<Path> {
-    if events.items.is_empty() {
-        errors.push(syn::Error::new(events.span, "`events(...)` needs at least one event type"));
-    }
-    let mut seen: Vec<String> = Vec::new();
-    for event in &events.items {
-        let text = quote::quote!(#event).to_string().replace(' ', "");
-        if seen.contains(&text) {
-            errors.push(syn::Error::new_spanned(
-                event,
-                format!("`{text}` is listed twice in `events(...)`"),
-            ));
-        }
-        seen.push(text);
-    }
+    let events = listed(events, errors);
     for (list, key) in [(contexts, "contexts"), (aggregates, "aggregates")] {
         if let Some(list) = list {
             errors.push(syn::Error::new(
@@ -119,7 +106,7 @@ fn typed(
             ));
         }
     }
-    events.items
+    events
 }
 
 /// The names of a raw projection's `contexts(…)` or `aggregates(…)`, none of them empty.
