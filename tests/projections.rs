@@ -21,6 +21,7 @@ on_backends!([postgres, sqlite_file], {
     concurrent_writers_with_open_and_rolled_back_transactions_lose_nothing,
     partition_count_changes_4_8_3_handle_every_event_once,
     one_reader_per_projection_reads_the_log_once,
+    batches_grow_with_the_backlog_unless_handlers_write_through_the_transaction,
     retries_exhausted_stop_the_projection_with_full_context,
     transient_handler_failure_is_retried_and_applied_once,
     exhausted_event_is_parked_with_its_aggregate_and_replayed,
@@ -391,6 +392,49 @@ async fn one_reader_per_projection_reads_the_log_once<S: EventStore + Into<Store
     // Each event was read from the log once, not once per partition.
     assert_eq!(runner.metrics().events_read(), 2_000);
     assert_eq!(runner.metrics().events_handled(), 2_000);
+}
+
+/// Counts its events in memory: never asks for the transaction.
+#[derive(Default)]
+struct InMemory(AtomicU64);
+
+impl Projection for InMemory {
+    fn name(&self) -> &str {
+        "in_memory"
+    }
+
+    fn handle<'a>(&'a self, _: &'a PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// 2,000 events with a batch size of 10: a SQL read model still commits every 10 events at
+/// most, while a projection that writes nothing through the transaction catches up in a few
+/// transactions (one per hundreds of events).
+async fn batches_grow_with_the_backlog_unless_handlers_write_through_the_transaction<
+    S: EventStore + Into<Store>,
+>(
+    store: S,
+) {
+    let (truth, _) = append_workload(&store, "g", 40, 50, 50).await;
+    let store: Store = store.into();
+    create_read_model(&store).await;
+    let tally = Tally::new("sql_batches", 1);
+    let runner =
+        Runner::new(store.clone()).projection(tally.clone()).batch_size(10).until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("run");
+    assert_eq!(counts(&store, "sql_batches").await, truth);
+    assert_eq!(runner.metrics().events_handled(), 2_000);
+    assert!(runner.metrics().batches() >= 200, "{} transactions", runner.metrics().batches());
+
+    let in_memory = Arc::new(InMemory::default());
+    let runner =
+        Runner::new(store.clone()).projection(in_memory.clone()).batch_size(10).until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("run");
+    assert_eq!(in_memory.0.load(Ordering::Relaxed), 2_000);
+    assert_eq!(runner.metrics().events_handled(), 2_000);
+    assert!(runner.metrics().batches() <= 20, "{} transactions", runner.metrics().batches());
 }
 
 async fn retries_exhausted_stop_the_projection_with_full_context<S: EventStore + Into<Store>>(

@@ -51,8 +51,8 @@ struct Args {
     /// Seconds per append workload and round.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Rounds of each append workload (pupsource and the baseline alternate, each round
-    /// starting with the other): the table shows medians and the ratio's spread.
+    /// Rounds of each append and catch-up workload (pupsource and the baseline in turn): the
+    /// table shows medians and the ratio's spread.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// Events preloaded for the catch-up workloads.
@@ -84,7 +84,7 @@ struct Args {
 pub(crate) struct Sizes {
     pub(crate) batch_size: usize,
     pub(crate) append_time: Duration,
-    pub(crate) append_rounds: u32,
+    pub(crate) rounds: u32,
     pub(crate) catch_up_events: u64,
     pub(crate) read_model_events: u64,
     pub(crate) latency_appends: u32,
@@ -138,7 +138,7 @@ async fn run(args: Args) -> BenchResult<()> {
         Sizes {
             batch_size: args.batch_size,
             append_time: Duration::from_millis(500),
-            append_rounds: 1,
+            rounds: 1,
             catch_up_events: 20_000,
             read_model_events: 2_000,
             latency_appends: 100,
@@ -147,7 +147,7 @@ async fn run(args: Args) -> BenchResult<()> {
         Sizes {
             batch_size: args.batch_size,
             append_time: Duration::from_secs_f64(args.seconds.max(0.1)),
-            append_rounds: args.rounds.max(1),
+            rounds: args.rounds.max(1),
             catch_up_events: args.catch_up_events.max(1_000),
             read_model_events: args.read_model_events.max(100),
             latency_appends: args.latency_appends.max(10),

@@ -88,10 +88,10 @@ pub(crate) async fn all(
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if wanted("append") {
         for writers in [1, 4, 16] {
-            rows.push(appends(side, writers, 1, sizes.append_time, sizes.append_rounds).await?);
+            rows.push(appends(side, writers, 1, sizes.append_time, sizes.rounds).await?);
         }
         for writers in [1, 4] {
-            rows.push(appends(side, writers, 100, sizes.append_time, sizes.append_rounds).await?);
+            rows.push(appends(side, writers, 100, sizes.append_time, sizes.rounds).await?);
         }
     }
     if wanted("latency") {
@@ -140,8 +140,7 @@ async fn appends(
         raw_rates.push(rates[1]);
         ratios.push(rates[0] / rates[1].max(f64::MIN_POSITIVE));
     }
-    let spread =
-        ratios.iter().copied().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)));
+    let spread = spread(&ratios);
     let workload = if per_append == 1 {
         format!("append, 1 event/tx, {writers} writer{}", if writers == 1 { "" } else { "s" })
     } else {
@@ -209,6 +208,11 @@ async fn append_round(
     Ok((events / started.elapsed().as_secs_f64(), latencies))
 }
 
+/// The lowest and the highest of `values`.
+fn spread(values: &[f64]) -> (f64, f64) {
+    values.iter().copied().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)))
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 fn median(values: &mut [f64]) -> f64 {
     values.sort_unstable_by(f64::total_cmp);
@@ -220,61 +224,58 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Catch-up of a preloaded log with a no-op typed projection (1, 4, 8 partitions) against a
-/// keyset scan decoding the same payloads; and the peak RSS during the 8-partition run.
+/// keyset scan decoding the same payloads, in rounds (the scan, then each partition count);
+/// a reference scan of every event column; and the peak RSS during the 8-partition runs.
 async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
+    const PARTITIONS: [u32; 3] = [1, 4, 8];
     let events = sizes.catch_up_events;
     baseline::truncate(side).await?;
     baseline::preload(side, events, Deposited::NAME).await?;
-    let started = Instant::now();
-    let decoded = baseline::scan(side, 1_000).await?;
-    let raw = decoded as f64 / started.elapsed().as_secs_f64();
-    if decoded != events {
-        return Err(format!("the baseline scan decoded {decoded} of {events} events").into());
-    }
-
-    let mut rows = Vec::new();
+    let rate = |started: Instant| events as f64 / started.elapsed().as_secs_f64();
+    let (mut raw_rates, mut full_rates) = (Vec::new(), Vec::new());
+    let mut lib_rates = vec![Vec::new(); PARTITIONS.len()];
+    let mut ratios = vec![Vec::new(); PARTITIONS.len()];
     let mut rss = (0u64, 0u64);
-    for partitions in [1u32, 4, 8] {
-        let runner = Runner::new(side.store())
-            .projection(Arc::new(NoOp))
-            .partitions(partitions)
-            .until_caught_up();
-        runner.rebuild("no_op").await?;
-        let before = resident_bytes();
-        let peak = Arc::new(AtomicU64::new(before));
-        let sampler = {
-            let peak = Arc::clone(&peak);
-            tokio::spawn(async move {
-                loop {
-                    peak.fetch_max(resident_bytes(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-        };
+    for _ in 0..sizes.rounds {
         let started = Instant::now();
-        runner.run_until(std::future::pending()).await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        sampler.abort();
-        let handled = runner.metrics().events_handled();
-        if handled != events {
-            return Err(format!("the no-op projection handled {handled} of {events} events").into());
+        check_scan(baseline::scan(side, 1_000).await?, events)?;
+        let raw = rate(started);
+        raw_rates.push(raw);
+        let started = Instant::now();
+        check_scan(full_scan(side).await?, events)?;
+        full_rates.push(rate(started));
+        for (i, partitions) in PARTITIONS.into_iter().enumerate() {
+            let (lib, peak) = catch_up_round(side, sizes, partitions).await?;
+            if partitions == 8 {
+                rss = (peak.0, rss.1.max(peak.1));
+            }
+            lib_rates[i].push(lib);
+            ratios[i].push(lib / raw);
         }
-        if partitions == 8 {
-            rss = (before, peak.load(Ordering::Relaxed));
-        }
-        rows.push(Row {
-            backend: side.name(),
-            workload: format!(
-                "catch-up {events} events, no-op typed projection, {partitions} partition{}",
-                if partitions == 1 { "" } else { "s" }
-            ),
-            unit: "events/s",
-            lib: events as f64 / elapsed,
-            raw: Some(raw),
-            ratio: None,
-            lib_latency: None,
-            raw_latency: None,
-        });
+    }
+    let raw = median(&mut raw_rates);
+    let row = |workload: String, lib: f64, ratio| Row {
+        backend: side.name(),
+        workload,
+        unit: "events/s",
+        lib,
+        raw: Some(raw),
+        ratio,
+        lib_latency: None,
+        raw_latency: None,
+    };
+    let mut rows = vec![row(
+        format!("reference: the baseline's scan reading every event column ({events} events)"),
+        median(&mut full_rates),
+        None,
+    )];
+    for (i, partitions) in PARTITIONS.into_iter().enumerate() {
+        let workload = format!(
+            "catch-up {events} events, no-op typed projection, {partitions} partition{}",
+            if partitions == 1 { "" } else { "s" }
+        );
+        let spread = spread(&ratios[i]);
+        rows.push(row(workload, median(&mut lib_rates[i]), Some((median(&mut ratios[i]), spread))));
     }
     rows.push(Row {
         backend: side.name(),
@@ -290,6 +291,64 @@ async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
         raw_latency: None,
     });
     Ok(rows)
+}
+
+fn check_scan(decoded: u64, events: u64) -> BenchResult<()> {
+    match decoded == events {
+        true => Ok(()),
+        false => Err(format!("a baseline scan decoded {decoded} of {events} events").into()),
+    }
+}
+
+/// The reference scan: pages of 1,000 events with every column, as pupsource's event type.
+async fn full_scan(side: &Side) -> BenchResult<u64> {
+    let (store, scope) = (side.store(), pupsource::Scope::all());
+    let (mut after, mut decoded) = (pupsource::Position::START, 0u64);
+    loop {
+        let page = store.read_all(after, 1_000, &scope).await?;
+        let Some(last) = page.last() else { return Ok(decoded) };
+        after = last.position;
+        for event in &page {
+            std::hint::black_box(Deposited::decode(event)?);
+        }
+        decoded += page.len() as u64;
+    }
+}
+
+/// One catch-up from the start with `partitions` partitions: events per second, and the
+/// resident set before and at its peak (sampled every 10 ms).
+async fn catch_up_round(
+    side: &Side,
+    sizes: Sizes,
+    partitions: u32,
+) -> BenchResult<(f64, (u64, u64))> {
+    let events = sizes.catch_up_events;
+    let runner = Runner::new(side.store())
+        .projection(Arc::new(NoOp))
+        .partitions(partitions)
+        .batch_size(sizes.batch_size)
+        .until_caught_up();
+    runner.rebuild("no_op").await?;
+    let before = resident_bytes();
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(resident_bytes(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    runner.run_until(std::future::pending()).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    sampler.abort();
+    let handled = runner.metrics().events_handled();
+    if handled != events {
+        return Err(format!("the no-op projection handled {handled} of {events} events").into());
+    }
+    Ok((events as f64 / elapsed, (before, peak.load(Ordering::Relaxed))))
 }
 
 /// Catch-up with one upsert per event through the batch transaction.

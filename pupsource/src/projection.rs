@@ -263,6 +263,8 @@ pub struct Context<'a> {
     position: Position,
     lease: Option<&'a Lease>,
     transaction: Transaction<'a>,
+    /// The handler asked for the transaction (it may have written through it).
+    touched: bool,
 }
 
 impl<'a> Context<'a> {
@@ -272,7 +274,7 @@ impl<'a> Context<'a> {
         position: Position,
         transaction: Transaction<'a>,
     ) -> Self {
-        Context { projection, partition, position, lease: None, transaction }
+        Context { projection, partition, position, lease: None, transaction, touched: false }
     }
 
     pub(crate) fn with_lease(mut self, lease: Option<&'a Lease>) -> Self {
@@ -301,14 +303,25 @@ impl<'a> Context<'a> {
     }
 
     /// The batch's open transaction: write the read model through it to make it exactly-once.
+    ///
+    /// A batch commits once [`batch_size`] of its events asked for it; a batch whose handlers
+    /// do not ask for it grows with the backlog instead (up to a time budget).
+    ///
+    /// [`batch_size`]: crate::runner::Runner::batch_size
     pub fn transaction(&mut self) -> &mut Transaction<'a> {
+        self.touched = true;
         &mut self.transaction
+    }
+
+    /// Whether the handler asked for the transaction.
+    pub(crate) fn touched(&self) -> bool {
+        self.touched
     }
 
     /// The PostgreSQL transaction, if the store is PostgreSQL.
     #[cfg(feature = "postgres")]
     pub fn postgres(&mut self) -> Option<&mut sqlx::PgConnection> {
-        match &mut self.transaction {
+        match self.transaction() {
             Transaction::Postgres(tx) => Some(tx),
             #[allow(unreachable_patterns)]
             _ => None,
@@ -318,7 +331,7 @@ impl<'a> Context<'a> {
     /// The SQLite transaction, if the store is SQLite.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(&mut self) -> Option<&mut sqlx::SqliteConnection> {
-        match &mut self.transaction {
+        match self.transaction() {
             Transaction::Sqlite(tx) => Some(tx),
             #[allow(unreachable_patterns)]
             _ => None,

@@ -6,6 +6,11 @@
 //! bounded in events and in bytes however far behind the projection is, and `read_through`
 //! always means "every event up to here is in its slot's queue, or was taken from it".
 //!
+//! While the reader is behind (its last page was full: more follows at once), a worker is
+//! woken, and takes, only once its slot is *ripe*: half full in events or bytes, or waited for
+//! by the reader. So catching up, each worker takes hundreds of events at a time whatever the
+//! partition count, instead of a few per page; near the head every event goes out at once.
+//!
 //! A slot whose worker is retrying a failing handler (in backoff) would stop every other
 //! partition if the reader waited for it. Such a slot is *detached* instead: its queue is
 //! dropped and the reader stops feeding it. Once its worker goes on, it reads the log by
@@ -45,6 +50,8 @@ struct State {
     read_through: Position,
     /// The reader stopped: it reached the head (until caught up) or was cancelled.
     finished: bool,
+    /// The reader's last page was full: more follows at once.
+    behind: bool,
     slots: BTreeMap<u32, Slot>,
 }
 
@@ -58,6 +65,8 @@ struct Slot {
     attached: bool,
     /// The worker is waiting out a backoff: do not wait for it.
     retrying: bool,
+    /// The reader waits for room in this slot.
+    wanted: bool,
 }
 
 impl Slot {
@@ -65,6 +74,11 @@ impl Slot {
         events == 0
             || self.events.is_empty()
             || (self.events.len() + events <= limits.events && self.bytes + bytes <= limits.bytes)
+    }
+
+    /// Worth taking while the reader is behind.
+    fn ripe(&self, limits: SlotLimits) -> bool {
+        self.wanted || 2 * self.events.len() >= limits.events || 2 * self.bytes >= limits.bytes
     }
 }
 
@@ -99,6 +113,7 @@ impl Feed {
                     taken: checkpoint,
                     attached: true,
                     retrying: false,
+                    wanted: false,
                 };
                 (index, slot)
             })
@@ -106,7 +121,7 @@ impl Feed {
         Feed {
             partition_count,
             limits,
-            state: Mutex::new(State { read_through: start, finished: false, slots }),
+            state: Mutex::new(State { read_through: start, finished: false, behind: false, slots }),
             reader: Notify::new(),
             workers: checkpoints.keys().map(|&index| (index, Notify::new())).collect(),
         }
@@ -117,19 +132,25 @@ impl Feed {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn wake_workers(&self) {
-        for notify in self.workers.values() {
-            notify.notify_one();
+    /// Wakes the workers of the slots worth taking (all of them unless the reader is behind).
+    fn wake_workers(&self, state: &State) {
+        for (index, notify) in &self.workers {
+            let ready = state.slots.get(index).is_none_or(|slot| slot.ripe(self.limits));
+            if !state.behind || ready {
+                notify.notify_one();
+            }
         }
     }
 
-    /// Places a page (events in log order with their sizes, all up to `through`), waiting
-    /// for room in every slot that gets events from it; detaches slots that are retrying
-    /// instead of waiting for them. Returns false if cancelled first (nothing was placed).
+    /// Places a page (events in log order with their sizes, all up to `through`; `full` if
+    /// more follows at once), waiting for room in every slot that gets events from it;
+    /// detaches slots that are retrying instead of waiting for them. Returns false if
+    /// cancelled first (nothing was placed).
     pub(crate) async fn offer(
         &self,
         page: Vec<(PersistedEvent, usize)>,
         through: Position,
+        full: bool,
         cancel: &CancellationToken,
     ) -> bool {
         let mut split: BTreeMap<u32, Vec<(PersistedEvent, usize)>> = BTreeMap::new();
@@ -160,6 +181,7 @@ impl Feed {
                         tracing::debug!(target: "pupsource::runner", partition = index, "retrying partition detached from the reader");
                     } else {
                         blocked = true;
+                        slot.wanted = true;
                     }
                 }
                 if !blocked {
@@ -173,10 +195,11 @@ impl Feed {
                         slot.through = slot.through.max(through);
                     }
                     state.read_through = state.read_through.max(through);
-                    drop(state);
-                    self.wake_workers();
+                    state.behind = full;
+                    self.wake_workers(&state);
                     return true;
                 }
+                self.wake_workers(&state);
             }
             tokio::select! {
                 () = cancel.cancelled() => return false,
@@ -185,10 +208,21 @@ impl Feed {
         }
     }
 
+    /// The reader found nothing more for now: whatever is queued goes out at once.
+    pub(crate) fn caught_up(&self) {
+        let mut state = self.lock();
+        if state.behind {
+            state.behind = false;
+            self.wake_workers(&state);
+        }
+    }
+
     /// The reader will place nothing more.
     pub(crate) fn finish(&self) {
-        self.lock().finished = true;
-        self.wake_workers();
+        let mut state = self.lock();
+        state.finished = true;
+        state.behind = false;
+        self.wake_workers(&state);
     }
 
     /// Takes up to `max` events of partition `index` (waiting for some), or says that the
@@ -204,12 +238,15 @@ impl Feed {
             let wait = notify.notified();
             {
                 let mut state = self.lock();
-                let (read_through, finished) = (state.read_through, state.finished);
+                let (read_through, finished, behind) =
+                    (state.read_through, state.finished, state.behind);
                 let slot = state.slots.get_mut(&index)?;
                 if !slot.attached {
                     return Some(Take::ReadAlone { read_through });
                 }
-                if !slot.events.is_empty() || slot.through > slot.taken {
+                let queued = !slot.events.is_empty() || slot.through > slot.taken;
+                if queued && (!behind || slot.ripe(self.limits)) {
+                    slot.wanted = false;
                     let n = slot.events.len().min(max.max(1));
                     let events: Vec<PersistedEvent> = slot
                         .events
@@ -318,9 +355,12 @@ mod tests {
     #[test]
     fn a_page_waits_for_room_in_bytes_as_in_events_then_goes_whole() {
         let (feed, cancel) = (feed(), CancellationToken::new());
-        assert_eq!(feed.offer(page("a", 1..=3, 400), at(3), &cancel).now_or_never(), Some(true));
+        assert_eq!(
+            feed.offer(page("a", 1..=3, 400), at(3), false, &cancel).now_or_never(),
+            Some(true)
+        );
         // 3 × 400 bytes are queued: 2 more of 400 would pass 1,000 bytes.
-        let mut waiting = Box::pin(feed.offer(page("a", 4..=5, 400), at(5), &cancel));
+        let mut waiting = Box::pin(feed.offer(page("a", 4..=5, 400), at(5), false, &cancel));
         assert_eq!(waiting.as_mut().now_or_never(), None, "no room in bytes: it waits");
         let Some(Take::Events { events, through }) = take_now(&feed) else { panic!("events") };
         assert_eq!((events.len(), through), (3, at(3)));
@@ -334,7 +374,10 @@ mod tests {
     fn a_retrying_slot_is_detached_dropping_its_queue_and_attaches_again_only_where_the_reader_is()
     {
         let (feed, cancel) = (feed(), CancellationToken::new());
-        assert_eq!(feed.offer(page("a", 1..=10, 1), at(10), &cancel).now_or_never(), Some(true));
+        assert_eq!(
+            feed.offer(page("a", 1..=10, 1), at(10), false, &cancel).now_or_never(),
+            Some(true)
+        );
         let Some(Take::Events { through, .. }) = feed.take(0, 4, &cancel).now_or_never().flatten()
         else {
             panic!("events")
@@ -342,7 +385,10 @@ mod tests {
         assert_eq!(through, at(4));
         // The worker retries: the reader does not wait for it, and its queue is dropped.
         feed.set_retrying(0, true);
-        assert_eq!(feed.offer(page("a", 11..=20, 1), at(20), &cancel).now_or_never(), Some(true));
+        assert_eq!(
+            feed.offer(page("a", 11..=20, 1), at(20), false, &cancel).now_or_never(),
+            Some(true)
+        );
         assert_eq!(feed.lock().slots[&0].events.len(), 0);
         assert!(
             matches!(take_now(&feed), Some(Take::ReadAlone { read_through }) if read_through == at(20))
@@ -351,7 +397,10 @@ mod tests {
         assert!(!feed.attach(0, at(15)));
         assert!(feed.attach(0, at(20)));
         feed.set_retrying(0, false);
-        assert_eq!(feed.offer(page("a", 21..=22, 1), at(22), &cancel).now_or_never(), Some(true));
+        assert_eq!(
+            feed.offer(page("a", 21..=22, 1), at(22), false, &cancel).now_or_never(),
+            Some(true)
+        );
         let Some(Take::Events { events, through }) = take_now(&feed) else { panic!("events") };
         let positions: Vec<i64> = events.iter().map(|e| e.position.global_position).collect();
         assert_eq!((positions, through), (vec![21, 22], at(22)));
@@ -360,14 +409,67 @@ mod tests {
     #[test]
     fn a_closed_slot_never_holds_the_reader_and_a_finished_feed_says_so() {
         let (feed, cancel) = (feed(), CancellationToken::new());
-        assert_eq!(feed.offer(page("a", 1..=10, 1), at(10), &cancel).now_or_never(), Some(true));
+        assert_eq!(
+            feed.offer(page("a", 1..=10, 1), at(10), false, &cancel).now_or_never(),
+            Some(true)
+        );
         feed.close(0);
-        assert_eq!(feed.offer(page("a", 11..=30, 1), at(30), &cancel).now_or_never(), Some(true));
+        assert_eq!(
+            feed.offer(page("a", 11..=30, 1), at(30), false, &cancel).now_or_never(),
+            Some(true)
+        );
         feed.finish();
         assert!(take_now(&feed).is_none(), "a closed slot takes nothing");
 
         let other = self::feed();
         other.finish();
         assert!(matches!(take_now(&other), Some(Take::Finished)));
+    }
+
+    #[test]
+    fn while_the_reader_is_behind_a_slot_goes_out_only_once_ripe() {
+        let (feed, cancel) = (feed(), CancellationToken::new());
+        // Full pages: 4 of 10 events queued is not worth a batch yet.
+        assert_eq!(
+            feed.offer(page("a", 1..=4, 1), at(4), true, &cancel).now_or_never(),
+            Some(true)
+        );
+        assert!(take_now(&feed).is_none(), "4 of 10: wait for more");
+        assert_eq!(
+            feed.offer(page("a", 5..=5, 1), at(5), true, &cancel).now_or_never(),
+            Some(true)
+        );
+        let Some(Take::Events { events, through }) = take_now(&feed) else { panic!("ripe") };
+        assert_eq!((events.len(), through), (5, at(5)), "half full: all of it");
+
+        // The reader waits for room: the slot goes out whatever it holds.
+        assert_eq!(
+            feed.offer(page("a", 6..=9, 1), at(9), true, &cancel).now_or_never(),
+            Some(true)
+        );
+        let mut waiting = Box::pin(feed.offer(page("a", 10..=16, 1), at(16), true, &cancel));
+        assert_eq!(waiting.as_mut().now_or_never(), None, "4 + 7 events do not fit in 10");
+        let Some(Take::Events { events, .. }) = take_now(&feed) else { panic!("wanted") };
+        assert_eq!(events.len(), 4);
+        assert_eq!(waiting.now_or_never(), Some(true));
+
+        let Some(Take::Events { events, .. }) = take_now(&feed) else { panic!("7 is ripe") };
+        assert_eq!(events.len(), 7);
+
+        // The reader finding nothing more, or a page that is not full, sends out what is queued.
+        assert_eq!(
+            feed.offer(page("a", 17..=18, 1), at(18), true, &cancel).now_or_never(),
+            Some(true)
+        );
+        assert!(take_now(&feed).is_none(), "2 of 10: wait for more");
+        feed.caught_up();
+        let Some(Take::Events { events, .. }) = take_now(&feed) else { panic!("caught up") };
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            feed.offer(page("a", 19..=19, 1), at(19), false, &cancel).now_or_never(),
+            Some(true)
+        );
+        let Some(Take::Events { events, .. }) = take_now(&feed) else { panic!("not full") };
+        assert_eq!(events.len(), 1);
     }
 }

@@ -10,9 +10,13 @@
 //!
 //! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it,
 //! as a compare-and-set on its lease and on where the batch started (layout changes are handled
-//! as the `checkpoint` module explains). Events of one aggregate share a partition and arrive in
-//! log order, which is version order. A handler error (or panic) rolls the batch back; the
-//! batch is then redone one event per transaction, the failing event retried with exponential
+//! as the `checkpoint` module explains). Batches adapt to the backlog: a transaction commits
+//! once [`Runner::batch_size`] of its events asked for [`Context::transaction`], after 100 ms,
+//! or when nothing more is queued; so a projection that writes nothing through the transaction
+//! catches up with one commit per thousands of events, and a live event commits at once.
+//! Events of one aggregate share a partition and arrive in log order, which is version order.
+//! A handler error (or panic) rolls the transaction back; the events before the failing one
+//! are committed again without it, the failing event is retried alone with exponential
 //! backoff, and finally the partition halts ([`ErrorPolicy::Stop`], the default) or the event
 //! and every later event of its aggregate are parked ([`ErrorPolicy::Park`]). A lost
 //! connection or a locked database is retried with backoff on every path.
@@ -29,8 +33,8 @@
 //! Failures: a partition whose handler keeps failing halts alone (see [`ErrorPolicy::Stop`]),
 //! and a projection left with only halted partitions never stops the others; any other error
 //! (a lost checkpoint, a partition count that conflicts with live workers, an undecodable row)
-//! cancels every projection (fail-fast); Ctrl-C or SIGTERM lets each worker finish the batch in
-//! flight. [`Runner::run`] returns once every task stopped.
+//! cancels every projection (fail-fast); Ctrl-C or SIGTERM lets each worker commit what its
+//! transaction in flight has handled. [`Runner::run`] returns once every task stopped.
 
 mod coordinator;
 mod feed;
@@ -63,6 +67,14 @@ const IN_FLIGHT_BYTES: usize = 16 << 20;
 
 /// The most bytes of events one page of the log may hold.
 const PAGE_BYTES: usize = 4 << 20;
+
+/// The longest a batch transaction of a worker stays open before it commits what it has
+/// handled (its events whose handlers write through the transaction are capped by
+/// [`Runner::batch_size`] too).
+pub(crate) const BATCH_TIME_BUDGET: Duration = Duration::from_millis(100);
+
+/// The most events a worker takes from its queue at once (one batch or more).
+const TAKE_EVENTS: usize = 10_000;
 
 /// What to do when a handler still fails after every retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -398,7 +410,12 @@ impl Runner {
         self.projections.iter().find_map(crate::projection::downcast)
     }
 
-    /// Events per batch transaction (default 100, at least 1).
+    /// Events per batch transaction whose handlers write through it (default 100, at least
+    /// 1): a batch commits once this many of its events asked for
+    /// [`Context::transaction`](crate::Context::transaction). Events whose handlers do not
+    /// ask for it do not count: catching up, such a projection commits once per thousands of
+    /// events, or at the latest every 100 ms, and at once when it has nothing
+    /// more queued.
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.settings.batch_size = batch_size.max(1);
         self
@@ -546,7 +563,7 @@ impl Runner {
         loop {
             tokio::select! {
                 () = &mut shutdown, if !cancel.is_cancelled() => {
-                    tracing::info!(target: "pupsource::runner", "shutting down: finishing the batches in flight");
+                    tracing::info!(target: "pupsource::runner", "shutting down: committing the batches in flight");
                     cancel.cancel();
                 }
                 () = idle.changed.notified(), if !cancel.is_cancelled() => {

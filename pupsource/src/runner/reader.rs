@@ -165,6 +165,7 @@ async fn follow_log(
             break;
         };
         let Some(last) = page.events.last().map(|(e, _)| e.position) else {
+            feed.caught_up();
             if until_caught_up && caught_up(after).await? {
                 break;
             }
@@ -186,7 +187,7 @@ async fn follow_log(
         idle_wait = FIRST_IDLE_WAIT;
         run.metrics.events_read.fetch_add(page.events.len() as u64, Ordering::Relaxed);
         let full = page.full;
-        if !feed.offer(page.events, last, cancel).await {
+        if !feed.offer(page.events, last, full, cancel).await {
             break;
         }
         after = last;
@@ -198,12 +199,12 @@ async fn follow_log(
 }
 
 impl ProjectionRun {
-    /// How much each of `running` partitions may have queued: two of its shares of a page
-    /// (at least two batches), and its share of the bytes a projection may hold in flight.
+    /// How much each of `running` partitions may have queued: a page's events (at least two
+    /// batches), and its share of the bytes a projection may hold in flight.
     fn slot_limits(&self, running: usize) -> SlotLimits {
         let running = running.max(1);
         SlotLimits {
-            events: 2 * self.settings.batch_size.max(self.page_events / running),
+            events: self.page_events.max(2 * self.settings.batch_size),
             bytes: (super::IN_FLIGHT_BYTES / running).max(super::PAGE_BYTES / 4),
         }
     }

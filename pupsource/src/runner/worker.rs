@@ -8,24 +8,33 @@
 //! checkpoint moved and is rolled back, and the worker goes on from the stored checkpoint.
 //! Nothing is applied twice, whatever the timing.
 //!
+//! A batch is what the worker took from its queue (everything queued, up to `TAKE_EVENTS`),
+//! in as few transactions as its handlers allow: a transaction commits once `batch_size` of
+//! its events asked for it (handlers that write the read model through it), or once it has
+//! been open for `BATCH_TIME_BUDGET`, and the rest of the batch goes on in the next one. So a
+//! projection that writes nothing through the transaction pays one commit per thousands of
+//! events when catching up, and a live trickle still commits each event at once.
+//!
 //! Transient failures (a lost connection, a locked database) are retried with backoff on
 //! every path. A handler failure, or a panic (caught at the handler call and treated as its
-//! error), rolls the batch back; the batch is then redone one event per transaction, the
-//! failing event retried with backoff, and finally the partition halts or the event is
-//! parked, as the [`ErrorPolicy`] says. While it waits out a backoff the worker tells the
-//! feed, which then stops waiting for it (the other partitions keep their pace).
+//! error), rolls the transaction back; the events before the failing one are then committed
+//! again without it, the failing event is retried alone with backoff, and finally the
+//! partition halts or the event is parked, as the [`ErrorPolicy`] says. While it waits out a
+//! backoff the worker tells the feed, which then stops waiting for it (the other partitions
+//! keep their pace).
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::feed::{Feed, Take};
-use super::{ErrorPolicy, ProjectionRun};
+use super::{BATCH_TIME_BUDGET, ErrorPolicy, ProjectionRun, TAKE_EVENTS};
 use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
 use crate::domain::DecodeError;
@@ -62,9 +71,15 @@ enum Work<'a> {
 
 /// How a transaction of a worker ended.
 enum Outcome {
+    /// Committed through the position of the work.
     Committed,
-    /// A handler failed (or panicked) on this event; the transaction was rolled back.
-    HandlerFailed(&'static str, HandlerError),
+    /// Committed the events before the one it stopped at (`batch_size` of them wrote through
+    /// the transaction, it was open for the time budget, or the worker is shutting down): the
+    /// rest is for the next one.
+    CommittedPart,
+    /// A handler failed (or panicked) on the event at this position; the transaction was
+    /// rolled back.
+    HandlerFailed(Position, &'static str, HandlerError),
 }
 
 pub(crate) struct Worker {
@@ -111,8 +126,8 @@ impl Worker {
     }
 
     /// Handles what the feed gives (or, detached, what it reads alone) until the feed is
-    /// done or the worker is cancelled. Shutdown finishes the transaction in flight; what
-    /// is still queued is delivered again from the checkpoint on the next run.
+    /// done or the worker is cancelled. Shutdown commits what the transaction in flight has
+    /// handled; the rest is delivered again from the checkpoint on the next run.
     pub(crate) async fn run(mut self) -> Result<()> {
         let result = self.work().await;
         self.feed.close(self.partition.index);
@@ -120,10 +135,9 @@ impl Worker {
     }
 
     async fn work(&mut self) -> Result<()> {
-        let batch_size = self.run.settings.batch_size;
+        let most = TAKE_EVENTS.max(self.run.settings.batch_size);
         while !self.cancel.is_cancelled() {
-            let Some(take) = self.feed.take(self.partition.index, batch_size, &self.cancel).await
-            else {
+            let Some(take) = self.feed.take(self.partition.index, most, &self.cancel).await else {
                 return Ok(());
             };
             let flow = match take {
@@ -170,20 +184,7 @@ impl Worker {
                 .filter(|e| e.position <= through)
                 .filter(|e| partition_of(e.partition_hash, count) == self.partition.index)
                 .collect();
-            let chunks = mine.chunks(self.run.settings.batch_size.max(1));
-            let last_chunk = chunks.len().saturating_sub(1);
-            for (i, chunk) in chunks.enumerate() {
-                let chunk_through = match chunk.last() {
-                    Some(last) if i < last_chunk => last.position,
-                    _ => through,
-                };
-                if let Flow::Cancelled = self.process(chunk, chunk_through).await? {
-                    return Ok(Flow::Cancelled);
-                }
-            }
-            if mine.is_empty()
-                && let Flow::Cancelled = self.process(&[], through).await?
-            {
+            if let Flow::Cancelled = self.process(&mine, through).await? {
                 return Ok(Flow::Cancelled);
             }
             self.through = through;
@@ -194,11 +195,9 @@ impl Worker {
         Ok(Flow::Done)
     }
 
-    /// Handles `events` and moves the checkpoint to `through`.
+    /// Handles `events` (in log order) in as many transactions as it takes, and moves the
+    /// checkpoint to `through`.
     async fn process(&mut self, events: &[PersistedEvent], through: Position) -> Result<Flow> {
-        if self.cancel.is_cancelled() {
-            return Ok(Flow::Cancelled);
-        }
         if through <= self.checkpoint {
             return Ok(Flow::Done);
         }
@@ -211,35 +210,36 @@ impl Worker {
             events = events.len(),
         );
         async {
-            match self.transact(Work::Batch(events, through)).await? {
-                None => Ok(Flow::Cancelled),
-                Some(Outcome::Committed) => Ok(Flow::Done),
-                Some(Outcome::HandlerFailed(..)) => self.process_one_by_one(events, through).await,
+            // The index of an event whose handler failed: the events before it go first.
+            let mut failed: Option<usize> = None;
+            loop {
+                if self.cancel.is_cancelled() {
+                    return Ok(Flow::Cancelled);
+                }
+                let pending = events.partition_point(|e| e.position <= self.checkpoint);
+                let work = match failed {
+                    Some(index) if index <= pending => {
+                        failed = None;
+                        if let Flow::Cancelled = self.process_alone(&events[index]).await? {
+                            return Ok(Flow::Cancelled);
+                        }
+                        continue;
+                    }
+                    Some(index) => Work::Batch(&events[..index], events[index - 1].position),
+                    None => Work::Batch(events, through),
+                };
+                match self.transact(work).await? {
+                    None => return Ok(Flow::Cancelled),
+                    Some(Outcome::Committed) if failed.is_none() => return Ok(Flow::Done),
+                    Some(Outcome::Committed | Outcome::CommittedPart) => {}
+                    Some(Outcome::HandlerFailed(at, ..)) => {
+                        failed = Some(events.partition_point(|e| e.position < at));
+                    }
+                }
             }
         }
         .instrument(span)
         .await
-    }
-
-    /// After a handler failure: each event in a transaction of its own, retried, then the
-    /// partition halts or the event is parked.
-    async fn process_one_by_one(
-        &mut self,
-        events: &[PersistedEvent],
-        through: Position,
-    ) -> Result<Flow> {
-        for event in events {
-            if self.cancel.is_cancelled() {
-                return Ok(Flow::Cancelled);
-            }
-            if let Flow::Cancelled = self.process_alone(event).await? {
-                return Ok(Flow::Cancelled);
-            }
-        }
-        Ok(match self.transact(Work::Batch(&[], through)).await? {
-            None => Flow::Cancelled,
-            Some(_) => Flow::Done,
-        })
     }
 
     async fn process_alone(&mut self, event: &PersistedEvent) -> Result<Flow> {
@@ -251,8 +251,8 @@ impl Worker {
                 .await?
             {
                 None => return Ok(Flow::Cancelled),
-                Some(Outcome::Committed) => return Ok(Flow::Done),
-                Some(Outcome::HandlerFailed(kind, failure)) => (kind, failure),
+                Some(Outcome::Committed | Outcome::CommittedPart) => return Ok(Flow::Done),
+                Some(Outcome::HandlerFailed(_, kind, failure)) => (kind, failure),
             };
             attempt += 1;
             let message = failure.to_string();
@@ -340,8 +340,15 @@ impl Worker {
             return Ok(Outcome::Committed);
         }
         let mut tx = self.begin().await?;
-        let mut handled = 0u64;
+        let (opened, batch_size) = (Instant::now(), self.run.settings.batch_size);
+        let (mut handled, mut writes, mut last) = (0u64, 0usize, self.checkpoint);
         for event in events.iter().filter(|e| e.position > self.checkpoint) {
+            let full = writes >= batch_size || opened.elapsed() >= BATCH_TIME_BUDGET;
+            if last > self.checkpoint && (full || self.cancel.is_cancelled()) {
+                self.commit(tx, last, handled).await?;
+                return Ok(Outcome::CommittedPart);
+            }
+            last = event.position;
             if let Some((message, attempts)) = parking {
                 tx.park(&self.run.name, event, Some(message), attempts).await?;
                 continue;
@@ -350,17 +357,19 @@ impl Worker {
                 Step::Skip => {}
                 Step::Park => tx.park(&self.run.name, event, None, 0).await?,
                 Step::Handle => match self.call(event, tx.as_mut()).await {
-                    Ok(()) => handled += 1,
+                    Ok(touched) => {
+                        handled += 1;
+                        writes += usize::from(touched);
+                    }
                     Err((kind, failure)) => {
                         tracing::debug!(target: "pupsource::runner", position = %event.position, error = %failure, "handler {kind} in batch");
                         rollback(tx).await;
-                        return Ok(Outcome::HandlerFailed(kind, failure));
+                        return Ok(Outcome::HandlerFailed(event.position, kind, failure));
                     }
                 },
             }
         }
-        self.commit(tx, through).await?;
-        self.run.metrics.events_handled.fetch_add(handled, Ordering::Relaxed);
+        self.commit(tx, through, handled).await?;
         Ok(Outcome::Committed)
     }
 
@@ -375,19 +384,20 @@ impl Worker {
         }
     }
 
-    /// Calls the handler; a panic is caught and becomes its error.
+    /// Calls the handler, and says whether it asked for the transaction; a panic is caught
+    /// and becomes its error.
     async fn call(
         &self,
         event: &PersistedEvent,
         tx: &mut dyn Batch,
-    ) -> Result<(), (&'static str, HandlerError)> {
+    ) -> Result<bool, (&'static str, HandlerError)> {
         let mut cx = Context::new(&self.run.name, self.partition, event.position, tx.transaction())
             .with_lease(Some(&self.lease));
         let call = async { self.run.projection.handle(event, &mut cx).await };
         let result: std::thread::Result<HandlerResult> =
             AssertUnwindSafe(call).catch_unwind().await;
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(cx.touched()),
             Ok(Err(failure)) => Err(("failed", failure)),
             Err(panic) => Err(("panicked", Box::new(HandlerPanic::from_payload(panic.as_ref())))),
         }
@@ -399,8 +409,14 @@ impl Worker {
         self.run.store.begin_batch(Some(self.run.settings.lease())).await
     }
 
-    /// Writes the checkpoint (retiring older layouts when possible) and commits.
-    async fn commit(&mut self, mut tx: Box<dyn Batch>, through: Position) -> Result<()> {
+    /// Writes the checkpoint (retiring older layouts when possible) and commits the
+    /// transaction in which `handled` events were handled.
+    async fn commit(
+        &mut self,
+        mut tx: Box<dyn Batch>,
+        through: Position,
+        handled: u64,
+    ) -> Result<()> {
         let retired = tx
             .save_checkpoint(
                 &self.run.name,
@@ -419,6 +435,7 @@ impl Worker {
         }
         self.checkpoint = through;
         self.run.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        self.run.metrics.events_handled.fetch_add(handled, Ordering::Relaxed);
         Ok(())
     }
 

@@ -257,6 +257,10 @@ struct Inner {
     sql: Sql,
     /// Bumped on every append of this process; readers wait on it.
     wake: watch::Sender<u64>,
+    /// Taken by each batch (and setup) transaction of this process before it asks SQLite for
+    /// the write lock: partitions queue here in turn instead of polling the lock in the busy
+    /// handler, which sleeps up to 100 ms between tries.
+    batch_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -267,7 +271,13 @@ impl SqliteStore {
 
     /// A store on `pool` with the given table names.
     pub fn with_tables(pool: SqlitePool, tables: Tables) -> Self {
-        let inner = Inner { sql: Sql::new(&tables), pool, tables, wake: watch::Sender::new(0) };
+        let inner = Inner {
+            sql: Sql::new(&tables),
+            pool,
+            tables,
+            wake: watch::Sender::new(0),
+            batch_turn: Arc::default(),
+        };
         SqliteStore { inner: Arc::new(inner) }
     }
 
@@ -335,6 +345,13 @@ impl SqliteStore {
     /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`).
     pub(crate) async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
         Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// A batch transaction: this process's turn, then the write lock.
+    async fn begin_turn(&self) -> Result<Box<dyn Batch>> {
+        let turn = Arc::clone(&self.inner.batch_turn).lock_owned().await;
+        let tx = self.begin_immediate().await?;
+        Ok(Box::new(SqliteBatch { store: self.clone(), tx, _turn: turn }))
     }
 
     fn appended(&self) {
@@ -518,7 +535,7 @@ impl Backend for SqliteStore {
     /// `BEGIN IMMEDIATE`: the write lock, so one process at a time decides where new
     /// partitions start, and no batch of another partition count is in flight meanwhile.
     async fn begin_setup(&self, _projection: &str) -> Result<Box<dyn Batch>> {
-        Ok(Box::new(SqliteBatch { store: self.clone(), tx: self.begin_immediate().await? }))
+        self.begin_turn().await
     }
 
     async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
@@ -557,14 +574,16 @@ impl Backend for SqliteStore {
     /// A batch holds the write lock from its start: nobody can claim its partition meanwhile,
     /// so it needs no other bound on its life.
     async fn begin_batch(&self, _lease: Option<Duration>) -> Result<Box<dyn Batch>> {
-        Ok(Box::new(SqliteBatch { store: self.clone(), tx: self.begin_immediate().await? }))
+        self.begin_turn().await
     }
 }
 
-/// The transaction of one batch on SQLite (it holds the write lock).
+/// The transaction of one batch on SQLite (it holds the write lock, and this process's turn:
+/// dropped after the transaction ends).
 struct SqliteBatch {
     store: SqliteStore,
     tx: sqlx::Transaction<'static, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 #[async_trait::async_trait]
