@@ -23,9 +23,11 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::reader::run_partitions;
+use super::telemetry;
 use super::{Idle, ProjectionRun, RunMode};
 use crate::backoff::retry_transient;
 use crate::error::{Error, Result};
+use crate::partition::Partition;
 use crate::projection::Lease;
 use crate::store::lease::Heartbeat;
 
@@ -204,14 +206,17 @@ impl Coordinator {
             }
             Err(err) => return Err(err),
         };
-        for (partition, epoch) in &self.held {
-            if beat.held.get(partition) != Some(epoch) {
+        let layout = |index| Partition { index, count: run.partition_count };
+        for (&partition, epoch) in &self.held {
+            if beat.held.get(&partition) != Some(epoch) {
                 tracing::warn!(target: "pupsource::runner", projection = %run.name, partition, epoch, "lease taken over by another worker");
+                telemetry::lease_lost(&run.name, layout(partition));
             }
         }
-        for (partition, epoch) in &beat.held {
-            if self.held.get(partition) != Some(epoch) {
+        for (&partition, epoch) in &beat.held {
+            if self.held.get(&partition) != Some(epoch) {
                 tracing::info!(target: "pupsource::runner", projection = %run.name, partition, epoch, "partition claimed");
+                telemetry::lease_claimed(&run.name, layout(partition));
             }
         }
         // A halted partition stays halted in this process (and reported) even if its lease
@@ -231,6 +236,7 @@ impl Coordinator {
             match run.store.release(&run.name, run.partition_count, worker, &surplus).await {
                 Ok(()) => {
                     tracing::info!(target: "pupsource::runner", projection = %run.name, partitions = ?surplus, "surplus partitions released");
+                    telemetry::leases_released(&run.name, surplus.len());
                     self.held.retain(|p, _| !surplus.contains(p));
                 }
                 Err(err) => {
@@ -279,6 +285,7 @@ impl Coordinator {
             }
             Err(Error::LeaseLost { partition, epoch, .. }) => {
                 tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %partition, epoch, "lease lost; the batch in flight was rolled back");
+                telemetry::lease_lost(&self.run.name, partition);
                 self.held.remove(&partition.index);
                 Ok(())
             }

@@ -40,6 +40,7 @@ mod coordinator;
 mod feed;
 mod reader;
 mod status;
+pub mod telemetry;
 mod worker;
 
 use std::collections::HashSet;
@@ -179,6 +180,8 @@ pub(crate) struct Settings {
     pub(crate) worker_id: Arc<str>,
     /// How often leases are renewed; they last three heartbeats.
     pub(crate) heartbeat: Duration,
+    /// How often the lag gauges are refreshed (`None`: never).
+    pub(crate) lag_metrics: Option<Duration>,
 }
 
 impl Settings {
@@ -328,6 +331,7 @@ impl Runner {
                 assigned: None,
                 worker_id: default_worker_id().into(),
                 heartbeat: Duration::from_secs(2),
+                lag_metrics: None,
             },
             metrics: Arc::new(Metrics::default()),
         }
@@ -493,6 +497,15 @@ impl Runner {
         self
     }
 
+    /// Refreshes the lag, parked and fence gauges of the [`telemetry`] module every `every`
+    /// while running (default: never). Each refresh runs the status query, which counts the
+    /// events behind every checkpoint: choose an interval (say, 15 s) that the database can
+    /// afford on a large backlog.
+    pub fn lag_metrics(mut self, every: Duration) -> Self {
+        self.settings.lag_metrics = Some(every.max(Duration::from_millis(10)));
+        self
+    }
+
     /// This runner's worker id.
     pub fn id(&self) -> &str {
         &self.settings.worker_id
@@ -539,6 +552,10 @@ impl Runner {
             let (store, stop) = (Arc::clone(&self.backend), cancel.child_token());
             tokio::spawn(async move { store.listen(stop).await })
         };
+        let sampler = self.settings.lag_metrics.map(|every| {
+            let (runner, stop) = (self.clone(), cancel.child_token());
+            tokio::spawn(async move { telemetry::sample(every, stop, || runner.status()).await })
+        });
         let idle = Arc::new(Idle::default());
         let mut tasks = JoinSet::new();
         let mut names = std::collections::HashMap::new();
@@ -602,6 +619,9 @@ impl Runner {
         }
         cancel.cancel();
         let _ = listener.await;
+        if let Some(sampler) = sampler {
+            let _ = sampler.await;
+        }
         first_error.map_or(Ok(()), Err)
     }
 

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::{Feed, SlotLimits};
+use super::telemetry::ReaderMetrics;
 use super::worker::Worker;
 use super::{ProjectionRun, RunMode};
 use crate::backoff::retry_transient;
@@ -154,6 +155,7 @@ async fn follow_log(
     let mut after = start;
     let mut wakeups = store.wakeups();
     let mut idle_wait = FIRST_IDLE_WAIT;
+    let telemetry = ReaderMetrics::new(&run.name);
     while !cancel.is_cancelled() {
         wakeups.borrow_and_update();
         run.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
@@ -164,6 +166,7 @@ async fn follow_log(
         else {
             break;
         };
+        telemetry.page(page.events.iter().map(|(_, bytes)| bytes).sum());
         let Some(last) = page.events.last().map(|(e, _)| e.position) else {
             feed.caught_up();
             if until_caught_up && caught_up(after).await? {

@@ -47,6 +47,8 @@ pub struct PartitionStatus {
     pub checkpoint: Position,
     /// Events of this partition in the projection's scope after the checkpoint.
     pub lag: u64,
+    /// When the oldest of those events was created (`None` when there are none).
+    pub oldest_unhandled: Option<OffsetDateTime>,
     /// When the checkpoint was last written.
     pub updated_at: OffsetDateTime,
     /// The last handler error since the last committed batch.
@@ -65,11 +67,13 @@ pub(super) async fn status(
         let scope = projection.scope();
         let mut partitions = Vec::new();
         for row in store.checkpoints(name).await? {
-            let lag = store.count_after(row.position, &scope, row.partition).await?;
+            let (lag, oldest_unhandled) =
+                store.lag_after(row.position, &scope, row.partition).await?;
             partitions.push(PartitionStatus {
                 partition: row.partition,
                 checkpoint: row.position,
                 lag,
+                oldest_unhandled,
                 updated_at: row.updated_at,
                 last_error: row.last_error,
                 lease: row.lease,

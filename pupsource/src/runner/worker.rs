@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::feed::{Feed, Take};
+use super::telemetry::PartitionMetrics;
 use super::{BATCH_TIME_BUDGET, ErrorPolicy, ProjectionRun, TAKE_EVENTS};
 use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
@@ -98,6 +99,7 @@ pub(crate) struct Worker {
     /// Streams with a parked event: their later events are parked too, keeping their order.
     parked: HashSet<StreamId>,
     cancel: CancellationToken,
+    telemetry: PartitionMetrics,
 }
 
 impl Worker {
@@ -111,7 +113,9 @@ impl Worker {
         cancel: CancellationToken,
     ) -> Self {
         let checkpoint = state.current.checkpoints[partition.index as usize];
+        let telemetry = PartitionMetrics::new(&run.name, partition);
         Worker {
+            telemetry,
             run,
             feed,
             partition,
@@ -255,6 +259,7 @@ impl Worker {
                 Some(Outcome::HandlerFailed(_, kind, failure)) => (kind, failure),
             };
             attempt += 1;
+            self.telemetry.failed();
             let message = failure.to_string();
             tracing::warn!(
                 target: "pupsource::runner",
@@ -282,6 +287,7 @@ impl Worker {
                 if !waited {
                     return Ok(Flow::Cancelled);
                 }
+                self.telemetry.retrying();
                 continue;
             }
             return match self.run.settings.on_error {
@@ -341,21 +347,26 @@ impl Worker {
         }
         let mut tx = self.begin().await?;
         let (opened, batch_size) = (Instant::now(), self.run.settings.batch_size);
-        let (mut handled, mut writes, mut last) = (0u64, 0usize, self.checkpoint);
+        let (mut handled, mut parked, mut writes) = (0u64, 0u64, 0usize);
+        let mut last = self.checkpoint;
         for event in events.iter().filter(|e| e.position > self.checkpoint) {
             let full = writes >= batch_size || opened.elapsed() >= BATCH_TIME_BUDGET;
             if last > self.checkpoint && (full || self.cancel.is_cancelled()) {
-                self.commit(tx, last, handled).await?;
+                self.commit(tx, last, opened, handled, parked).await?;
                 return Ok(Outcome::CommittedPart);
             }
             last = event.position;
             if let Some((message, attempts)) = parking {
                 tx.park(&self.run.name, event, Some(message), attempts).await?;
+                parked += 1;
                 continue;
             }
             match self.step(event) {
                 Step::Skip => {}
-                Step::Park => tx.park(&self.run.name, event, None, 0).await?,
+                Step::Park => {
+                    tx.park(&self.run.name, event, None, 0).await?;
+                    parked += 1;
+                }
                 Step::Handle => match self.call(event, tx.as_mut()).await {
                     Ok(touched) => {
                         handled += 1;
@@ -369,7 +380,7 @@ impl Worker {
                 },
             }
         }
-        self.commit(tx, through, handled).await?;
+        self.commit(tx, through, opened, handled, parked).await?;
         Ok(Outcome::Committed)
     }
 
@@ -410,12 +421,15 @@ impl Worker {
     }
 
     /// Writes the checkpoint (retiring older layouts when possible) and commits the
-    /// transaction in which `handled` events were handled.
+    /// transaction opened at `opened`, in which `handled` events were handled and `parked`
+    /// parked.
     async fn commit(
         &mut self,
         mut tx: Box<dyn Batch>,
         through: Position,
+        opened: Instant,
         handled: u64,
+        parked: u64,
     ) -> Result<()> {
         let retired = tx
             .save_checkpoint(
@@ -436,6 +450,7 @@ impl Worker {
         self.checkpoint = through;
         self.run.metrics.batches.fetch_add(1, Ordering::Relaxed);
         self.run.metrics.events_handled.fetch_add(handled, Ordering::Relaxed);
+        self.telemetry.committed(opened, handled, parked);
         Ok(())
     }
 

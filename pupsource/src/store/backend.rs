@@ -82,13 +82,14 @@ pub(crate) trait Backend: Appends + Leases + fmt::Debug + Send + Sync + 'static 
         Ok(None)
     }
 
-    /// How many events in `scope` after `after` belong to `partition`.
-    async fn count_after(
+    /// How many events in `scope` after `after` belong to `partition`, and when the oldest
+    /// of them was created.
+    async fn lag_after(
         &self,
         after: Position,
         scope: &Scope,
         partition: Partition,
-    ) -> Result<u64>;
+    ) -> Result<(u64, Option<OffsetDateTime>)>;
 
     /// Opens the transaction in which a projection's partitions are decided (its checkpoint
     /// rows created, other layouts fenced), holding the projection's lock: one process at a

@@ -64,6 +64,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
+use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -156,7 +157,7 @@ struct Sql {
     read_all: Statement,
     read_stream: Statement,
     read_event: Statement,
-    count_after: Statement,
+    lag_after: Statement,
     head_position: Statement,
     held_back: Statement,
     load_checkpoints: Statement,
@@ -228,8 +229,8 @@ impl Sql {
             read_event: render(&format!(
                 "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE global_position = $1"
             )),
-            count_after: render(&format!(
-                "SELECT count(*) FROM \"{{events}}\" \
+            lag_after: render(&format!(
+                "SELECT count(*), min(created_at) FROM \"{{events}}\" \
                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2) AND {scope_filter} \
                  AND {} = $8",
                 super::PARTITION_OF_SQL
@@ -672,26 +673,27 @@ impl Backend for PostgresStore {
         }))
     }
 
-    async fn count_after(
+    async fn lag_after(
         &self,
         after: Position,
         scope: &Scope,
         partition: Partition,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Option<OffsetDateTime>)> {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let (count, wrap) = partition_sql_args(partition.count);
-        let n: i64 = sqlx::query_scalar(self.inner.sql.count_after.sql())
-            .bind(after.transaction_id)
-            .bind(after.global_position)
-            .bind(list(&scope.contexts))
-            .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types))
-            .bind(count)
-            .bind(wrap)
-            .bind(i64::from(partition.index))
-            .fetch_one(&self.inner.pool)
-            .await?;
-        Ok(n.unsigned_abs())
+        let (n, oldest): (i64, Option<OffsetDateTime>) =
+            sqlx::query_as(self.inner.sql.lag_after.sql())
+                .bind(after.transaction_id)
+                .bind(after.global_position)
+                .bind(list(&scope.contexts))
+                .bind(list(&scope.aggregate_types))
+                .bind(list(&scope.event_types))
+                .bind(count)
+                .bind(wrap)
+                .bind(i64::from(partition.index))
+                .fetch_one(&self.inner.pool)
+                .await?;
+        Ok((n.unsigned_abs(), oldest))
     }
 
     async fn begin_setup(&self, projection: &str) -> Result<Box<dyn Batch>> {

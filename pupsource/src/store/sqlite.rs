@@ -98,7 +98,7 @@ pub(super) struct Sql {
     parked: Statement,
     read_event: Statement,
     head_position: Statement,
-    count_after: Statement,
+    lag_after: Statement,
     pub(super) leases: leases::LeaseSql,
 }
 
@@ -214,10 +214,10 @@ impl Sql {
                 tables,
                 "SELECT COALESCE(max(global_position), 0) FROM \"{events}\"",
             ),
-            count_after: Statement::new(
+            lag_after: Statement::new(
                 tables,
                 &format!(
-                    "SELECT count(*) FROM \"{{events}}\" WHERE global_position > $1 AND $2 = $2 \
+                    "SELECT count(*), min(created_at) FROM \"{{events}}\" WHERE global_position > $1 AND $2 = $2 \
              AND ($3 IS NULL OR bounded_context IN (SELECT value FROM json_each($3))) \
              AND ($4 IS NULL OR aggregate_type IN (SELECT value FROM json_each($4))) \
              AND ($5 IS NULL OR event_type IN (SELECT value FROM json_each($5))) \
@@ -511,14 +511,14 @@ impl Backend for SqliteStore {
             .await?)
     }
 
-    async fn count_after(
+    async fn lag_after(
         &self,
         after: Position,
         scope: &Scope,
         partition: Partition,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Option<OffsetDateTime>)> {
         let (count, wrap) = partition_sql_args(partition.count);
-        let n: i64 = sqlx::query_scalar(self.inner.sql.count_after.sql())
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(self.inner.sql.lag_after.sql())
             .bind(after.global_position)
             .bind(after.transaction_id)
             .bind(json_list(&scope.contexts))
@@ -529,7 +529,7 @@ impl Backend for SqliteStore {
             .bind(i64::from(partition.index))
             .fetch_one(&self.inner.pool)
             .await?;
-        Ok(n.unsigned_abs())
+        Ok((n.unsigned_abs(), oldest.and_then(from_unix_micros)))
     }
 
     /// `BEGIN IMMEDIATE`: the write lock, so one process at a time decides where new
