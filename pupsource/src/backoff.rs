@@ -2,7 +2,7 @@
 //! operations that failed for a passing reason.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,9 @@ pub(crate) async fn sleep_or_cancel(cancel: &CancellationToken, wait: Duration) 
 
 /// Runs `op` until it succeeds, retrying transient failures (a lost connection, a locked
 /// database) with backoff; `None` if cancelled first. Any other error is returned.
+///
+/// An outage is logged once, with its cause and the retry schedule, and once again when `op`
+/// succeeds; the attempts in between only at debug level.
 pub(crate) async fn retry_transient<T, F, Fut>(
     cancel: &CancellationToken,
     what: &str,
@@ -54,12 +57,29 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let mut backoff = Backoff::reconnect();
+    let mut outage: Option<(Instant, u32)> = None;
     loop {
         match op().await {
-            Ok(value) => return Ok(Some(value)),
+            Ok(value) => {
+                if let Some((since, failures)) = outage {
+                    // At the outage's level, so that whoever saw it sees its end.
+                    tracing::warn!(target: "pupsource::runner", failures, down_for = ?since.elapsed(), "the database is back: could {what} again");
+                }
+                return Ok(Some(value));
+            }
             Err(err) if err.is_transient() => {
                 let wait = backoff.next();
-                tracing::warn!(target: "pupsource::runner", error = %err, retry_in = ?wait, "cannot {what}; retrying");
+                match &mut outage {
+                    None => {
+                        let Backoff { max, .. } = backoff;
+                        tracing::warn!(target: "pupsource::runner", error = %err, "cannot {what}; retrying in {wait:?}, then doubling up to every {max:?}, until the database answers");
+                        outage = Some((Instant::now(), 1));
+                    }
+                    Some((_, failures)) => {
+                        *failures += 1;
+                        tracing::debug!(target: "pupsource::runner", error = %err, retry_in = ?wait, "still cannot {what}");
+                    }
+                }
                 if !sleep_or_cancel(cancel, wait).await {
                     return Ok(None);
                 }
@@ -72,6 +92,62 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_is_logged_once_with_its_schedule_and_once_when_it_ends() {
+        use std::sync::{Arc, Mutex};
+
+        /// The log lines, shared with the test.
+        #[derive(Clone, Default)]
+        struct Logs(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Logs {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("logs").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .without_time()
+            .finish();
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        let mut failures = 3;
+        let result = tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(retry_transient(&CancellationToken::new(), "read the log", || {
+                failures -= 1;
+                let outcome = match failures {
+                    0 => Ok(42),
+                    _ => Err(crate::Error::Connection(sqlx::Error::PoolTimedOut)),
+                };
+                async move { outcome }
+            }))
+        });
+        assert_eq!(result.expect("no permanent error"), Some(42));
+        let logs = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("UTF-8");
+        // The outage's length varies: compare up to it.
+        let lines: Vec<&str> = logs
+            .lines()
+            .map(|line| line.split_once("down_for=").map_or(line, |(l, _)| l))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                " WARN pupsource::runner: cannot read the log; retrying in 100ms, then doubling up \
+                 to every 5s, until the database answers error=database unavailable: pool timed \
+                 out while waiting for an open connection",
+                " WARN pupsource::runner: the database is back: could read the log again \
+                 failures=2 ",
+            ]
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

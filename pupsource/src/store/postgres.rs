@@ -67,6 +67,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::ConnectOptions;
 use super::backend::{Backend, Batch, CheckpointInfo, Fence, Page, ParkedEvent, RestoreRepair};
 use super::row::EventDecoder;
 use super::{
@@ -75,7 +76,7 @@ use super::{
 };
 use crate::backoff::{Backoff, sleep_or_cancel};
 use crate::checkpoint::CheckpointRow;
-use crate::error::{ConstraintKind, Error, Result};
+use crate::error::{ConnectFailure, ConstraintKind, Error, Result};
 use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
@@ -109,6 +110,21 @@ const EVENT_COLUMNS: &str = "global_position, transaction_id::text::bigint AS tr
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \
     created_at";
+
+/// Why connecting with `options` failed: PostgreSQL's SQLSTATEs first, then what every
+/// database reports alike.
+fn connect_failure(err: sqlx::Error, options: &PgConnectOptions) -> ConnectFailure {
+    let code = err.as_database_error().and_then(|db| db.code());
+    match code.as_deref() {
+        // invalid_catalog_name; the database defaults to the user's name.
+        Some("3D000") => ConnectFailure::NoSuchDatabase(
+            options.get_database().unwrap_or(options.get_username()).to_owned(),
+        ),
+        // invalid_password
+        Some("28P01") => ConnectFailure::PasswordRejected,
+        _ => ConnectFailure::from(err),
+    }
+}
 
 /// The fence of reads (module docs, "The fence"): an `xid8` from one snapshot.
 const FENCE: &str = "(SELECT COALESCE((SELECT min(x) FROM pg_snapshot_xip(snap) AS x \
@@ -340,15 +356,55 @@ impl PostgresStore {
         PostgresStore { inner: Arc::new(inner) }
     }
 
-    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of 10 connections.
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of 10 connections and
+    /// the default [`ConnectOptions`].
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a malformed URL, [`Error::Connection`] if the server
-    /// cannot be reached.
+    /// As [`PostgresStore::connect_with`].
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url).map_err(Error::Configuration)?;
-        let pool = PgPoolOptions::new().max_connections(10).connect_with(options).await?;
-        Ok(Self::new(pool))
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of 10 connections,
+    /// waiting at most [`ConnectOptions::timeout`] for the server to answer.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a malformed URL; [`Error::Connect`] if the server cannot
+    /// be reached or refuses the connection, naming the server and the cause
+    /// ([`ConnectFailure`]).
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
+        let connect = PgConnectOptions::from_str(url).map_err(Error::Configuration)?;
+        // A first connection of its own: the pool would retry a refused connection until its
+        // acquire timeout and then report only that it timed out.
+        let first = async {
+            if connect.get_socket().is_none() {
+                let found = tokio::net::lookup_host((connect.get_host(), connect.get_port()))
+                    .await
+                    .is_ok_and(|mut addresses| addresses.next().is_some());
+                if !found {
+                    return Err(ConnectFailure::NameNotFound);
+                }
+            }
+            sqlx::ConnectOptions::connect(&connect)
+                .await
+                .map_err(|err| connect_failure(err, &connect))
+        };
+        let first = tokio::time::timeout(options.timeout, first)
+            .await
+            .unwrap_or(Err(ConnectFailure::TimedOut(options.timeout)));
+        match first {
+            Ok(connection) => {
+                let _ = sqlx::Connection::close(connection).await;
+            }
+            Err(cause) => {
+                let address = match connect.get_socket() {
+                    Some(socket) => socket.display().to_string(),
+                    None => format!("{}:{}", connect.get_host(), connect.get_port()),
+                };
+                return Err(Error::Connect { database: "PostgreSQL", address, cause });
+            }
+        }
+        Ok(Self::new(PgPoolOptions::new().max_connections(10).connect_lazy_with(connect)))
     }
 
     /// The connection pool.
