@@ -15,6 +15,7 @@ mod error;
 mod event;
 pub mod limits;
 pub mod partition;
+mod process;
 pub mod projection;
 pub mod registry;
 pub mod runner;

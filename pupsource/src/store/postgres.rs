@@ -95,6 +95,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_leases.sql"),
     include_str!("../../migrations/postgres/0004_fencing.sql"),
     include_str!("../../migrations/postgres/0005_snapshots.sql"),
+    include_str!("../../migrations/postgres/0006_worker_process.sql"),
 ];
 
 /// How long the transaction that creates a projection's checkpoint rows, under the

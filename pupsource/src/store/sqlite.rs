@@ -55,6 +55,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("{checkpoints}", "owner", "TEXT"),
     ("{checkpoints}", "epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("{checkpoints}", "lease_until", "INTEGER"),
+    // Where each worker process runs (see `store/lease.rs`): a restarted process takes over at
+    // once the partitions of a process of its own host that is gone.
+    ("{workers}", "host", "TEXT"),
+    ("{workers}", "pid", "INTEGER"),
 ];
 
 /// Columns of a [`PersistedEvent`], read by name (`store/row.rs`); SQLite has no
