@@ -380,9 +380,10 @@ impl App {
             Some(Command::Status { json }) => {
                 let runner = Runner::with_projections(store, projections);
                 let status = runner.status().await?;
-                match json {
-                    true => println!("{}", status_json(&runner, &status)),
-                    false => print_status(&status),
+                if json {
+                    println!("{}", status_json(&runner, &status));
+                } else {
+                    print_status(&status);
                 }
                 Ok(())
             }
@@ -410,16 +411,15 @@ impl App {
                 }
                 let replayed = runner.replay_parked(&name).await?;
                 let events = plural(replayed, "parked event", "parked events");
-                match touched.is_empty() {
-                    true => println!("replayed {events} of `{name}`"),
-                    false => {
-                        let list: Vec<String> = touched.iter().map(u32::to_string).collect();
-                        let word = if touched.len() == 1 { "partition" } else { "partitions" };
-                        println!(
-                            "replayed {events} of `{name}` ({word} {} of {count})",
-                            list.join(", ")
-                        );
-                    }
+                if touched.is_empty() {
+                    println!("replayed {events} of `{name}`");
+                } else {
+                    let list: Vec<String> = touched.iter().map(u32::to_string).collect();
+                    let word = if touched.len() == 1 { "partition" } else { "partitions" };
+                    println!(
+                        "replayed {events} of `{name}` ({word} {} of {count})",
+                        list.join(", ")
+                    );
                 }
                 Ok(())
             }

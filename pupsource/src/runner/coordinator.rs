@@ -202,7 +202,7 @@ impl Coordinator {
     async fn assign(&mut self) -> Result<()> {
         let run = Arc::clone(&self.run);
         let Some(mut beat) = self.heartbeat().await? else { return Ok(()) };
-        if self.take_over_dead_holders(&beat.holders).await {
+        if self.wait_or_take_over(&beat.holders).await {
             // Claim what they held now, not a heartbeat later.
             let Some(again) = self.heartbeat().await? else { return Ok(()) };
             beat = again;
@@ -279,7 +279,7 @@ impl Coordinator {
 
     /// Says once per holder that its partitions are waited for, and until when; evicts the
     /// holders that were processes of this host and are gone. Whether it evicted any.
-    async fn take_over_dead_holders(&mut self, holders: &[Holder]) -> bool {
+    async fn wait_or_take_over(&mut self, holders: &[Holder]) -> bool {
         let run = Arc::clone(&self.run);
         let mut evicted = false;
         for holder in holders {

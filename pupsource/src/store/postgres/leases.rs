@@ -196,8 +196,8 @@ impl Leases for PostgresStore {
             )?;
             held.extend(claimed);
         }
-        let holders = match held.len() < share {
-            true => holders(
+        let holders = if held.len() < share {
+            holders(
                 &sqlx::query(sql.holders.sql())
                     .bind(beat.projection)
                     .bind(count)
@@ -205,8 +205,9 @@ impl Leases for PostgresStore {
                     .bind(beat.only.map(int4))
                     .fetch_all(&mut *tx)
                     .await?,
-            )?,
-            false => Vec::new(),
+            )?
+        } else {
+            Vec::new()
         };
         tx.commit().await?;
         Ok(Beat { held, share, holders })

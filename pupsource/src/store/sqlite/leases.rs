@@ -242,8 +242,8 @@ impl Leases for SqliteStore {
                 held.insert(u32::try_from(partition).unwrap_or(0), epoch.unsigned_abs());
             }
         }
-        let holders = match held.len() < share {
-            true => holders(
+        let holders = if held.len() < share {
+            holders(
                 &sqlx::query(self.inner.sql.leases.holders.sql())
                     .bind(beat.projection)
                     .bind(count)
@@ -252,8 +252,9 @@ impl Leases for SqliteStore {
                     .bind(beat.only.map(int4))
                     .fetch_all(&mut *tx)
                     .await?,
-            )?,
-            false => Vec::new(),
+            )?
+        } else {
+            Vec::new()
         };
         tx.commit().await?;
         Ok(Beat { held, share, holders })
