@@ -748,3 +748,42 @@ async fn two_processes_on_one_sqlite_file_apply_every_event_once() {
     let events = i64::try_from(EVENTS).expect("small");
     assert_eq!((rows, distinct, log), (events, events, events));
 }
+
+/// The takeover after a SIGKILL on SQLite: two processes of one machine sharing a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_process_restarted_after_a_sigkill_takes_over_at_once() {
+    const EVENTS: u64 = 2_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let p1 = Worker::start_with(dir.path(), &url, "p1", "10m", 2, &[], EVENTS);
+    let store = pupsource::SqliteStore::connect(&url).await.expect("open");
+    eventually("p1 holds every partition", Duration::from_secs(60), || async {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM checkpoints \
+             WHERE projection = 'scaling' AND partition_count = 8 AND owner = 'p1'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or(0);
+        (held == 8).then_some(())
+    })
+    .await;
+    let pid = p1.pid();
+    p1.crash();
+
+    // Its leases would last 30 minutes: this run ends only if it takes them over.
+    let p2 = Worker::start_with(dir.path(), &url, "p2", "10m", 2, &["--until-caught-up"], EVENTS);
+    let (status, stdout, stderr) = p2.exit().await;
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("log {EVENTS}, applied {EVENTS}, applied twice 0")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "taking its partitions over at once projection=scaling holder=p1 pid={pid} \
+             partitions=[0, 1, 2, 3, 4, 5, 6, 7]"
+        )),
+        "{stderr}"
+    );
+}
