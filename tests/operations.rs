@@ -314,6 +314,30 @@ async fn on_error_retries_status_json_list_and_replay_cover_a_poison_event() {
         ),
         "{stderr}"
     );
+
+    // The fix (here the stored address is corrected, standing in for a handler that accepts
+    // it): the replay mails it and says which partition of the current layout it was in.
+    let store =
+        SqliteStore::connect(&format!("sqlite://{}", dir.path().join("pupsource.db").display()))
+            .await
+            .expect("open");
+    sqlx::query(
+        "UPDATE events SET payload = '{\"email\":\"u3@example.com\"}' WHERE global_position = 3",
+    )
+    .execute(store.pool())
+    .await
+    .expect("correct the address");
+    store.pool().close().await;
+    let (code, stdout, stderr, _) = cli(&["replay", "welcome_emails"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("welcome email #1 to u3@example.com"), "{stdout}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some(&*format!("replayed 1 parked event of `welcome_emails` (partition {index} of 3)"))
+    );
+    let (_, stdout, _, _) = cli(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&stdout).expect("status --json is JSON");
+    assert_eq!(status["projections"][0]["parked"], json!(0));
 }
 
 /// The refusals `Runner::check` makes once every flag is known name the flag too.
