@@ -60,8 +60,9 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    /// The database could not be reached, the connection was lost, or (SQLite) another
-    /// writer held the database locked for longer than the busy timeout.
+    /// Once the store is open: the database could not be reached, the connection was lost,
+    /// or (SQLite) another writer held the database locked for longer than the busy timeout.
+    /// (Opening the store reports [`Error::Connect`] instead.)
     ///
     /// Retrying later may succeed.
     #[error("database unavailable: {0}")]
