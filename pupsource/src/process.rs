@@ -31,14 +31,20 @@ impl Process {
     }
 }
 
-/// The host name (see [`host_name`]) and, on Linux, the PID namespace
-/// (`myhost pid:[4026531836]`): two containers may share a host name but not their process
-/// ids, and a process id means something only within its namespace.
+/// The host name (see [`host_name`]) and, on Linux, the boot id and the PID namespace
+/// (`myhost boot:0b5c… pid:[4026531836]`): machines may share a host name (and every machine's
+/// first PID namespace has the same id), containers may share a host name but not their
+/// process ids, and a process id means something only within its namespace.
 fn host() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| match std::fs::read_link("/proc/self/ns/pid") {
-        Ok(namespace) => format!("{} {}", host_name(), namespace.display()),
-        Err(_) => host_name().to_owned(),
+    HOST.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+        match (boot, std::fs::read_link("/proc/self/ns/pid")) {
+            (Ok(boot), Ok(namespace)) => {
+                format!("{} boot:{} {}", host_name(), boot.trim(), namespace.display())
+            }
+            _ => host_name().to_owned(),
+        }
     })
 }
 
