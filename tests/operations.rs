@@ -4,10 +4,12 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pupsource::store::ConnectOptions;
@@ -17,7 +19,7 @@ use pupsource::{
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 
-use common::example_binary;
+use common::{PgSchema, eventually, example_binary};
 
 /// Runs example `name` in `dir` with `args` and `env` (`DATABASE_URL`, `RUST_LOG` and
 /// `PUPSOURCE_CONNECT_TIMEOUT` unset otherwise); its exit code, stdout, stderr and how long
@@ -376,4 +378,161 @@ fn refusals_of_related_flags_name_the_flag() {
         let (code, _, stderr, _) = run("counter", dir.path(), &[], args);
         assert_eq!((code, stderr.trim_end()), (Some(2), expected), "{args:?}");
     }
+}
+
+/// A TCP proxy in front of PostgreSQL that can go down: while it is, it accepts connections
+/// and closes them at once (as a load balancer with no server behind it does), and it has cut
+/// every connection it was relaying.
+struct Flaky {
+    port: u16,
+    down: Arc<AtomicBool>,
+    /// Connections closed while down.
+    dropped: Arc<AtomicUsize>,
+    /// The relays of the current up period.
+    relays: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Flaky {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (down, dropped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let relays = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (d, n, r) = (Arc::clone(&down), Arc::clone(&dropped), Arc::clone(&relays));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                r.lock().expect("relays").spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        Flaky { port, down, dropped, relays, accept }
+    }
+
+    /// Goes down: cuts every relayed connection, and closes every new one.
+    fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.relays.lock().expect("relays").abort_all();
+    }
+
+    fn come_back(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// A database outage while a process runs is logged once, with the cause and the retry
+/// schedule, at each place that waits for it, and once when the database is back; the
+/// failures in between are not logged (at the default level).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_where_it_is_waited_out_and_once_when_it_ends() {
+    let schema = PgSchema::create().await;
+    let pool = schema.pool(2).await;
+    let server = PgConnectOptions::from_str(&common::postgres_url()).expect("a valid URL");
+    let upstream = tokio::net::lookup_host((server.get_host(), server.get_port()))
+        .await
+        .expect("the server's address")
+        .next()
+        .expect("an address");
+    let proxy = Flaky::start(upstream).await;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{}?options=-c%20search_path%3D{}",
+        server.get_username(),
+        proxy.port,
+        server.get_database().unwrap_or("postgres"),
+        schema.name
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stderr_file = dir.path().join("stderr");
+    let mut child = Command::new(example_binary("scaling"))
+        .current_dir(dir.path())
+        .args(["--heartbeat", "100ms", "--poll-interval", "20ms"])
+        .env("DATABASE_URL", &url)
+        .env("SCALING_SEED_EVENTS", "200")
+        .env("SCALING_HANDLER_DELAY_MS", "0")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file).expect("stderr file"))
+        .spawn()
+        .expect("start the scaling example");
+    let stderr = || std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    let applied = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM scaling_applied")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+    };
+    eventually("the seeded events are applied", Duration::from_secs(60), || async {
+        (applied().await == 200).then_some(())
+    })
+    .await;
+
+    proxy.go_down();
+    // Down for as long as it takes the process to try again and again (heartbeats every
+    // 100 ms, polls every 20 ms, the retries' backoff).
+    eventually("the process tried 30 times", Duration::from_secs(60), || async {
+        (proxy.dropped.load(Ordering::SeqCst) >= 30).then_some(())
+    })
+    .await;
+    proxy.come_back();
+    eventually("the heartbeats work again", Duration::from_secs(60), || async {
+        stderr().contains("heartbeats work again").then_some(())
+    })
+    .await;
+    let store = pupsource::PostgresStore::new(pool.clone());
+    let meter = StreamId::new("Metering", "Meter", "after-the-outage");
+    let reading = Event::new(&meter, "MeterRead", json!({ "value": 1 }));
+    store.append_and_commit(ExpectedVersion::Any, &[reading]).await.expect("append");
+    eventually(
+        "the event appended after the outage is applied",
+        Duration::from_secs(60),
+        || async { (applied().await == 201).then_some(()) },
+    )
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{}", stderr());
+
+    // Each line without its time and its fields that vary (how long, how many failures).
+    let log = stderr();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.split_once("  WARN ").map_or(l, |(_, rest)| rest))
+        .map(|l| l.split_once(" failures=").map_or(l, |(line, _)| line))
+        .map(|l| l.split_once(" error=").map_or(l, |(line, _)| line))
+        .collect();
+    let count = |text: &str| lines.iter().filter(|l| l.contains(text)).count();
+    assert_eq!(
+        count("heartbeat failed; retrying every 100ms, until the database answers"),
+        1,
+        "{log}"
+    );
+    assert_eq!(count("heartbeats work again"), 1, "{log}");
+    let started =
+        count("; retrying in 100ms, then doubling up to every 5s, until the database answers");
+    assert!(started >= 1, "{log}");
+    assert_eq!(
+        count("the database is back: could "),
+        started,
+        "each outage line has its end: {log}"
+    );
+    let mut distinct = lines.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), lines.len(), "no line repeated: {log}");
+    pool.close().await;
 }

@@ -26,11 +26,43 @@ impl Backoff {
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
     }
 
+    /// The longest wait.
+    pub(crate) fn max(&self) -> Duration {
+        self.max
+    }
+
     /// The next wait; the one after is twice as long.
     pub(crate) fn next(&mut self) -> Duration {
         let wait = self.next;
         self.next = self.next.saturating_mul(2).min(self.max);
         wait
+    }
+}
+
+/// An outage as the logs tell it: its first failure and its end are logged once each (at
+/// `WARN`, with the cause and the retry schedule, then how long it lasted), the failures
+/// between only at debug level. Each retry loop keeps one and logs with its own fields.
+#[derive(Debug, Default)]
+pub(crate) struct Outage(Option<(Instant, u32)>);
+
+impl Outage {
+    /// Counts a failure; `true` if it is the first of an outage.
+    pub(crate) fn failed(&mut self) -> bool {
+        match &mut self.0 {
+            Some((_, failures)) => {
+                *failures += 1;
+                false
+            }
+            None => {
+                self.0 = Some((Instant::now(), 1));
+                true
+            }
+        }
+    }
+
+    /// Ends the outage, if there was one: how long it lasted and how many failures it saw.
+    pub(crate) fn ended(&mut self) -> Option<(Duration, u32)> {
+        self.0.take().map(|(since, failures)| (since.elapsed(), failures))
     }
 }
 
@@ -57,28 +89,23 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let mut backoff = Backoff::reconnect();
-    let mut outage: Option<(Instant, u32)> = None;
+    let mut outage = Outage::default();
     loop {
         match op().await {
             Ok(value) => {
-                if let Some((since, failures)) = outage {
+                if let Some((down_for, failures)) = outage.ended() {
                     // At the outage's level, so that whoever saw it sees its end.
-                    tracing::warn!(target: "pupsource::runner", failures, down_for = ?since.elapsed(), "the database is back: could {what} again");
+                    tracing::warn!(target: "pupsource::runner", failures, ?down_for, "the database is back: could {what} again");
                 }
                 return Ok(Some(value));
             }
             Err(err) if err.is_transient() => {
                 let wait = backoff.next();
-                match &mut outage {
-                    None => {
-                        let Backoff { max, .. } = backoff;
-                        tracing::warn!(target: "pupsource::runner", error = %err, "cannot {what}; retrying in {wait:?}, then doubling up to every {max:?}, until the database answers");
-                        outage = Some((Instant::now(), 1));
-                    }
-                    Some((_, failures)) => {
-                        *failures += 1;
-                        tracing::debug!(target: "pupsource::runner", error = %err, retry_in = ?wait, "still cannot {what}");
-                    }
+                if outage.failed() {
+                    let max = backoff.max();
+                    tracing::warn!(target: "pupsource::runner", error = %err, "cannot {what}; retrying in {wait:?}, then doubling up to every {max:?}, until the database answers");
+                } else {
+                    tracing::debug!(target: "pupsource::runner", error = %err, retry_in = ?wait, "still cannot {what}");
                 }
                 if !sleep_or_cancel(cancel, wait).await {
                     return Ok(None);

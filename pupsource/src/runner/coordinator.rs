@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::reader::run_partitions;
 use super::{Idle, ProjectionRun, RunMode};
-use crate::backoff::retry_transient;
+use crate::backoff::{Outage, retry_transient};
 use crate::error::{Error, Result};
 use crate::process::Process;
 use crate::projection::Lease;
@@ -52,7 +52,7 @@ pub(crate) async fn run_projection(
         running: None,
         process: Process::this(),
         reported: BTreeSet::new(),
-        heartbeat_failing: false,
+        heartbeat_outage: Outage::default(),
     };
     let run = Arc::clone(&coordinator.run);
     tracing::info!(
@@ -110,8 +110,8 @@ struct Coordinator {
     process: Process,
     /// The other workers this one said it waits for (once each).
     reported: BTreeSet<String>,
-    /// Whether the last heartbeat failed for a passing reason (said once per outage).
-    heartbeat_failing: bool,
+    /// Heartbeats failing for a passing reason.
+    heartbeat_outage: Outage,
 }
 
 impl Coordinator {
@@ -259,17 +259,17 @@ impl Coordinator {
         };
         match run.store.heartbeat(&request).await {
             Ok(beat) => {
-                if std::mem::take(&mut self.heartbeat_failing) {
-                    tracing::warn!(target: "pupsource::runner", projection = %run.name, "the database is back: heartbeats work again");
+                if let Some((down_for, failures)) = self.heartbeat_outage.ended() {
+                    tracing::warn!(target: "pupsource::runner", projection = %run.name, failures, ?down_for, "the database is back: heartbeats work again");
                 }
                 Ok(Some(beat))
             }
             Err(err) if err.is_transient() => {
-                if std::mem::replace(&mut self.heartbeat_failing, true) {
-                    tracing::debug!(target: "pupsource::runner", projection = %run.name, error = %err, "heartbeat failed again");
-                } else {
+                if self.heartbeat_outage.failed() {
                     let every = run.settings.heartbeat;
                     tracing::warn!(target: "pupsource::runner", projection = %run.name, error = %err, "heartbeat failed; retrying every {every:?}, until the database answers");
+                } else {
+                    tracing::debug!(target: "pupsource::runner", projection = %run.name, error = %err, "heartbeat failed again");
                 }
                 Ok(None)
             }

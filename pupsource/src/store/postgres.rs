@@ -74,7 +74,7 @@ use super::{
     CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
     partition_sql_args, stored_version,
 };
-use crate::backoff::{Backoff, sleep_or_cancel};
+use crate::backoff::{Backoff, Outage, sleep_or_cancel};
 use crate::checkpoint::CheckpointRow;
 use crate::error::{ConnectFailure, ConstraintKind, Error, Result};
 use crate::event::{
@@ -633,11 +633,15 @@ impl Backend for PostgresStore {
     /// Forwards other processes' `NOTIFY` hints to [`Self::wakeups`] until `stop`.
     async fn listen(&self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut outage = Outage::default();
         while !stop.is_cancelled() {
             let listener = async {
                 let channel = self.channel().await?;
                 let mut listener = PgListener::connect_with(&self.inner.pool).await?;
                 listener.listen(channel).await?;
+                if let Some((down_for, failures)) = outage.ended() {
+                    tracing::warn!(target: "pupsource::store", failures, ?down_for, "the database is back: listening for append hints again");
+                }
                 loop {
                     listener.recv().await?;
                     self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
@@ -647,11 +651,17 @@ impl Backend for PostgresStore {
                 () = stop.cancelled() => return,
                 result = listener => {
                     let err: sqlx::Error = match result { Err(err) => err, Ok(never) => never };
-                    tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile");
+                    let wait = backoff.next();
+                    if outage.failed() {
+                        let max = backoff.max();
+                        tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile, listening again in {wait:?}, then doubling up to every {max:?}");
+                    } else {
+                        tracing::debug!(target: "pupsource::store", error = %err, retry_in = ?wait, "listening for append hints failed again");
+                    }
+                    if !sleep_or_cancel(&stop, wait).await {
+                        return;
+                    }
                 }
-            }
-            if !sleep_or_cancel(&stop, backoff.next()).await {
-                return;
             }
         }
     }
