@@ -9,6 +9,10 @@
 //! cargo run --example single_worker -- list
 //! cargo run --example single_worker -- status
 //! ```
+//!
+//! An address without `@` cannot be mailed: its event fails, is retried (`--retries N`), and
+//! then halts the projection's partition, or is parked with `--on-error park` (and handed to
+//! the handler again by `replay welcome_emails`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +33,9 @@ struct WelcomeEmails {
 
 impl Handle<UserRegistered> for WelcomeEmails {
     async fn handle(&self, event: Envelope<UserRegistered>, cx: &mut Context<'_>) -> HandlerResult {
+        if !event.email.contains('@') {
+            return Err(format!("`{}` is not an email address", event.email).into());
+        }
         let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         // A real mailer would deduplicate on this key: a redelivery after a crash repeats it.
         println!("welcome email #{n} to {} (key {})", event.email, cx.idempotency_key());

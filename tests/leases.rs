@@ -269,6 +269,94 @@ async fn three_processes_a_sigkill_and_a_fourth_apply_every_event_once() {
     pool.close().await;
 }
 
+/// Waits until `owner` holds all 8 partitions.
+async fn until_holding_all(pool: &sqlx::PgPool, owner: &str) {
+    eventually(&format!("{owner} holds every partition"), Duration::from_secs(60), || async {
+        let held = holders(pool).await;
+        (held.len() == 8 && held.values().all(|(o, _)| o.as_deref() == Some(owner))).then_some(())
+    })
+    .await;
+}
+
+/// After a SIGKILL, the restarted process sees that the holder of every lease was a process of
+/// its own host that is gone, and takes the partitions over at once: with a heartbeat of 10
+/// minutes, the dead process's leases would last another 30.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_restarted_after_a_sigkill_takes_over_at_once_not_after_the_lease() {
+    let Setup { _place, url, pool, store, dir } = setup().await;
+    append_readings(&store, 0, 2_000).await;
+    let p1 = Worker::start(dir.path(), &url, "p1", "10m", 2);
+    until_holding_all(&pool, "p1").await;
+    eventually("p1 applied events", Duration::from_secs(60), || async {
+        (applied(&pool, Some("p1")).await > 0).then_some(())
+    })
+    .await;
+    let pid = p1.pid();
+    p1.crash();
+
+    let p2 = Worker::start(dir.path(), &url, "p2", "10m", 2);
+    until_holding_all(&pool, "p2").await;
+    eventually("every event is applied", Duration::from_secs(120), || async {
+        (applied(&pool, None).await >= 2_000).then_some(())
+    })
+    .await;
+    let (status, stdout, stderr) = p2.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("applied twice 0"), "{stdout}");
+    let said: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("taking its partitions over at once")).collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].ends_with(&format!(
+            "the holder was a process of this host that is gone: taking its partitions over at \
+             once projection=scaling holder=p1 pid={pid} partitions=[0, 1, 2, 3, 4, 5, 6, 7]"
+        )),
+        "{}",
+        said[0]
+    );
+    assert!(!stderr.contains("waiting until it gives them back"), "{stderr}");
+    assert_applied_exactly_once_under_one_owner(&pool, 2_000).await;
+    pool.close().await;
+}
+
+/// A process that waits for partitions a live worker holds says so once: who holds them, and
+/// until when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_waiting_for_a_live_workers_partitions_says_who_holds_them_until_when() {
+    let Setup { _place, url, pool, store: _, dir } = setup().await;
+    let p1 = Worker::start(dir.path(), &url, "p1", "10m", 2);
+    until_holding_all(&pool, "p1").await;
+    let until: time::OffsetDateTime = sqlx::query_scalar(
+        "SELECT max(lease_until) FROM checkpoints WHERE projection = 'scaling' AND owner = 'p1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("p1's leases");
+
+    let p2 = Worker::start(dir.path(), &url, "p2", "10m", 2);
+    let stderr = p2.stderr.clone();
+    let said = eventually("p2 says what it waits for", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        let line = log.lines().find(|l| l.contains("held by another worker")).map(str::to_owned);
+        async move { line }
+    })
+    .await;
+    assert!(
+        said.ends_with(&format!(
+            "partitions held by another worker: waiting until it gives them back or its lease \
+             expires projection=scaling holder=p1 lease_until={until} partitions=[0, 1, 2, 3, 4, \
+             5, 6, 7]"
+        )),
+        "{said}"
+    );
+    let (p2_status, _, p2_stderr) = p2.stop();
+    let (p1_status, _, p1_stderr) = p1.stop();
+    assert!(p1_status.success() && p2_status.success(), "{p1_stderr}\n{p2_stderr}");
+    let times = p2_stderr.lines().filter(|l| l.contains("held by another worker")).count();
+    assert_eq!(times, 1, "said once: {p2_stderr}");
+    pool.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
     let Setup { _place, url, pool, store, dir } = setup().await;
@@ -659,4 +747,43 @@ async fn two_processes_on_one_sqlite_file_apply_every_event_once() {
     .expect("totals");
     let events = i64::try_from(EVENTS).expect("small");
     assert_eq!((rows, distinct, log), (events, events, events));
+}
+
+/// The takeover after a SIGKILL on SQLite: two processes of one machine sharing a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_process_restarted_after_a_sigkill_takes_over_at_once() {
+    const EVENTS: u64 = 2_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let p1 = Worker::start_with(dir.path(), &url, "p1", "10m", 2, &[], EVENTS);
+    let store = pupsource::SqliteStore::connect(&url).await.expect("open");
+    eventually("p1 holds every partition", Duration::from_secs(60), || async {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM checkpoints \
+             WHERE projection = 'scaling' AND partition_count = 8 AND owner = 'p1'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or(0);
+        (held == 8).then_some(())
+    })
+    .await;
+    let pid = p1.pid();
+    p1.crash();
+
+    // Its leases would last 30 minutes: this run ends only if it takes them over.
+    let p2 = Worker::start_with(dir.path(), &url, "p2", "10m", 2, &["--until-caught-up"], EVENTS);
+    let (status, stdout, stderr) = p2.exit().await;
+    assert!(status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("log {EVENTS}, applied {EVENTS}, applied twice 0")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "taking its partitions over at once projection=scaling holder=p1 pid={pid} \
+             partitions=[0, 1, 2, 3, 4, 5, 6, 7]"
+        )),
+        "{stderr}"
+    );
 }

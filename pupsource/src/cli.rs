@@ -1,15 +1,33 @@
 //! The command line of a pupsource binary, as `pupsource::main!()` emits it.
 //!
 //! ```text
-//! app [run] [--database-url URL] [--workers N] [--projection NAME]... [--batch-size N]
-//!           [--poll-interval 500ms] [--until-caught-up] [--worker-id ID] [--heartbeat 2s]
+//! app [run] [--database-url URL] [--connect-timeout 5s] [--workers N] [--projection NAME]...
+//!           [--batch-size N] [--poll-interval 500ms] [--until-caught-up] [--worker-id ID]
+//!           [--heartbeat 2s] [--on-error stop|park] [--retries N]
 //!           [--partition-key K --total-partitions N]
-//! app migrate | list | status | rebuild NAME | replay NAME | repair-restore
+//! app migrate | list | status [--json] | rebuild NAME | replay NAME | repair-restore
 //! ```
 //!
 //! Every failure is an [`Error`], printed as one line on stderr (`error: …` with its causes)
-//! with a non-zero exit code: 2 for bad arguments, 1 for everything else. Logging follows
-//! `RUST_LOG` (default `warn`).
+//! with a non-zero exit code: 2 for bad arguments (the line names the flag), 1 for everything
+//! else. Logging follows `RUST_LOG` (default `warn`).
+//!
+//! `status --json` prints one JSON document, for scripts and dashboards. Its field names are
+//! stable (fields may be added, none renamed or removed); times are RFC 3339 strings:
+//!
+//! ```text
+//! { "fence": null | { "blocking_pid": 4242 | null, "prepared": "gid" | null,
+//!                     "age_seconds": 1.5 | null },
+//!   "projections": [ { "name": "counter", "declared_partitions": 8,
+//!                      "last_run_partitions": 8 | null, "parked": 0,
+//!                      "partitions": [ { "partition": 0, "partition_count": 8,
+//!                                        "checkpoint": 1200, "transaction_id": 0, "lag": 0,
+//!                                        "updated_at": "…", "last_error": null,
+//!                                        "owner": "host-42-…" | null, "epoch": 3 | null,
+//!                                        "lease_until": "…" | null } ],
+//!                      "workers": [ { "id": "…", "partition_count": 8, "started_at": "…",
+//!                                     "heartbeat_at": "…", "expires_at": "…" } ] } ] }
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,12 +35,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use crate::error::Result;
+use crate::error::{InvalidInput, Result};
+use crate::partition::partition_of;
 use crate::projection::{HandlerError, Projection};
-use crate::runner::{Interval, Runner};
-use crate::store::Store;
+use crate::runner::{ErrorPolicy, Interval, RetryPolicy, Runner, Status};
+use crate::store::{ConnectOptions, Store};
 
 /// The database used when neither `--database-url` nor `DATABASE_URL` is given: a SQLite file
 /// in the working directory, created and migrated on first use.
@@ -40,6 +62,16 @@ pub enum Error {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// A flag's value was refused once the other flags were known (a `--partition-key`
+    /// outside `--total-partitions`, an unknown `--projection`, an empty `--worker-id`).
+    #[error("invalid value for `{flag}`")]
+    Flag {
+        /// The flag, e.g. `--partition-key`.
+        flag: &'static str,
+        /// Why it was refused.
+        #[source]
+        source: crate::Error,
+    },
     /// Connecting, migrating, running or inspecting the projections failed.
     #[error(transparent)]
     Pupsource(#[from] crate::Error),
@@ -58,7 +90,7 @@ impl Error {
     /// The process's exit code for this error: 2 for bad arguments, 1 for everything else.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Usage(_) => ExitCode::from(2),
+            Error::Usage(_) | Error::Flag { .. } => ExitCode::from(2),
             _ => ExitCode::FAILURE,
         }
     }
@@ -121,6 +153,11 @@ struct Cli {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     database_url: String,
 
+    /// How long to wait for the database to answer when connecting, e.g. `500ms`, `10s`.
+    #[arg(long, env = "PUPSOURCE_CONNECT_TIMEOUT", default_value = "5s", global = true,
+          value_name = "DURATION", value_parser = parse_connect_timeout)]
+    connect_timeout: Duration,
+
     #[command(subcommand)]
     command: Option<Command>,
 
@@ -134,17 +171,23 @@ enum Command {
     Run(RunArgs),
     /// Create the store's tables if they do not exist.
     Migrate,
-    /// List the registered projections.
+    /// List the registered projections, with their declared partition count and the count
+    /// they last ran with.
     List,
     /// Show each projection's partitions: checkpoint, lag, parked events, last error.
-    Status,
+    Status {
+        /// Print one JSON document with stable field names (see the README's Operations).
+        #[arg(long)]
+        json: bool,
+    },
     /// Reset a projection (its checkpoints and, through its reset hook, its data) and replay
     /// the whole log into it.
     Rebuild {
         /// The projection.
         name: String,
     },
-    /// Hand a projection's parked events to its handler again.
+    /// Hand a projection's parked events to its handler again, in the partition layout it
+    /// last ran with.
     Replay {
         /// The projection.
         name: String,
@@ -154,7 +197,7 @@ enum Command {
     RepairRestore,
 }
 
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args)]
 struct RunArgs {
     /// Partitions (workers) per projection, overriding each projection's own count.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::limits::MAX_PARTITIONS)))]
@@ -179,6 +222,16 @@ struct RunArgs {
     /// three heartbeats loses its partitions to the others (10ms to 1h).
     #[arg(long, default_value = "2s", value_parser = parse_heartbeat)]
     heartbeat: Duration,
+    /// What to do with an event whose handler still fails after its retries: `stop` halts
+    /// its partition (the others go on), `park` sets it and the later events of its
+    /// aggregate aside in the dead-letter table (see `replay`) and goes on.
+    #[arg(long, value_enum, default_value_t = OnError::Stop)]
+    on_error: OnError,
+    /// How many times a failing handler is retried after its first attempt (waits of 100ms,
+    /// doubling up to 10s).
+    #[arg(long, value_name = "N", default_value_t = RetryPolicy::default().max_attempts - 1,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    retries: u32,
     /// Static assignment: run only partition K (of --total-partitions) of every projection.
     #[arg(long, value_name = "K", requires = "total_partitions")]
     partition_key: Option<u32>,
@@ -186,6 +239,32 @@ struct RunArgs {
     #[arg(long, value_name = "N", requires = "partition_key", conflicts_with = "workers",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::limits::MAX_PARTITIONS)))]
     total_partitions: Option<u32>,
+}
+
+/// `--on-error`: [`ErrorPolicy`] on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnError {
+    /// [`ErrorPolicy::Stop`].
+    Stop,
+    /// [`ErrorPolicy::Park`].
+    Park,
+}
+
+impl From<OnError> for ErrorPolicy {
+    fn from(on_error: OnError) -> Self {
+        match on_error {
+            OnError::Stop => ErrorPolicy::Stop,
+            OnError::Park => ErrorPolicy::Park,
+        }
+    }
+}
+
+/// Parses `--connect-timeout`: a positive duration.
+fn parse_connect_timeout(text: &str) -> std::result::Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("the connect timeout must be positive".to_owned()),
+        timeout => Ok(timeout),
+    }
 }
 
 /// Parses `--poll-interval`: a duration within [`Runner::poll_interval`]'s bounds.
@@ -271,7 +350,8 @@ impl App {
 
     async fn execute(&self, cli: Cli) -> std::result::Result<(), Error> {
         let projections = crate::registry::registered()?;
-        let store = Store::connect(&cli.database_url).await?;
+        let options = ConnectOptions::default().timeout(cli.connect_timeout);
+        let store = Store::connect_with(&cli.database_url, options).await?;
         // `migrate` refuses a database that needs the repair; the repair migrates itself.
         if !matches!(cli.command, Some(Command::RepairRestore)) {
             store.migrate().await?;
@@ -285,12 +365,27 @@ impl App {
             }
             Some(Command::List) => {
                 for projection in &projections {
-                    println!("{}\t{} partitions", projection.name(), projection.partitions());
+                    let declared = partitions(projection.partitions());
+                    match last_run(&store, projection.name()).await? {
+                        Some(count) => println!(
+                            "{}\t{declared}; last run with {}",
+                            projection.name(),
+                            partitions(count)
+                        ),
+                        None => println!("{}\t{declared}; not run yet", projection.name()),
+                    }
                 }
                 Ok(())
             }
-            Some(Command::Status) => {
-                Ok(print_status(&Runner::with_projections(store, projections)).await?)
+            Some(Command::Status { json }) => {
+                let runner = Runner::with_projections(store, projections);
+                let status = runner.status().await?;
+                if json {
+                    println!("{}", status_json(&runner, &status));
+                } else {
+                    print_status(&status);
+                }
+                Ok(())
             }
             Some(Command::Rebuild { name }) => {
                 let runner = Runner::with_projections(store, projections).until_caught_up();
@@ -301,9 +396,31 @@ impl App {
                 Ok(())
             }
             Some(Command::Replay { name }) => {
-                let replayed =
-                    Runner::with_projections(store, projections).replay_parked(&name).await?;
-                println!("replayed {replayed} parked events of `{name}`");
+                let mut runner = Runner::with_projections(store.clone(), projections);
+                // The handler sees the partitions the projection runs with, not the declared
+                // count it may have been run without.
+                if let Some(count) = last_run(&store, &name).await? {
+                    runner = runner.partitions(count);
+                }
+                let count = runner.partition_count(&name).unwrap_or(1);
+                let mut touched = std::collections::BTreeSet::new();
+                for parked in runner.parked(&name).await? {
+                    let stored =
+                        store.backend().read_event(parked.position.global_position).await?;
+                    touched.extend(stored.map(|event| partition_of(event.partition_hash, count)));
+                }
+                let replayed = runner.replay_parked(&name).await?;
+                let events = plural(replayed, "parked event", "parked events");
+                if touched.is_empty() {
+                    println!("replayed {events} of `{name}`");
+                } else {
+                    let list: Vec<String> = touched.iter().map(u32::to_string).collect();
+                    let word = if touched.len() == 1 { "partition" } else { "partitions" };
+                    println!(
+                        "replayed {events} of `{name}` ({word} {} of {count})",
+                        list.join(", ")
+                    );
+                }
                 Ok(())
             }
             Some(Command::RepairRestore) => {
@@ -319,12 +436,17 @@ impl App {
         projections: Vec<Arc<dyn Projection>>,
         args: RunArgs,
     ) -> std::result::Result<(), Error> {
+        let retry = RetryPolicy { max_attempts: args.retries + 1, ..RetryPolicy::default() };
         let mut runner = Runner::with_projections(store, projections)
             .batch_size(args.batch_size as usize)
             .poll_interval(args.poll_interval)
-            .heartbeat(args.heartbeat);
+            .heartbeat(args.heartbeat)
+            .on_error(args.on_error.into())
+            .retry(retry);
         if !args.projections.is_empty() {
-            runner = runner.only(&args.projections)?;
+            runner = runner
+                .only(&args.projections)
+                .map_err(|source| Error::Flag { flag: "--projection", source })?;
         }
         if let Some(workers) = args.workers {
             runner = runner.partitions(workers);
@@ -339,7 +461,10 @@ impl App {
             runner = runner.assign(key, total);
         }
         // Bad settings fail before the hook runs (it may seed data, print, …).
-        runner.check()?;
+        runner.check().map_err(|source| match flag_of(&source) {
+            Some(flag) => Error::Flag { flag, source },
+            None => Error::Pupsource(source),
+        })?;
         if let Some(hook) = &self.before_run {
             hook(runner.clone())
                 .await
@@ -377,9 +502,108 @@ async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) 
     }
 }
 
-async fn print_status(runner: &Runner) -> Result<()> {
-    let status = runner.status().await?;
-    if let Some(fence) = status.fence {
+/// The flag that set what [`Runner::check`] refused, where a flag did (clap checks the others
+/// as it parses them).
+fn flag_of(err: &crate::Error) -> Option<&'static str> {
+    match err {
+        crate::Error::InvalidInput(InvalidInput::PartitionKey { .. }) => Some("--partition-key"),
+        crate::Error::InvalidInput(InvalidInput::WorkerId { .. }) => Some("--worker-id"),
+        _ => None,
+    }
+}
+
+/// `n` and the noun that goes with it: `1 parked event`, `2 parked events`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `1 partition`, `4 partitions`.
+fn partitions(count: u32) -> String {
+    plural(u64::from(count), "partition", "partitions")
+}
+
+/// The partition count projection `name` last ran with: that of its most recently written
+/// checkpoint (a new count's rows are created after the old count's last write); `None` if
+/// it never ran.
+async fn last_run(store: &Store, name: &str) -> Result<Option<u32>> {
+    let rows = store.backend().checkpoints(name).await?;
+    Ok(latest_count(rows.iter().map(|row| (row.updated_at, row.partition.count))))
+}
+
+/// The count of the latest of (written at, partition count) rows.
+fn latest_count(rows: impl Iterator<Item = (OffsetDateTime, u32)>) -> Option<u32> {
+    rows.max_by_key(|&(at, _)| at).map(|(_, count)| count)
+}
+
+/// A time in a JSON document: RFC 3339.
+fn rfc3339(at: OffsetDateTime) -> Value {
+    at.format(&Rfc3339).map_or(Value::Null, Value::String)
+}
+
+/// `status --json`: the document the module docs describe.
+fn status_json(runner: &Runner, status: &Status) -> Value {
+    let fence = status.fence.as_ref().map(|fence| {
+        json!({
+            "blocking_pid": fence.blocking_pid,
+            "prepared": fence.prepared,
+            "age_seconds": fence.age.map(|age| age.as_secs_f64()),
+        })
+    });
+    let projections: Vec<Value> = runner
+        .projections()
+        .iter()
+        .zip(&status.projections)
+        .map(|(projection, p)| {
+            let partitions: Vec<Value> = p
+                .partitions
+                .iter()
+                .map(|part| {
+                    let lease = part.lease.as_ref();
+                    json!({
+                        "partition": part.partition.index,
+                        "partition_count": part.partition.count,
+                        "checkpoint": part.checkpoint.global_position,
+                        "transaction_id": part.checkpoint.transaction_id,
+                        "lag": part.lag,
+                        "updated_at": rfc3339(part.updated_at),
+                        "last_error": part.last_error,
+                        "owner": lease.map(|l| &l.owner),
+                        "epoch": lease.map(|l| l.epoch),
+                        "lease_until": lease.and_then(|l| l.until).map(rfc3339),
+                    })
+                })
+                .collect();
+            let workers: Vec<Value> = p
+                .workers
+                .iter()
+                .map(|w| {
+                    json!({
+                        "id": w.id,
+                        "partition_count": w.partition_count,
+                        "started_at": rfc3339(w.started_at),
+                        "heartbeat_at": rfc3339(w.heartbeat_at),
+                        "expires_at": rfc3339(w.expires_at),
+                    })
+                })
+                .collect();
+            let last_run = latest_count(
+                p.partitions.iter().map(|part| (part.updated_at, part.partition.count)),
+            );
+            json!({
+                "name": p.name,
+                "declared_partitions": projection.partitions(),
+                "last_run_partitions": last_run,
+                "parked": p.parked,
+                "partitions": partitions,
+                "workers": workers,
+            })
+        })
+        .collect();
+    json!({ "fence": fence, "projections": projections })
+}
+
+fn print_status(status: &Status) {
+    if let Some(fence) = &status.fence {
         let who = match (&fence.prepared, fence.blocking_pid) {
             (Some(gid), _) => format!("prepared transaction `{gid}`"),
             (None, Some(pid)) => format!("backend pid {pid}"),
@@ -414,7 +638,6 @@ async fn print_status(runner: &Runner) -> Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 /// An error and its causes on one line.

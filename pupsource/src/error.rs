@@ -60,12 +60,26 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    /// The database could not be reached, the connection was lost, or (SQLite) another
-    /// writer held the database locked for longer than the busy timeout.
+    /// Once the store is open: the database could not be reached, the connection was lost,
+    /// or (SQLite) another writer held the database locked for longer than the busy timeout.
+    /// (Opening the store reports [`Error::Connect`] instead.)
     ///
     /// Retrying later may succeed.
     #[error("database unavailable: {0}")]
     Connection(#[source] sqlx::Error),
+
+    /// The store could not be opened: the PostgreSQL server did not answer or refused the
+    /// connection, or the SQLite file could not be opened. Says where, and why, in one line:
+    /// `cannot connect to PostgreSQL at 127.0.0.1:5499: connection refused`.
+    #[error("cannot connect to {database} at {address}: {cause}")]
+    Connect {
+        /// `PostgreSQL` or `SQLite`.
+        database: &'static str,
+        /// PostgreSQL: `host:port`, or the socket's path; SQLite: the file's path.
+        address: String,
+        /// Why.
+        cause: ConnectFailure,
+    },
 
     /// The database configuration (URL, options) is not usable.
     #[error("invalid database configuration: {0}")]
@@ -119,7 +133,8 @@ pub enum Error {
     /// A handler kept failing on an event, and the policy is to stop the projection.
     #[error(
         "projection `{projection}` partition {partition} failed on event `{event_type}` at \
-         position {position} after {attempts} attempts: {source}"
+         position {position} after {attempts} attempt{}: {source}",
+        if *attempts == 1 { "" } else { "s" }
     )]
     Handler {
         /// The projection.
@@ -269,6 +284,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Concurrency { .. } | Error::Connection(_) => true,
+            Error::Connect { cause, .. } => {
+                matches!(cause, ConnectFailure::Io(_) | ConnectFailure::TimedOut(_))
+            }
             Error::Database(sqlx::Error::Database(db)) => {
                 matches!(db.code().as_deref(), Some("40001" | "40P01"))
             }
@@ -343,6 +361,56 @@ impl Error {
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         Error::from_sqlx(err)
+    }
+}
+
+/// Why a store could not be opened ([`Error::Connect`]), classified from the driver's typed
+/// errors (I/O error kinds, SQLSTATE codes), never from message text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// Nothing answered within the connect timeout.
+    #[error("no answer within {}", short(*.0))]
+    TimedOut(Duration),
+    /// The host name does not resolve to an address.
+    #[error("name not found")]
+    NameNotFound,
+    /// The network failed: `connection refused` (nothing listens on the port), `network
+    /// unreachable`, `connection reset`, …
+    #[error("{0}")]
+    Io(std::io::ErrorKind),
+    /// The database named in the URL does not exist (PostgreSQL SQLSTATE `3D000`).
+    #[error("database \"{0}\" does not exist")]
+    NoSuchDatabase(String),
+    /// The server rejected the user's password (PostgreSQL SQLSTATE `28P01`).
+    #[error("password authentication failed")]
+    PasswordRejected,
+    /// The database refused for another reason, in its own words: e.g. a role that does not
+    /// exist (PostgreSQL `28000`), too many connections (`53300`), a SQLite file that cannot
+    /// be opened (SQLite result code `14`).
+    #[error("{message}")]
+    Refused {
+        /// The SQLSTATE (PostgreSQL) or result code (SQLite), where there is one.
+        code: Option<String>,
+        /// The database's message.
+        message: String,
+    },
+    /// Anything else the driver reported (TLS, protocol).
+    #[error("{0}")]
+    Driver(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ConnectFailure {
+    /// Classifies what every database reports alike; each store maps its own codes first.
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(io) => ConnectFailure::Io(io.kind()),
+            sqlx::Error::Database(db) => ConnectFailure::Refused {
+                code: db.code().map(Cow::into_owned),
+                message: db.message().to_owned(),
+            },
+            err => ConnectFailure::Driver(err),
+        }
     }
 }
 

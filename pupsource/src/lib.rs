@@ -15,6 +15,7 @@ mod error;
 mod event;
 pub mod limits;
 pub mod partition;
+mod process;
 pub mod projection;
 pub mod registry;
 pub mod runner;
@@ -23,7 +24,7 @@ mod version;
 
 pub use aggregate::{Aggregate, AggregateStore, Apply, Change};
 pub use domain::{DecodeError, DomainEvent, Envelope, Handle, HandleRaw};
-pub use error::{ConstraintKind, Error, FieldProblem, InvalidInput, Result};
+pub use error::{ConnectFailure, ConstraintKind, Error, FieldProblem, InvalidInput, Result};
 pub use event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
 pub use projection::{Context, HandlerError, HandlerResult, Projection};
 #[cfg(feature = "cli")]

@@ -7,6 +7,10 @@
 //! of partitions to run changes, the running set is stopped at a batch boundary and started
 //! again with the new one, which reloads the checkpoints.
 //!
+//! A partition waited for because another worker holds it is said so once per holder (who,
+//! and when its lease expires); a holder that was a process of this host and is gone is
+//! evicted at once (see `store/lease.rs`), and its partitions claimed in the same heartbeat.
+//!
 //! A partition whose handler still fails after every retry ([`ErrorPolicy::Stop`]) *halts*:
 //! it is no longer run (and stays leased by this process, so the failure does not move on to
 //! another worker), while every other partition and projection goes on. The error is
@@ -25,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 use super::reader::run_partitions;
 use super::telemetry;
 use super::{Idle, ProjectionRun, RunMode};
-use crate::backoff::retry_transient;
+use crate::backoff::{Outage, retry_transient};
 use crate::error::{Error, Result};
 use crate::partition::Partition;
+use crate::process::Process;
 use crate::projection::Lease;
-use crate::store::lease::Heartbeat;
+use crate::store::lease::{Beat, Heartbeat, Holder};
 
 /// Runs projection `run` until cancelled, caught up (in [`RunMode::UntilCaughtUp`]), or
 /// failed. Returns the first halted partition's error, if any, once it stops.
@@ -47,6 +52,9 @@ pub(crate) async fn run_projection(
         halted: BTreeMap::new(),
         finished: BTreeSet::new(),
         running: None,
+        process: Process::this(),
+        reported: BTreeSet::new(),
+        heartbeat_outage: Outage::default(),
     };
     let run = Arc::clone(&coordinator.run);
     tracing::info!(
@@ -100,6 +108,12 @@ struct Coordinator {
     /// Until caught up: partitions that reached the head.
     finished: BTreeSet<u32>,
     running: Option<Running>,
+    /// This process, as its registration records it.
+    process: Process,
+    /// The other workers this one said it waits for (once each).
+    reported: BTreeSet<String>,
+    /// Heartbeats failing for a passing reason.
+    heartbeat_outage: Outage,
 }
 
 impl Coordinator {
@@ -189,23 +203,12 @@ impl Coordinator {
     /// boundary.
     async fn assign(&mut self) -> Result<()> {
         let run = Arc::clone(&self.run);
-        let request = Heartbeat {
-            projection: &run.name,
-            worker: &run.settings.worker_id,
-            partition_count: run.partition_count,
-            lease: run.settings.lease(),
-            held: &self.held,
-            only: run.settings.assigned,
-        };
-        let beat = match run.store.heartbeat(&request).await {
-            Ok(beat) => beat,
-            Err(err) if err.is_transient() => {
-                // The leases last two more heartbeats: retry at the next one meanwhile.
-                tracing::warn!(target: "pupsource::runner", projection = %run.name, error = %err, "heartbeat failed; retrying");
-                return Ok(());
-            }
-            Err(err) => return Err(err),
-        };
+        let Some(mut beat) = self.heartbeat().await? else { return Ok(()) };
+        if self.wait_or_take_over(&beat.holders).await {
+            // Claim what they held now, not a heartbeat later.
+            let Some(again) = self.heartbeat().await? else { return Ok(()) };
+            beat = again;
+        }
         let layout = |index| Partition { index, count: run.partition_count };
         for (&partition, epoch) in &self.held {
             if beat.held.get(&partition) != Some(epoch) {
@@ -245,6 +248,68 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// One heartbeat; `None` if it failed for a passing reason (the leases last two more
+    /// heartbeats: the next one retries).
+    async fn heartbeat(&mut self) -> Result<Option<Beat>> {
+        let run = Arc::clone(&self.run);
+        let request = Heartbeat {
+            projection: &run.name,
+            worker: &run.settings.worker_id,
+            process: &self.process,
+            partition_count: run.partition_count,
+            lease: run.settings.lease(),
+            held: &self.held,
+            only: run.settings.assigned,
+        };
+        match run.store.heartbeat(&request).await {
+            Ok(beat) => {
+                if let Some((down_for, failures)) = self.heartbeat_outage.ended() {
+                    tracing::warn!(target: "pupsource::runner", projection = %run.name, failures, ?down_for, "the database is back: heartbeats work again");
+                }
+                Ok(Some(beat))
+            }
+            Err(err) if err.is_transient() => {
+                if self.heartbeat_outage.failed() {
+                    let every = run.settings.heartbeat;
+                    tracing::warn!(target: "pupsource::runner", projection = %run.name, error = %err, "heartbeat failed; retrying every {every:?}, until the database answers");
+                } else {
+                    tracing::debug!(target: "pupsource::runner", projection = %run.name, error = %err, "heartbeat failed again");
+                }
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Says once per holder that its partitions are waited for, and until when; evicts the
+    /// holders that were processes of this host and are gone. Whether it evicted any.
+    async fn wait_or_take_over(&mut self, holders: &[Holder]) -> bool {
+        let run = Arc::clone(&self.run);
+        let mut evicted = false;
+        for holder in holders {
+            let (worker, partitions) = (&holder.worker, &holder.partitions);
+            match holder.process.as_ref().filter(|p| p.is_gone_from_this_host()) {
+                Some(dead) => match run.store.evict(&run.name, worker, dead).await {
+                    Ok(true) => {
+                        tracing::info!(target: "pupsource::runner", projection = %run.name, holder = %worker, pid = dead.pid, ?partitions, "the holder was a process of this host that is gone: taking its partitions over at once");
+                        evicted = true;
+                    }
+                    // Registered again meanwhile (a restart under the same id): it is alive.
+                    Ok(false) => {}
+                    // The next heartbeat looks again.
+                    Err(err) => {
+                        tracing::warn!(target: "pupsource::runner", projection = %run.name, holder = %worker, error = %err, "cannot take over the partitions of a process that is gone");
+                    }
+                },
+                None if self.reported.insert(worker.clone()) => {
+                    tracing::info!(target: "pupsource::runner", projection = %run.name, holder = %worker, lease_until = %holder.until, ?partitions, "partitions held by another worker: waiting until it gives them back or its lease expires");
+                }
+                None => {}
+            }
+        }
+        evicted
     }
 
     fn start(&mut self, partitions: BTreeSet<u32>) {

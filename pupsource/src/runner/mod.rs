@@ -823,14 +823,8 @@ impl Interval {
 
 /// Host name, process id and a random suffix: unique among live processes.
 fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty() && h.len() <= 100 && !h.contains('\0'))
-        .unwrap_or_else(|| "host".to_owned());
     let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &random[..8])
+    format!("{}-{}-{}", crate::process::host_name(), std::process::id(), &random[..8])
 }
 
 /// Completes on Ctrl-C, or SIGTERM on Unix.

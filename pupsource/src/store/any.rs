@@ -6,6 +6,7 @@
 use std::ops::RangeBounds;
 use std::str::FromStr as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[cfg(feature = "postgres")]
 use super::PostgresStore;
@@ -51,17 +52,75 @@ impl From<SqliteStore> for Store {
     }
 }
 
+/// How [`Store::connect_with`] (and [`PostgresStore::connect_with`](crate::PostgresStore::connect_with))
+/// connects.
+///
+/// ```
+/// use std::time::Duration;
+/// use pupsource::store::ConnectOptions;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let options = ConnectOptions::default().timeout(Duration::from_millis(500));
+/// // Nothing listens on port 1: refused at once, or at the latest after the timeout.
+/// let err = pupsource::Store::connect_with("postgres://app@127.0.0.1:1/app", options)
+///     .await
+///     .unwrap_err();
+/// assert!(err.to_string().starts_with("cannot connect to PostgreSQL at 127.0.0.1:1: "));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// How long opening a PostgreSQL store waits for the server: resolving its name,
+    /// connecting and logging in. Default 5 s. (SQLite opens a local file; it waits only for
+    /// another process's lock, up to its busy timeout.)
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { timeout: Duration::from_secs(5) }
+    }
+}
+
+impl ConnectOptions {
+    /// Sets [`ConnectOptions::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
 impl Store {
     /// Connects to `url`: `postgres://…` / `postgresql://…` for PostgreSQL, `sqlite:…` for
-    /// SQLite (a file, created if missing, or `sqlite::memory:`).
+    /// SQLite (a file, created if missing, or `sqlite::memory:`), with the default
+    /// [`ConnectOptions`].
     ///
     /// # Errors
-    /// [`InvalidInput::DatabaseUrl`] for any other scheme; the backend's errors otherwise.
+    /// As [`Store::connect_with`].
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connects to `url` (as [`Store::connect`]) with `options`.
+    ///
+    /// # Errors
+    /// [`InvalidInput::DatabaseUrl`] for any other scheme; [`Error::Configuration`] for a
+    /// malformed URL; [`Error::Connect`] (where, and why) if the database cannot be reached
+    /// or opened.
+    ///
+    /// [`Error::Configuration`]: crate::Error::Configuration
+    /// [`Error::Connect`]: crate::Error::Connect
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        #[cfg(not(feature = "postgres"))]
+        let _ = options;
         match scheme {
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Ok(Store::Postgres(PostgresStore::connect(url).await?)),
+            "postgres" | "postgresql" => {
+                Ok(Store::Postgres(PostgresStore::connect_with(url, options).await?))
+            }
             #[cfg(feature = "sqlite")]
             "sqlite" => Ok(Store::Sqlite(SqliteStore::connect(url).await?)),
             _ => Err(InvalidInput::DatabaseUrl { url: redact(url), problem: SCHEMES }.into()),

@@ -19,6 +19,12 @@
 //!   only then reads their checkpoints: a paused or slow process of the old count can
 //!   commit nothing once the new count has started, and the new count never repeats what the
 //!   old one committed.
+//! - Each registration records the worker's host and process id. A heartbeat that finds
+//!   fewer partitions free than its share lists who holds the others ([`Holder`]); a holder
+//!   that was a process of this host and is gone (killed, crashed) is *evicted* at once (its
+//!   registration removed and its leases freed, in one transaction under the projection's
+//!   lock, and only while the registration is still that process's), so a restart after a
+//!   crash need not wait for the dead process's leases to expire.
 //! - Every heartbeat runs under the projection's lock (an advisory lock on PostgreSQL, the
 //!   write lock on SQLite), so registrations, claims and partition-count checks never
 //!   interleave; a partition count other than a live worker's is refused.
@@ -33,6 +39,7 @@ use time::OffsetDateTime;
 
 use super::Scope;
 use crate::error::Result;
+use crate::process::Process;
 
 /// The lease protocol above, as each backend implements it.
 #[async_trait::async_trait]
@@ -65,6 +72,10 @@ pub(crate) trait Leases: Send + Sync {
 
     /// The live workers of `projection`.
     async fn workers(&self, projection: &str) -> Result<Vec<WorkerStatus>>;
+
+    /// Frees the leases of `worker` and removes its registration, if it is still registered
+    /// as `process` (a dead process of this host). Whether it was.
+    async fn evict(&self, projection: &str, worker: &str, process: &Process) -> Result<bool>;
 }
 
 /// What one worker asks of a heartbeat.
@@ -72,6 +83,8 @@ pub(crate) trait Leases: Send + Sync {
 pub(crate) struct Heartbeat<'a> {
     pub(crate) projection: &'a str,
     pub(crate) worker: &'a str,
+    /// Where the worker runs, recorded with its registration.
+    pub(crate) process: &'a Process,
     pub(crate) partition_count: u32,
     /// How long a registration and a lease last without renewal.
     pub(crate) lease: Duration,
@@ -113,6 +126,22 @@ impl Heartbeat<'_> {
 pub(crate) struct Beat {
     pub(crate) held: BTreeMap<u32, u64>,
     pub(crate) share: usize,
+    /// When it holds less than its share: the other workers holding unexpired leases on the
+    /// partitions it could run.
+    pub(crate) holders: Vec<Holder>,
+}
+
+/// Another worker holding unexpired leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// Its id.
+    pub(crate) worker: String,
+    /// Where it runs; `None` if its registration is gone or did not record it.
+    pub(crate) process: Option<Process>,
+    /// When the last of its leases expires unless renewed.
+    pub(crate) until: OffsetDateTime,
+    /// The partitions it holds.
+    pub(crate) partitions: Vec<u32>,
 }
 
 /// A live worker, for status.

@@ -33,7 +33,7 @@ mod sqlite;
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::unix_micros;
 
-pub use any::Store;
+pub use any::{ConnectOptions, Store};
 pub(crate) use backend::Backend;
 pub use backend::{Fence, LeaseInfo, ParkedEvent, RestoreRepair};
 pub use lease::WorkerStatus;

@@ -68,15 +68,16 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::ConnectOptions;
 use super::backend::{Backend, Batch, CheckpointInfo, Fence, Page, ParkedEvent, RestoreRepair};
 use super::row::EventDecoder;
 use super::{
     CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
     partition_sql_args, stored_version,
 };
-use crate::backoff::{Backoff, sleep_or_cancel};
+use crate::backoff::{Backoff, Outage, sleep_or_cancel};
 use crate::checkpoint::CheckpointRow;
-use crate::error::{ConstraintKind, Error, Result};
+use crate::error::{ConnectFailure, ConstraintKind, Error, Result};
 use crate::event::{
     AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
@@ -95,6 +96,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_leases.sql"),
     include_str!("../../migrations/postgres/0004_fencing.sql"),
     include_str!("../../migrations/postgres/0005_snapshots.sql"),
+    include_str!("../../migrations/postgres/0006_worker_process.sql"),
 ];
 
 /// How long the transaction that creates a projection's checkpoint rows, under the
@@ -110,6 +112,21 @@ const EVENT_COLUMNS: &str = "global_position, transaction_id::text::bigint AS tr
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \
     created_at";
+
+/// Why connecting with `options` failed: PostgreSQL's SQLSTATEs first, then what every
+/// database reports alike.
+fn connect_failure(err: sqlx::Error, options: &PgConnectOptions) -> ConnectFailure {
+    let code = err.as_database_error().and_then(|db| db.code());
+    match code.as_deref() {
+        // invalid_catalog_name; the database defaults to the user's name.
+        Some("3D000") => ConnectFailure::NoSuchDatabase(
+            options.get_database().unwrap_or(options.get_username()).to_owned(),
+        ),
+        // invalid_password
+        Some("28P01") => ConnectFailure::PasswordRejected,
+        _ => ConnectFailure::from(err),
+    }
+}
 
 /// The fence of reads (module docs, "The fence"): an `xid8` from one snapshot.
 const FENCE: &str = "(SELECT COALESCE((SELECT min(x) FROM pg_snapshot_xip(snap) AS x \
@@ -341,15 +358,55 @@ impl PostgresStore {
         PostgresStore { inner: Arc::new(inner) }
     }
 
-    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of 10 connections.
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of 10 connections and
+    /// the default [`ConnectOptions`].
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a malformed URL, [`Error::Connection`] if the server
-    /// cannot be reached.
+    /// As [`PostgresStore::connect_with`].
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url).map_err(Error::Configuration)?;
-        let pool = PgPoolOptions::new().max_connections(10).connect_with(options).await?;
-        Ok(Self::new(pool))
+        Self::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of 10 connections,
+    /// waiting at most [`ConnectOptions::timeout`] for the server to answer.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a malformed URL; [`Error::Connect`] if the server cannot
+    /// be reached or refuses the connection, naming the server and the cause
+    /// ([`ConnectFailure`]).
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
+        let connect = PgConnectOptions::from_str(url).map_err(Error::Configuration)?;
+        // A first connection of its own: the pool would retry a refused connection until its
+        // acquire timeout and then report only that it timed out.
+        let first = async {
+            if connect.get_socket().is_none() {
+                let found = tokio::net::lookup_host((connect.get_host(), connect.get_port()))
+                    .await
+                    .is_ok_and(|mut addresses| addresses.next().is_some());
+                if !found {
+                    return Err(ConnectFailure::NameNotFound);
+                }
+            }
+            sqlx::ConnectOptions::connect(&connect)
+                .await
+                .map_err(|err| connect_failure(err, &connect))
+        };
+        let first = tokio::time::timeout(options.timeout, first)
+            .await
+            .unwrap_or(Err(ConnectFailure::TimedOut(options.timeout)));
+        match first {
+            Ok(connection) => {
+                let _ = sqlx::Connection::close(connection).await;
+            }
+            Err(cause) => {
+                let address = match connect.get_socket() {
+                    Some(socket) => socket.display().to_string(),
+                    None => format!("{}:{}", connect.get_host(), connect.get_port()),
+                };
+                return Err(Error::Connect { database: "PostgreSQL", address, cause });
+            }
+        }
+        Ok(Self::new(PgPoolOptions::new().max_connections(10).connect_lazy_with(connect)))
     }
 
     /// The connection pool.
@@ -577,11 +634,15 @@ impl Backend for PostgresStore {
     /// Forwards other processes' `NOTIFY` hints to [`Self::wakeups`] until `stop`.
     async fn listen(&self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut outage = Outage::default();
         while !stop.is_cancelled() {
             let listener = async {
                 let channel = self.channel().await?;
                 let mut listener = PgListener::connect_with(&self.inner.pool).await?;
                 listener.listen(channel).await?;
+                if let Some((down_for, failures)) = outage.ended() {
+                    tracing::warn!(target: "pupsource::store", failures, ?down_for, "the database is back: listening for append hints again");
+                }
                 loop {
                     listener.recv().await?;
                     self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
@@ -591,11 +652,17 @@ impl Backend for PostgresStore {
                 () = stop.cancelled() => return,
                 result = listener => {
                     let err: sqlx::Error = match result { Err(err) => err, Ok(never) => never };
-                    tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile");
+                    let wait = backoff.next();
+                    if outage.failed() {
+                        let max = backoff.max();
+                        tracing::warn!(target: "pupsource::store", error = %err, "listening for append hints failed; polling meanwhile, listening again in {wait:?}, then doubling up to every {max:?}");
+                    } else {
+                        tracing::debug!(target: "pupsource::store", error = %err, retry_in = ?wait, "listening for append hints failed again");
+                    }
+                    if !sleep_or_cancel(&stop, wait).await {
+                        return;
+                    }
                 }
-            }
-            if !sleep_or_cancel(&stop, backoff.next()).await {
-                return;
             }
         }
     }

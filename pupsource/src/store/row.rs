@@ -12,12 +12,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::backend::{CheckpointInfo, LeaseInfo, ParkedEvent};
-use super::lease::WorkerStatus;
+use super::lease::{Holder, WorkerStatus};
 use super::{CheckpointRead, approximate_size, hash_from_stored};
 use crate::checkpoint::CheckpointRow;
 use crate::error::{Error, Result};
 use crate::event::{Event, PersistedEvent, Position, StreamId};
 use crate::partition::Partition;
+use crate::process::Process;
 
 /// One row as a backend stores it; every getter takes the column's index, found by name with
 /// [`StoredRow::index`].
@@ -162,6 +163,31 @@ pub(crate) fn held_partitions(rows: &[impl StoredRow]) -> Result<BTreeMap<u32, u
     rows.iter()
         .map(|row| Ok((row.count_of("partition")?, row.int_of("epoch")?.unsigned_abs())))
         .collect()
+}
+
+/// The workers holding leases, from `(owner, partition, lease_until, host, pid)` rows ordered
+/// by owner (`host` `NULL` and `pid` 0 where the registration does not say).
+pub(crate) fn holders(rows: &[impl StoredRow]) -> Result<Vec<Holder>> {
+    let mut holders: Vec<Holder> = Vec::new();
+    for row in rows {
+        let (worker, partition) = (row.text_of("owner")?, row.count_of("partition")?);
+        let until = row.time_of("lease_until")?;
+        match holders.last_mut() {
+            Some(holder) if holder.worker == worker => {
+                holder.partitions.push(partition);
+                holder.until = holder.until.max(until);
+            }
+            _ => {
+                let pid = u32::try_from(row.int_of("pid")?).ok().filter(|&pid| pid != 0);
+                let process = match (row.opt_text_of("host")?, pid) {
+                    (Some(host), Some(pid)) => Some(Process { host, pid }),
+                    _ => None,
+                };
+                holders.push(Holder { worker, process, until, partitions: vec![partition] });
+            }
+        }
+    }
+    Ok(holders)
 }
 
 /// Where the columns of an event are in the rows of a query, found by name from its first

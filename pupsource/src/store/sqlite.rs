@@ -55,6 +55,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("{checkpoints}", "owner", "TEXT"),
     ("{checkpoints}", "epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("{checkpoints}", "lease_until", "INTEGER"),
+    // Where each worker process runs (see `store/lease.rs`): a restarted process takes over at
+    // once the partitions of a process of its own host that is gone.
+    ("{workers}", "host", "TEXT"),
+    ("{workers}", "pid", "INTEGER"),
 ];
 
 /// Columns of a [`PersistedEvent`], read by name (`store/row.rs`); SQLite has no
@@ -285,8 +289,8 @@ impl SqliteStore {
     /// `sqlite::memory:`), creating the file if needed, in WAL mode with a busy timeout.
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a malformed URL, [`Error::Connection`] if the file cannot
-    /// be opened.
+    /// [`Error::Configuration`] for a malformed URL; [`Error::Connect`], naming the file, if
+    /// it cannot be opened (or stays locked by another process past the busy timeout).
     pub async fn connect(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(Error::Configuration)?
@@ -326,6 +330,10 @@ impl SqliteStore {
                 Ok(pool) => return Ok(Self::new(pool)),
                 Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(backoff.next()).await;
+                }
+                Err(Error::Connection(err) | Error::Database(err)) => {
+                    let address = options.get_filename().display().to_string();
+                    return Err(Error::Connect { database: "SQLite", address, cause: err.into() });
                 }
                 Err(err) => return Err(err),
             }

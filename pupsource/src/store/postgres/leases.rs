@@ -11,8 +11,9 @@ use sqlx::AssertSqlSafe;
 
 use super::PostgresStore;
 use crate::error::Result;
+use crate::process::Process;
 use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, int4, int8};
-use crate::store::row::held_partitions;
+use crate::store::row::{held_partitions, holders};
 use crate::store::{Scope, Statement, Tables, partition_sql_args};
 
 /// The lease statements, rendered once with the store's table names.
@@ -27,6 +28,9 @@ pub(super) struct LeaseSql {
     deregister: Statement,
     pending: Statement,
     workers: Statement,
+    holders: Statement,
+    evict_worker: Statement,
+    evict_leases: Statement,
 }
 
 impl LeaseSql {
@@ -35,11 +39,12 @@ impl LeaseSql {
         let key = "projection = $1 AND partition_count = $2";
         LeaseSql {
             register: render(
-                "INSERT INTO \"{workers}\" (projection, worker_id, partition_count, expires_at) \
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
+                "INSERT INTO \"{workers}\" (projection, worker_id, partition_count, expires_at, \
+                   host, pid) \
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6) \
                  ON CONFLICT (projection, worker_id) DO UPDATE SET \
                    partition_count = EXCLUDED.partition_count, heartbeat_at = now(), \
-                   expires_at = EXCLUDED.expires_at",
+                   expires_at = EXCLUDED.expires_at, host = EXCLUDED.host, pid = EXCLUDED.pid",
             ),
             purge: render("DELETE FROM \"{workers}\" WHERE projection = $1 AND expires_at < now()"),
             other_layout: render(
@@ -92,6 +97,23 @@ impl LeaseSql {
                 "SELECT worker_id, partition_count, started_at, heartbeat_at, expires_at \
                  FROM \"{workers}\" WHERE projection = $1 AND expires_at > now() ORDER BY worker_id",
             ),
+            holders: render(
+                "SELECT c.owner, c.partition, c.lease_until, w.host, COALESCE(w.pid, 0) AS pid \
+                 FROM \"{checkpoints}\" AS c LEFT JOIN \"{workers}\" AS w \
+                   ON w.projection = c.projection AND w.worker_id = c.owner \
+                 WHERE c.projection = $1 AND c.partition_count = $2 AND c.owner <> $3 \
+                   AND c.lease_until >= now() \
+                   AND ($4::int4 IS NULL OR c.partition = $4) \
+                 ORDER BY c.owner, c.partition",
+            ),
+            evict_worker: render(
+                "DELETE FROM \"{workers}\" \
+                 WHERE projection = $1 AND worker_id = $2 AND host = $3 AND pid = $4",
+            ),
+            evict_leases: render(
+                "UPDATE \"{checkpoints}\" SET owner = NULL, lease_until = NULL \
+                 WHERE projection = $1 AND owner = $2",
+            ),
         }
     }
 }
@@ -138,6 +160,8 @@ impl Leases for PostgresStore {
             .bind(beat.worker)
             .bind(count)
             .bind(seconds)
+            .bind(&beat.process.host)
+            .bind(i64::from(beat.process.pid))
             .execute(&mut *tx)
             .await?;
         let live: i64 =
@@ -172,8 +196,21 @@ impl Leases for PostgresStore {
             )?;
             held.extend(claimed);
         }
+        let holders = if held.len() < share {
+            holders(
+                &sqlx::query(sql.holders.sql())
+                    .bind(beat.projection)
+                    .bind(count)
+                    .bind(beat.worker)
+                    .bind(beat.only.map(int4))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
-        Ok(Beat { held, share })
+        Ok(Beat { held, share, holders })
     }
 
     /// Gives up `partitions` (if this worker still holds them), so others can claim them.
@@ -240,5 +277,30 @@ impl Leases for PostgresStore {
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(WorkerStatus::read).collect()
+    }
+
+    /// Frees the leases of `worker` and deregisters it, if it is still registered as
+    /// `process`, under the projection's lock.
+    async fn evict(&self, projection: &str, worker: &str, process: &Process) -> Result<bool> {
+        let sql = &self.inner.sql;
+        let mut tx = self.inner.pool.begin().await?;
+        sqlx::query(sql.projection_lock.sql()).bind(projection).execute(&mut *tx).await?;
+        let removed = sqlx::query(sql.leases.evict_worker.sql())
+            .bind(projection)
+            .bind(worker)
+            .bind(&process.host)
+            .bind(i64::from(process.pid))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 1 {
+            sqlx::query(sql.leases.evict_leases.sql())
+                .bind(projection)
+                .bind(worker)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(removed == 1)
     }
 }

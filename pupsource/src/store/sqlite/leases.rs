@@ -13,8 +13,9 @@ use time::OffsetDateTime;
 
 use super::{SqliteStore, json_list, unix_micros};
 use crate::error::Result;
+use crate::process::Process;
 use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, int4, int8};
-use crate::store::row::held_partitions;
+use crate::store::row::{held_partitions, holders};
 use crate::store::{PARTITION_OF_SQL, Scope, Statement, Tables, partition_sql_args};
 
 /// `lease` in microseconds after `now`.
@@ -36,6 +37,9 @@ pub(in crate::store) struct LeaseSql {
     deregister: Statement,
     pending: Statement,
     workers: Statement,
+    holders: Statement,
+    evict_worker: Statement,
+    evict_leases: Statement,
 }
 
 impl LeaseSql {
@@ -57,10 +61,10 @@ impl LeaseSql {
             register: Statement::new(
                 tables,
                 "INSERT INTO \"{workers}\" (projection, worker_id, partition_count, started_at, \
-               heartbeat_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?4, ?5) \
+               heartbeat_at, expires_at, host, pid) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7) \
              ON CONFLICT (projection, worker_id) DO UPDATE SET \
                partition_count = excluded.partition_count, heartbeat_at = excluded.heartbeat_at, \
-               expires_at = excluded.expires_at",
+               expires_at = excluded.expires_at, host = excluded.host, pid = excluded.pid",
             ),
             live: Statement::new(
                 tables,
@@ -119,6 +123,25 @@ impl LeaseSql {
                 "SELECT worker_id, partition_count, started_at, heartbeat_at, expires_at \
              FROM \"{workers}\" WHERE projection = ?1 AND expires_at > ?2 ORDER BY worker_id",
             ),
+            holders: Statement::new(
+                tables,
+                "SELECT c.owner, c.partition, c.lease_until, w.host, COALESCE(w.pid, 0) AS pid \
+                 FROM \"{checkpoints}\" AS c LEFT JOIN \"{workers}\" AS w \
+                   ON w.projection = c.projection AND w.worker_id = c.owner \
+                 WHERE c.projection = ?1 AND c.partition_count = ?2 AND c.owner <> ?3 \
+                   AND c.lease_until >= ?4 AND (?5 IS NULL OR c.partition = ?5) \
+                 ORDER BY c.owner, c.partition",
+            ),
+            evict_worker: Statement::new(
+                tables,
+                "DELETE FROM \"{workers}\" \
+                 WHERE projection = ?1 AND worker_id = ?2 AND host = ?3 AND pid = ?4",
+            ),
+            evict_leases: Statement::new(
+                tables,
+                "UPDATE \"{checkpoints}\" SET owner = NULL, lease_until = NULL \
+                 WHERE projection = ?1 AND owner = ?2",
+            ),
         }
     }
 }
@@ -170,6 +193,8 @@ impl Leases for SqliteStore {
             .bind(count)
             .bind(now)
             .bind(lease_until)
+            .bind(&beat.process.host)
+            .bind(i64::from(beat.process.pid))
             .execute(&mut *tx)
             .await?;
         let live: i64 = sqlx::query_scalar(self.inner.sql.leases.live.sql())
@@ -217,8 +242,22 @@ impl Leases for SqliteStore {
                 held.insert(u32::try_from(partition).unwrap_or(0), epoch.unsigned_abs());
             }
         }
+        let holders = if held.len() < share {
+            holders(
+                &sqlx::query(self.inner.sql.leases.holders.sql())
+                    .bind(beat.projection)
+                    .bind(count)
+                    .bind(beat.worker)
+                    .bind(now)
+                    .bind(beat.only.map(int4))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
-        Ok(Beat { held, share })
+        Ok(Beat { held, share, holders })
     }
 
     /// Gives up `partitions` (if this worker still holds them), so others can claim them.
@@ -289,5 +328,29 @@ impl Leases for SqliteStore {
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(WorkerStatus::read).collect()
+    }
+
+    /// Frees the leases of `worker` and deregisters it, if it is still registered as
+    /// `process`, under the write lock.
+    async fn evict(&self, projection: &str, worker: &str, process: &Process) -> Result<bool> {
+        let sql = &self.inner.sql.leases;
+        let mut tx = self.begin_immediate().await?;
+        let removed = sqlx::query(sql.evict_worker.sql())
+            .bind(projection)
+            .bind(worker)
+            .bind(&process.host)
+            .bind(i64::from(process.pid))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 1 {
+            sqlx::query(sql.evict_leases.sql())
+                .bind(projection)
+                .bind(worker)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(removed == 1)
     }
 }
