@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pupsource::store::ConnectOptions;
 use pupsource::{
-    ConnectFailure, Error, Event, EventStore, ExpectedVersion, SqliteStore, Store, StreamId,
+    ConnectFailure, Error, Event, EventStore, ExpectedVersion, Scope, SqliteStore, Store, StreamId,
 };
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
@@ -280,6 +280,7 @@ async fn on_error_retries_status_json_list_and_replay_cover_a_poison_event() {
                 "lag",
                 "last_error",
                 "lease_until",
+                "oldest_unhandled_at",
                 "owner",
                 "partition",
                 "partition_count",
@@ -535,4 +536,75 @@ async fn an_outage_is_logged_once_where_it_is_waited_out_and_once_when_it_ends()
     distinct.dedup();
     assert_eq!(distinct.len(), lines.len(), "no line repeated: {log}");
     pool.close().await;
+}
+
+/// The Prometheus text of `addr` (a plain HTTP/1.0 GET), or `None` while nothing answers.
+fn scrape(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// The sum of the samples of metric `name` whose labels include every one of `labels`.
+fn sum_of(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// `--metrics-addr`: a running `counter` serves its metrics; once it has caught up they agree
+/// with the log (every event handled once, none behind its checkpoint, a claim per partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_of_a_running_binary_agrees_with_the_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let stderr_file = dir.path().join("stderr");
+    let mut child = Command::new(example_binary("counter"))
+        .current_dir(dir.path())
+        .args(["--workers", "4", "--metrics-addr", &addr.to_string(), "--lag-interval", "50ms"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file).expect("stderr file"))
+        .spawn()
+        .expect("start the counter example");
+    // The demo workload is appended in one transaction: once there, it is whole.
+    let events = eventually("the demo workload", Duration::from_secs(60), || async {
+        let url = format!("sqlite:{}", dir.path().join("pupsource.db").display());
+        let store = SqliteStore::connect(&url).await.ok()?;
+        let log = store.read_all(pupsource::Position::START, 1 << 20, &Scope::all()).await.ok()?;
+        (!log.is_empty()).then_some(log.len() as f64)
+    })
+    .await;
+    let counter = r#"projection="counter""#;
+    let text = eventually("metrics that agree with the log", Duration::from_secs(60), || async {
+        let text = scrape(addr)?;
+        let handled = sum_of(&text, "pupsource_events_handled_total", &[counter]);
+        let lag = sum_of(&text, "pupsource_lag_events", &[counter, r#"partitions="4""#]);
+        let lagging = text.lines().any(|l| l.starts_with("pupsource_lag_events{"));
+        (handled == events && lagging && lag == 0.0).then_some(text)
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("exit");
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    assert!(status.success(), "{stderr}");
+
+    assert_eq!(sum_of(&text, "pupsource_lease_claims_total", &[counter]), 4.0, "{text}");
+    for partition in 0..4 {
+        let labels = [counter, &format!(r#"partition="{partition}""#)];
+        assert!(sum_of(&text, "pupsource_batches_total", &labels) >= 1.0, "{text}");
+        assert_eq!(sum_of(&text, "pupsource_lag_seconds", &labels), 0.0, "{text}");
+    }
+    assert_eq!(sum_of(&text, "pupsource_handler_failures_total", &[counter]), 0.0, "{text}");
+    assert_eq!(sum_of(&text, "pupsource_parked_events", &[counter]), 0.0, "{text}");
+    assert!(sum_of(&text, "pupsource_reader_pages_total", &[counter]) >= 1.0, "{text}");
+    assert!(sum_of(&text, "pupsource_reader_bytes_total", &[counter]) > events * 10.0, "{text}");
+    assert!(text.contains("pupsource_batch_duration_seconds"), "{text}");
+    assert!(text.contains("pupsource_fence_age_seconds 0"), "SQLite has no fence: {text}");
 }

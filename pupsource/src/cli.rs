@@ -5,6 +5,7 @@
 //!           [--batch-size N] [--poll-interval 500ms] [--until-caught-up] [--worker-id ID]
 //!           [--heartbeat 2s] [--on-error stop|park] [--retries N]
 //!           [--partition-key K --total-partitions N]
+//!           [--metrics-addr HOST:PORT [--lag-interval 15s]]      (feature `prometheus`)
 //! app migrate | list | status [--json] | rebuild NAME | replay NAME | repair-restore
 //! ```
 //!
@@ -22,6 +23,7 @@
 //!                      "last_run_partitions": 8 | null, "parked": 0,
 //!                      "partitions": [ { "partition": 0, "partition_count": 8,
 //!                                        "checkpoint": 1200, "transaction_id": 0, "lag": 0,
+//!                                        "oldest_unhandled_at": "…" | null,
 //!                                        "updated_at": "…", "last_error": null,
 //!                                        "owner": "host-42-…" | null, "epoch": 3 | null,
 //!                                        "lease_until": "…" | null } ],
@@ -75,6 +77,16 @@ pub enum Error {
     /// Connecting, migrating, running or inspecting the projections failed.
     #[error(transparent)]
     Pupsource(#[from] crate::Error),
+    /// `--metrics-addr`: the metrics endpoint could not be served there.
+    #[cfg(feature = "prometheus")]
+    #[error("cannot serve the metrics on {addr}")]
+    Metrics {
+        /// The address of `--metrics-addr`.
+        addr: std::net::SocketAddr,
+        /// What the exporter said.
+        #[source]
+        source: metrics_exporter_prometheus::BuildError,
+    },
     /// A hook given to [`App::before_run`] or [`App::after_run`] failed.
     #[error("the `{hook}` hook failed")]
     Hook {
@@ -239,6 +251,16 @@ struct RunArgs {
     #[arg(long, value_name = "N", requires = "partition_key", conflicts_with = "workers",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::limits::MAX_PARTITIONS)))]
     total_partitions: Option<u32>,
+    /// Serve the metrics (`pupsource::runner::telemetry`) as Prometheus text on this address,
+    /// e.g. `127.0.0.1:9464`, at any path.
+    #[cfg(feature = "prometheus")]
+    #[arg(long, value_name = "HOST:PORT", env = "PUPSOURCE_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// With `--metrics-addr`: how often the lag gauges are refreshed (each refresh counts the
+    /// events behind every checkpoint).
+    #[cfg(feature = "prometheus")]
+    #[arg(long, default_value = "15s", requires = "metrics_addr", value_parser = parse_lag_interval)]
+    lag_interval: Duration,
 }
 
 /// `--on-error`: [`ErrorPolicy`] on the command line.
@@ -264,6 +286,15 @@ fn parse_connect_timeout(text: &str) -> std::result::Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err("the connect timeout must be positive".to_owned()),
         timeout => Ok(timeout),
+    }
+}
+
+/// Parses `--lag-interval`: a positive duration.
+#[cfg(feature = "prometheus")]
+fn parse_lag_interval(text: &str) -> std::result::Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("the lag interval must be positive".to_owned()),
+        every => Ok(every),
     }
 }
 
@@ -460,6 +491,14 @@ impl App {
         if let (Some(key), Some(total)) = (args.partition_key, args.total_partitions) {
             runner = runner.assign(key, total);
         }
+        #[cfg(feature = "prometheus")]
+        if let Some(addr) = args.metrics_addr {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .map_err(|source| Error::Metrics { addr, source })?;
+            runner = runner.lag_metrics(args.lag_interval);
+        }
         // Bad settings fail before the hook runs (it may seed data, print, …).
         runner.check().map_err(|source| match flag_of(&source) {
             Some(flag) => Error::Flag { flag, source },
@@ -565,6 +604,7 @@ fn status_json(runner: &Runner, status: &Status) -> Value {
                         "checkpoint": part.checkpoint.global_position,
                         "transaction_id": part.checkpoint.transaction_id,
                         "lag": part.lag,
+                        "oldest_unhandled_at": part.oldest_unhandled.map(rfc3339),
                         "updated_at": rfc3339(part.updated_at),
                         "last_error": part.last_error,
                         "owner": lease.map(|l| &l.owner),

@@ -36,7 +36,7 @@ use tracing::Instrument as _;
 use super::feed::{Feed, Take};
 use super::telemetry::PartitionMetrics;
 use super::{BATCH_TIME_BUDGET, ErrorPolicy, ProjectionRun, TAKE_EVENTS};
-use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
+use crate::backoff::{Backoff, Outage, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
 use crate::domain::DecodeError;
 use crate::error::{Error, Result};
@@ -317,14 +317,24 @@ impl Worker {
     /// failures are retried with backoff (after reading the stored checkpoint again), and a
     /// checkpoint found moved on means an earlier try committed unseen. `None` if cancelled.
     async fn transact(&mut self, work: Work<'_>) -> Result<Option<Outcome>> {
-        let mut backoff = Backoff::reconnect();
+        let (mut backoff, mut outage) = (Backoff::reconnect(), Outage::default());
         loop {
             let result = self.try_transaction(&work).await;
             match result {
-                Ok(outcome) => return Ok(Some(outcome)),
+                Ok(outcome) => {
+                    if let Some((down_for, failures)) = outage.ended() {
+                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, failures, ?down_for, "the database is back: batches commit again");
+                    }
+                    return Ok(Some(outcome));
+                }
                 Err(err) if err.is_transient() => {
                     let wait = backoff.next();
-                    tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, retry_in = ?wait, "transaction failed; retrying");
+                    if outage.failed() {
+                        let max = backoff.max();
+                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, "batch transaction failed; retrying in {wait:?}, then doubling up to every {max:?}, until the database answers");
+                    } else {
+                        tracing::debug!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, retry_in = ?wait, "batch transaction failed again");
+                    }
                     if !sleep_or_cancel(&self.cancel, wait).await || !self.resync().await? {
                         return Ok(None);
                     }
