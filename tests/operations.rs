@@ -608,3 +608,44 @@ async fn the_metrics_endpoint_of_a_running_binary_agrees_with_the_log() {
     assert!(text.contains("pupsource_batch_duration_seconds"), "{text}");
     assert!(text.contains("pupsource_fence_age_seconds 0"), "SQLite has no fence: {text}");
 }
+
+/// A run that starts behind says how far behind it is, then once, at the head of the log,
+/// that it caught up and waits (stderr is not a terminal here: log lines, no bars).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_starts_behind_says_so_and_says_once_when_it_caught_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stderr_file = dir.path().join("stderr");
+    let mut child = Command::new(example_binary("counter"))
+        .current_dir(dir.path())
+        .args(["--workers", "2"])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "pupsource::cli=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file).expect("stderr file"))
+        .spawn()
+        .expect("start the counter example");
+    let stderr = || std::fs::read_to_string(&stderr_file).unwrap_or_default();
+    let caught_up = eventually("the caught-up line", Duration::from_secs(60), || async {
+        stderr()
+            .lines()
+            .find(|l| l.starts_with("counter: caught up at position "))
+            .map(str::to_owned)
+    })
+    .await;
+    let url = format!("sqlite:{}", dir.path().join("pupsource.db").display());
+    let store = SqliteStore::connect(&url).await.expect("open");
+    let log =
+        store.read_all(pupsource::Position::START, 1 << 20, &Scope::all()).await.expect("log");
+    let head = log.last().expect("the demo workload").position.global_position;
+    assert_eq!(
+        caught_up,
+        format!("counter: caught up at position {head}; waiting for new events, Ctrl-C to stop")
+    );
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("exit");
+    let log_text = stderr();
+    assert!(status.success(), "{log_text}");
+    let behind = format!("catching up projection=counter behind={}", log.len());
+    assert_eq!(log_text.matches(&behind).count(), 1, "{log_text}");
+    assert_eq!(log_text.matches("caught up at position").count(), 1, "{log_text}");
+}

@@ -68,9 +68,10 @@ struct Args {
     /// events, 100 latency appends.
     #[arg(long)]
     smoke: bool,
-    /// Events per batch transaction of the projections (pupsource's default is 100).
-    #[arg(long, default_value_t = 100)]
-    batch_size: usize,
+    /// At most N events per batch transaction of the projections (`Runner::batch_size`);
+    /// unset, pupsource's adaptive batches.
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
     /// Run only these workloads (repeatable): append, latency, read-model, catch-up, aggregate.
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
@@ -82,7 +83,7 @@ struct Args {
 /// Sizes of one run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sizes {
-    pub(crate) batch_size: usize,
+    pub(crate) batch_size: Option<usize>,
     pub(crate) append_time: Duration,
     pub(crate) rounds: u32,
     pub(crate) catch_up_events: u64,

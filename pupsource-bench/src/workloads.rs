@@ -208,6 +208,14 @@ async fn append_round(
     Ok((events / started.elapsed().as_secs_f64(), latencies))
 }
 
+/// `runner` with `--batch-size`, if given.
+fn with_batch_size(runner: Runner, batch_size: Option<usize>) -> Runner {
+    match batch_size {
+        Some(batch_size) => runner.batch_size(batch_size),
+        None => runner,
+    }
+}
+
 /// The lowest and the highest of `values`.
 fn spread(values: &[f64]) -> (f64, f64) {
     values.iter().copied().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)))
@@ -323,11 +331,10 @@ async fn catch_up_round(
     partitions: u32,
 ) -> BenchResult<(f64, (u64, u64))> {
     let events = sizes.catch_up_events;
-    let runner = Runner::new(side.store())
-        .projection(Arc::new(NoOp))
-        .partitions(partitions)
-        .batch_size(sizes.batch_size)
-        .until_caught_up();
+    let runner =
+        with_batch_size(Runner::new(side.store()).projection(Arc::new(NoOp)), sizes.batch_size)
+            .partitions(partitions)
+            .until_caught_up();
     runner.rebuild("no_op").await?;
     let before = resident_bytes();
     let peak = Arc::new(AtomicU64::new(before));
@@ -360,10 +367,9 @@ async fn read_model(side: &Side, sizes: Sizes) -> BenchResult<Row> {
     let handled = baseline::read_model(side).await?;
     let raw = handled as f64 / started.elapsed().as_secs_f64();
 
-    let runner = Runner::new(side.store())
-        .projection(Arc::new(Balances))
-        .batch_size(sizes.batch_size)
-        .until_caught_up();
+    let runner =
+        with_batch_size(Runner::new(side.store()).projection(Arc::new(Balances)), sizes.batch_size)
+            .until_caught_up();
     let started = Instant::now();
     runner.run_until(std::future::pending()).await?;
     let lib = events as f64 / started.elapsed().as_secs_f64();

@@ -45,7 +45,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::error::{InvalidInput, Result};
 use crate::partition::partition_of;
 use crate::projection::{HandlerError, Projection};
-use crate::runner::{ErrorPolicy, Interval, RetryPolicy, Runner, Status};
+use crate::runner::{ErrorPolicy, Interval, RetryPolicy, RunMode, Runner, Status};
 use crate::store::{ConnectOptions, Store};
 
 /// The database used when neither `--database-url` nor `DATABASE_URL` is given: a SQLite file
@@ -217,9 +217,10 @@ struct RunArgs {
     /// Run only this projection (repeatable).
     #[arg(long = "projection", value_name = "NAME")]
     projections: Vec<String>,
-    /// Events per batch transaction.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    batch_size: u32,
+    /// At most N events per batch transaction. Unset: 100 events whose handlers write through
+    /// the transaction, the others uncounted (up to 100 ms per transaction).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_size: Option<u32>,
     /// Longest wait between polls of the log while idle, e.g. `500ms`, `2s` (1ms to 1h).
     #[arg(long, default_value = "500ms", value_parser = parse_poll_interval)]
     poll_interval: Duration,
@@ -469,7 +470,6 @@ impl App {
     ) -> std::result::Result<(), Error> {
         let retry = RetryPolicy { max_attempts: args.retries + 1, ..RetryPolicy::default() };
         let mut runner = Runner::with_projections(store, projections)
-            .batch_size(args.batch_size as usize)
             .poll_interval(args.poll_interval)
             .heartbeat(args.heartbeat)
             .on_error(args.on_error.into())
@@ -478,6 +478,9 @@ impl App {
             runner = runner
                 .only(&args.projections)
                 .map_err(|source| Error::Flag { flag: "--projection", source })?;
+        }
+        if let Some(batch_size) = args.batch_size {
+            runner = runner.batch_size(batch_size as usize);
         }
         if let Some(workers) = args.workers {
             runner = runner.partitions(workers);
@@ -519,26 +522,96 @@ impl App {
     }
 }
 
-/// Runs `work`, printing progress on stderr every second while events are being handled.
+/// Runs `work`, reporting the progress of every projection that starts behind: on a terminal
+/// a bar per projection (feature `progress`), otherwise an `INFO` log line every 5 s; and,
+/// following the log, once when each reaches its head.
 async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) -> Result<()> {
-    let metrics = runner.metrics();
-    let progress = async {
-        let mut printed = metrics.events_handled();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let handled = metrics.events_handled();
-            if handled != printed {
-                eprintln!("… {handled} events handled");
-                printed = handled;
-            }
-        }
-    };
+    let backlog = runner.backlog().await?;
+    let following = runner.run_mode() == RunMode::Continuous;
     tokio::select! {
         result = work => result,
-        () = progress => Ok(()),
+        () = report_progress(runner, backlog, following) => Ok(()),
     }
+}
+
+/// What [`with_progress`] reports of one projection.
+struct Tracked {
+    name: String,
+    /// Events behind its checkpoints when the run started (grown if more arrived).
+    total: u64,
+    /// When and where its rate was last measured.
+    since: (std::time::Instant, u64),
+    caught_up: bool,
+    #[cfg(feature = "progress")]
+    bar: Option<indicatif::ProgressBar>,
+}
+
+async fn report_progress(runner: &Runner, backlog: Vec<(String, u64)>, following: bool) {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stderr().is_terminal();
+    #[cfg(feature = "progress")]
+    let bars = indicatif::MultiProgress::new();
+    let mut tracked: Vec<Tracked> = backlog
+        .into_iter()
+        .map(|(name, total)| Tracked {
+            #[cfg(feature = "progress")]
+            bar: (terminal && total > 0).then(|| bars.add(progress_bar(&name, total))),
+            since: (std::time::Instant::now(), 0),
+            caught_up: false,
+            name,
+            total,
+        })
+        .collect();
+    for t in tracked.iter().filter(|t| t.total > 0) {
+        tracing::info!(target: "pupsource::cli", projection = %t.name, behind = t.total, "catching up");
+    }
+    const TICK: Duration = Duration::from_millis(200);
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    loop {
+        ticks.tick().await;
+        for t in &mut tracked {
+            let Some(progress) = runner.metrics().projection(&t.name) else { continue };
+            let done = progress.events_handled();
+            t.total = t.total.max(done);
+            #[cfg(feature = "progress")]
+            if let Some(bar) = &t.bar {
+                bar.set_length(t.total);
+                bar.set_position(done);
+            }
+            if let Some(at) = progress.caught_up_at().filter(|_| !t.caught_up) {
+                t.caught_up = true;
+                #[cfg(feature = "progress")]
+                if let Some(bar) = t.bar.take() {
+                    bar.finish_and_clear();
+                }
+                if following {
+                    eprintln!(
+                        "{}: caught up at position {at}; waiting for new events, Ctrl-C to stop",
+                        t.name
+                    );
+                }
+            } else if !terminal && !t.caught_up && t.total > 0 && t.since.0.elapsed() >= LOG_EVERY {
+                let (then, before) =
+                    std::mem::replace(&mut t.since, (std::time::Instant::now(), done));
+                let rate = (done - before) as f64 / then.elapsed().as_secs_f64().max(1e-3);
+                let left = t.total - done;
+                let eta = (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate));
+                tracing::info!(target: "pupsource::cli", projection = %t.name, done, total = t.total, rate = format!("{rate:.0}/s"), eta = ?eta, "catching up");
+            }
+        }
+    }
+}
+
+/// A bar for one projection on a terminal.
+#[cfg(feature = "progress")]
+fn progress_bar(name: &str, total: u64) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {human_pos}/{human_len} events, {per_sec}, {eta} to go",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    indicatif::ProgressBar::new(total).with_style(style).with_prefix(name.to_owned())
 }
 
 /// The flag that set what [`Runner::check`] refused, where a flag did (clap checks the others

@@ -304,10 +304,9 @@ impl<'a> Context<'a> {
 
     /// The batch's open transaction: write the read model through it to make it exactly-once.
     ///
-    /// A batch commits once [`batch_size`] of its events asked for it; a batch whose handlers
-    /// do not ask for it grows with the backlog instead (up to a time budget).
-    ///
-    /// [`batch_size`]: crate::runner::Runner::batch_size
+    /// A batch transaction commits once 100 of its events asked for it; one whose handlers
+    /// do not ask for it grows with the backlog instead (up to 100 ms). See
+    /// [`Runner::batch_size`](crate::runner::Runner::batch_size).
     pub fn transaction(&mut self) -> &mut Transaction<'a> {
         self.touched = true;
         &mut self.transaction

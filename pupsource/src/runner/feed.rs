@@ -217,6 +217,17 @@ impl Feed {
         }
     }
 
+    /// Whether every attached slot's worker took everything placed so far.
+    pub(crate) fn drained(&self) -> bool {
+        let state = self.lock();
+        let read_through = state.read_through;
+        state
+            .slots
+            .values()
+            .filter(|s| s.attached)
+            .all(|s| s.events.is_empty() && s.taken >= read_through)
+    }
+
     /// The reader will place nothing more.
     pub(crate) fn finish(&self) {
         let mut state = self.lock();

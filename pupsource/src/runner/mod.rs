@@ -11,9 +11,10 @@
 //! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it,
 //! as a compare-and-set on its lease and on where the batch started (layout changes are handled
 //! as the `checkpoint` module explains). Batches adapt to the backlog: a transaction commits
-//! once [`Runner::batch_size`] of its events asked for [`Context::transaction`], after 100 ms,
-//! or when nothing more is queued; so a projection that writes nothing through the transaction
-//! catches up with one commit per thousands of events, and a live event commits at once.
+//! once 100 of its events asked for [`Context::transaction`] (or [`Runner::batch_size`]
+//! events, when set), after 100 ms, or when nothing more is queued; so a projection that
+//! writes nothing through the transaction catches up with one commit per thousands of events,
+//! and a live event commits at once.
 //! Events of one aggregate share a partition and arrive in log order, which is version order.
 //! A handler error (or panic) rolls the transaction back; the events before the failing one
 //! are committed again without it, the failing event is retried alone with exponential
@@ -43,7 +44,7 @@ mod status;
 pub mod telemetry;
 mod worker;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -57,6 +58,7 @@ pub use crate::store::{Fence, ParkedEvent};
 pub use status::{PartitionStatus, ProjectionStatus, Status};
 
 use crate::error::{Error, FieldProblem, InvalidInput, Result};
+use crate::event::Position;
 use crate::limits::{self, MAX_PARTITIONS};
 use crate::partition::{Partition, partition_of};
 use crate::projection::{Context, Projection};
@@ -141,9 +143,65 @@ pub struct Metrics {
     events_read: AtomicU64,
     events_handled: AtomicU64,
     batches: AtomicU64,
+    projections: std::sync::Mutex<BTreeMap<String, Arc<ProjectionProgress>>>,
+}
+
+/// How far one projection got in this process since its runner was created.
+#[derive(Debug, Default)]
+pub struct ProjectionProgress {
+    events_handled: AtomicU64,
+    /// The reader's position when it last found nothing more (with every queue drained);
+    /// `-1` before.
+    caught_up_at: std::sync::atomic::AtomicI64,
+}
+
+impl ProjectionProgress {
+    /// How many of its events handlers handled successfully (committed).
+    pub fn events_handled(&self) -> u64 {
+        self.events_handled.load(Ordering::Relaxed)
+    }
+
+    /// The global position at which the projection first found nothing more to handle (its
+    /// reader at the head of the log, its workers' queues drained), if it did.
+    pub fn caught_up_at(&self) -> Option<i64> {
+        Some(self.caught_up_at.load(Ordering::Relaxed)).filter(|&p| p >= 0)
+    }
+
+    pub(crate) fn handled(&self, events: u64) {
+        self.events_handled.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub(crate) fn caught_up(&self, at: Position) {
+        let _ = self.caught_up_at.compare_exchange(
+            -1,
+            at.global_position,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 impl Metrics {
+    /// The progress of projection `name`, once a run of this runner started it.
+    pub fn projection(&self, name: &str) -> Option<Arc<ProjectionProgress>> {
+        self.lock_projections().get(name).cloned()
+    }
+
+    /// The progress of projection `name`, created on first use.
+    fn progress_of(&self, name: &str) -> Arc<ProjectionProgress> {
+        let mut projections = self.lock_projections();
+        let progress = projections.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(ProjectionProgress { caught_up_at: (-1).into(), ..Default::default() })
+        });
+        Arc::clone(progress)
+    }
+
+    fn lock_projections(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<ProjectionProgress>>> {
+        self.projections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// How many times a reader queried the log.
     pub fn log_reads(&self) -> u64 {
         self.log_reads.load(Ordering::Relaxed)
@@ -168,7 +226,10 @@ impl Metrics {
 /// Settings shared by every task of a run.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// Events per batch transaction whose handlers write through it.
     pub(crate) batch_size: usize,
+    /// Set by [`Runner::batch_size`]: every event counts, whatever its handler does.
+    pub(crate) batch_size_fixed: bool,
     pub(crate) poll_interval: Duration,
     pub(crate) mode: RunMode,
     pub(crate) retry: RetryPolicy,
@@ -206,6 +267,8 @@ pub(crate) struct ProjectionRun {
     pub(crate) scope: Scope,
     pub(crate) settings: Settings,
     pub(crate) metrics: Arc<Metrics>,
+    /// This projection's share of `metrics`.
+    pub(crate) progress: Arc<ProjectionProgress>,
     /// Events per page of the log: enough for several batches of every partition.
     pub(crate) page_events: usize,
     /// Bytes per page of the log, at most.
@@ -224,6 +287,7 @@ impl ProjectionRun {
             settings.batch_size.saturating_mul(partition_count as usize).clamp(1_000, 10_000);
         ProjectionRun {
             store,
+            progress: metrics.progress_of(projection.name()),
             name: projection.name().to_owned(),
             scope: projection.scope(),
             projection,
@@ -323,6 +387,7 @@ impl Runner {
             projections: Vec::new(),
             settings: Settings {
                 batch_size: 100,
+                batch_size_fixed: false,
                 poll_interval: Duration::from_millis(500),
                 mode: RunMode::Continuous,
                 retry: RetryPolicy::default(),
@@ -414,14 +479,17 @@ impl Runner {
         self.projections.iter().find_map(crate::projection::downcast)
     }
 
-    /// Events per batch transaction whose handlers write through it (default 100, at least
-    /// 1): a batch commits once this many of its events asked for
-    /// [`Context::transaction`](crate::Context::transaction). Events whose handlers do not
-    /// ask for it do not count: catching up, such a projection commits once per thousands of
-    /// events, or at the latest every 100 ms, and at once when it has nothing
-    /// more queued.
+    /// At most this many events per batch transaction (at least 1), whatever the handlers do.
+    ///
+    /// Unset, batches adapt to the backlog: a transaction commits once 100 of its events
+    /// asked for [`Context::transaction`](crate::Context::transaction) (handlers that write
+    /// the read model through it), after 100 ms, or when nothing more is queued; events whose
+    /// handlers do not ask for it do not count, so such a projection catches up with one
+    /// commit per thousands of events, and a live event still commits at once. Set it for
+    /// smaller transactions, or to make a stop take effect between fewer events.
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.settings.batch_size = batch_size.max(1);
+        self.settings.batch_size_fixed = true;
         self
     }
 
@@ -779,6 +847,38 @@ impl Runner {
     /// The store's errors.
     pub async fn status(&self) -> Result<Status> {
         status::status(self.backend.as_ref(), &self.projections).await
+    }
+
+    /// Whether a run follows the log or stops at its head.
+    #[cfg(feature = "cli")]
+    pub(crate) fn run_mode(&self) -> RunMode {
+        self.settings.mode
+    }
+
+    /// Per projection, how many events of its scope are behind its checkpoints in the layout
+    /// it runs with; every event of its scope when it never ran with that partition count.
+    #[cfg(feature = "cli")]
+    pub(crate) async fn backlog(&self) -> Result<Vec<(String, u64)>> {
+        let mut backlog = Vec::with_capacity(self.projections.len());
+        for projection in &self.projections {
+            let (name, scope) = (projection.name(), projection.scope());
+            let count = self.partitions_of(projection.as_ref())?;
+            let rows = self.backend.checkpoints(name).await?;
+            let mut starts: Vec<_> = rows
+                .iter()
+                .filter(|row| row.partition.count == count)
+                .map(|row| (row.position, row.partition))
+                .collect();
+            if starts.is_empty() {
+                starts.push((Position::START, Partition { index: 0, count: 1 }));
+            }
+            let mut behind = 0;
+            for (after, partition) in starts {
+                behind += self.backend.lag_after(after, &scope, partition).await?.0;
+            }
+            backlog.push((name.to_owned(), behind));
+        }
+        Ok(backlog)
     }
 }
 

@@ -169,6 +169,9 @@ async fn follow_log(
         telemetry.page(page.events.iter().map(|(_, bytes)| bytes).sum());
         let Some(last) = page.events.last().map(|(e, _)| e.position) else {
             feed.caught_up();
+            if feed.drained() {
+                run.progress.caught_up(after);
+            }
             if until_caught_up && caught_up(after).await? {
                 break;
             }

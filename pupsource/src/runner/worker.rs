@@ -10,8 +10,9 @@
 //!
 //! A batch is what the worker took from its queue (everything queued, up to `TAKE_EVENTS`),
 //! in as few transactions as its handlers allow: a transaction commits once `batch_size` of
-//! its events asked for it (handlers that write the read model through it), or once it has
-//! been open for `BATCH_TIME_BUDGET`, and the rest of the batch goes on in the next one. So a
+//! its events asked for it (handlers that write the read model through it; every event
+//! counts when the batch size was set), or once it has been open for `BATCH_TIME_BUDGET`,
+//! and the rest of the batch goes on in the next one. So a
 //! projection that writes nothing through the transaction pays one commit per thousands of
 //! events when catching up, and a live trickle still commits each event at once.
 //!
@@ -36,7 +37,7 @@ use tracing::Instrument as _;
 use super::feed::{Feed, Take};
 use super::telemetry::PartitionMetrics;
 use super::{BATCH_TIME_BUDGET, ErrorPolicy, ProjectionRun, TAKE_EVENTS};
-use crate::backoff::{Backoff, Outage, retry_transient, sleep_or_cancel};
+use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
 use crate::domain::DecodeError;
 use crate::error::{Error, Result};
@@ -317,23 +318,26 @@ impl Worker {
     /// failures are retried with backoff (after reading the stored checkpoint again), and a
     /// checkpoint found moved on means an earlier try committed unseen. `None` if cancelled.
     async fn transact(&mut self, work: Work<'_>) -> Result<Option<Outcome>> {
-        let (mut backoff, mut outage) = (Backoff::reconnect(), Outage::default());
+        // One failure is a connection that was cut meanwhile, found out and replaced (a debug
+        // line); from the second in a row on it is an outage, logged once, as is its end.
+        let (mut backoff, mut failures) = (Backoff::reconnect(), 0u32);
         loop {
             let result = self.try_transaction(&work).await;
             match result {
                 Ok(outcome) => {
-                    if let Some((down_for, failures)) = outage.ended() {
-                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, failures, ?down_for, "the database is back: batches commit again");
+                    if failures >= 2 {
+                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, failures, "the database is back: batches commit again");
                     }
                     return Ok(Some(outcome));
                 }
                 Err(err) if err.is_transient() => {
                     let wait = backoff.next();
-                    if outage.failed() {
+                    failures += 1;
+                    if failures == 2 {
                         let max = backoff.max();
-                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, "batch transaction failed; retrying in {wait:?}, then doubling up to every {max:?}, until the database answers");
+                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, "batch transaction failed twice; retrying in {wait:?}, then doubling up to every {max:?}, until the database answers");
                     } else {
-                        tracing::debug!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, retry_in = ?wait, "batch transaction failed again");
+                        tracing::debug!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, retry_in = ?wait, "batch transaction failed");
                     }
                     if !sleep_or_cancel(&self.cancel, wait).await || !self.resync().await? {
                         return Ok(None);
@@ -357,15 +361,19 @@ impl Worker {
         }
         let mut tx = self.begin().await?;
         let (opened, batch_size) = (Instant::now(), self.run.settings.batch_size);
-        let (mut handled, mut parked, mut writes) = (0u64, 0u64, 0usize);
+        // Events that count towards the batch size: all of them when it was set, otherwise
+        // those whose handlers asked for the transaction.
+        let (mut handled, mut parked, mut counted) = (0u64, 0u64, 0usize);
+        let fixed = self.run.settings.batch_size_fixed;
         let mut last = self.checkpoint;
         for event in events.iter().filter(|e| e.position > self.checkpoint) {
-            let full = writes >= batch_size || opened.elapsed() >= BATCH_TIME_BUDGET;
+            let full = counted >= batch_size || opened.elapsed() >= BATCH_TIME_BUDGET;
             if last > self.checkpoint && (full || self.cancel.is_cancelled()) {
                 self.commit(tx, last, opened, handled, parked).await?;
                 return Ok(Outcome::CommittedPart);
             }
             last = event.position;
+            counted += usize::from(fixed);
             if let Some((message, attempts)) = parking {
                 tx.park(&self.run.name, event, Some(message), attempts).await?;
                 parked += 1;
@@ -380,7 +388,7 @@ impl Worker {
                 Step::Handle => match self.call(event, tx.as_mut()).await {
                     Ok(touched) => {
                         handled += 1;
-                        writes += usize::from(touched);
+                        counted += usize::from(touched && !fixed);
                     }
                     Err((kind, failure)) => {
                         tracing::debug!(target: "pupsource::runner", position = %event.position, error = %failure, "handler {kind} in batch");
@@ -460,6 +468,7 @@ impl Worker {
         self.checkpoint = through;
         self.run.metrics.batches.fetch_add(1, Ordering::Relaxed);
         self.run.metrics.events_handled.fetch_add(handled, Ordering::Relaxed);
+        self.run.progress.handled(handled);
         self.telemetry.committed(opened, handled, parked);
         Ok(())
     }
