@@ -436,12 +436,18 @@ impl App {
                 }
                 let count = runner.partition_count(&name).unwrap_or(1);
                 let mut touched = std::collections::BTreeSet::new();
-                for parked in runner.parked(&name).await? {
+                let parked = runner.parked(&name).await?;
+                for parked in &parked {
                     let stored =
                         store.backend().read_event(parked.position.global_position).await?;
                     touched.extend(stored.map(|event| partition_of(event.partition_hash, count)));
                 }
-                let replayed = runner.replay_parked(&name).await?;
+                let backlog = vec![(name.clone(), parked.len() as u64)];
+                let replay = runner.replay_parked(&name);
+                let replayed = tokio::select! {
+                    replayed = replay => replayed?,
+                    never = report_progress(&runner, backlog, false) => match never {},
+                };
                 let events = plural(replayed, "parked event", "parked events");
                 if touched.is_empty() {
                     println!("replayed {events} of `{name}`");
@@ -524,13 +530,13 @@ impl App {
 
 /// Runs `work`, reporting the progress of every projection that starts behind: on a terminal
 /// a bar per projection (feature `progress`), otherwise an `INFO` log line every 5 s; and,
-/// following the log, once when each reaches its head.
+/// following the log, once when each reaches its head. `replay` reports the same way.
 async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) -> Result<()> {
     let backlog = runner.backlog().await?;
     let following = runner.run_mode() == RunMode::Continuous;
     tokio::select! {
         result = work => result,
-        () = report_progress(runner, backlog, following) => Ok(()),
+        never = report_progress(runner, backlog, following) => match never {},
     }
 }
 
@@ -546,7 +552,12 @@ struct Tracked {
     bar: Option<indicatif::ProgressBar>,
 }
 
-async fn report_progress(runner: &Runner, backlog: Vec<(String, u64)>, following: bool) {
+/// Reports until dropped (it never returns).
+async fn report_progress(
+    runner: &Runner,
+    backlog: Vec<(String, u64)>,
+    following: bool,
+) -> std::convert::Infallible {
     use std::io::IsTerminal as _;
     let terminal = std::io::stderr().is_terminal();
     #[cfg(feature = "progress")]

@@ -790,7 +790,7 @@ impl Runner {
     pub async fn replay_parked(&self, name: &str) -> Result<u64> {
         let projection = self.find(name)?;
         let count = self.partitions_of(projection.as_ref())?;
-        let mut replayed = 0;
+        let (mut replayed, progress) = (0, self.metrics.progress_of(name));
         for parked in self.backend.parked(name).await? {
             // Read before the batch takes a connection: a `sqlite::memory:` pool has only one.
             let event = self.backend.read_event(parked.position.global_position).await?;
@@ -813,6 +813,7 @@ impl Runner {
             }
             batch.unpark(name, parked.position).await?;
             batch.commit().await?;
+            progress.handled(1);
             replayed += 1;
         }
         Ok(replayed)
