@@ -73,7 +73,7 @@ pub(crate) async fn append(side: &Side, stream: &str, payloads: &[String]) -> Be
 pub(crate) async fn truncate(side: &Side) -> BenchResult<()> {
     let tables = ["events", "aggregate_heads", "checkpoints", "dead_letters", "bench_balances"];
     match side {
-        Side::Postgres { lib, raw } => {
+        Side::Postgres { lib, raw, .. } => {
             for pool in [lib.pool(), raw] {
                 sqlx::raw_sql(
                     "CREATE TABLE IF NOT EXISTS bench_balances (account BIGINT PRIMARY KEY, total BIGINT NOT NULL); \
@@ -83,7 +83,7 @@ pub(crate) async fn truncate(side: &Side) -> BenchResult<()> {
                 .await?;
             }
         }
-        Side::Sqlite { lib, raw } => {
+        Side::Sqlite { lib, raw, .. } => {
             for pool in [lib.pool(), raw] {
                 sqlx::raw_sql(
                     "CREATE TABLE IF NOT EXISTS bench_balances (account INTEGER PRIMARY KEY, total INTEGER NOT NULL)",
@@ -111,12 +111,12 @@ pub(crate) async fn preload(side: &Side, count: u64, event_type: &str) -> BenchR
     let chunk = 100_000i64;
     let total = i64::try_from(count)?;
     match side {
-        Side::Postgres { lib, raw } => {
+        Side::Postgres { lib, raw, .. } => {
             for pool in [lib.pool(), raw] {
                 preload_postgres(pool, &hashes, aggregates, total, chunk, event_type).await?;
             }
         }
-        Side::Sqlite { lib, raw } => {
+        Side::Sqlite { lib, raw, .. } => {
             for pool in [lib.pool(), raw] {
                 preload_sqlite(pool, &hashes, aggregates, total, chunk, event_type).await?;
             }

@@ -42,6 +42,10 @@ struct Args {
     /// Skip the PostgreSQL workloads.
     #[arg(long)]
     no_postgres: bool,
+    /// Internal: run only the 8-partition catch-up of the no-op projection on the store at
+    /// this URL (after resetting it) and print the process's peak resident set.
+    #[arg(long, hide = true, value_name = "URL")]
+    runner_only: Option<String>,
     /// Skip the SQLite workloads.
     #[arg(long)]
     no_sqlite: bool,
@@ -94,8 +98,8 @@ pub(crate) struct Sizes {
 /// One backend's two sides: pupsource's store and the baseline's pool. Cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Side {
-    Postgres { lib: PostgresStore, raw: sqlx::PgPool },
-    Sqlite { lib: SqliteStore, raw: sqlx::SqlitePool },
+    Postgres { lib: PostgresStore, raw: sqlx::PgPool, url: String },
+    Sqlite { lib: SqliteStore, raw: sqlx::SqlitePool, url: String },
 }
 
 impl Side {
@@ -110,6 +114,13 @@ impl Side {
         match self {
             Side::Postgres { lib, .. } => lib.clone().into(),
             Side::Sqlite { lib, .. } => lib.clone().into(),
+        }
+    }
+
+    /// The URL of pupsource's store, for a process of its own.
+    pub(crate) fn url(&self) -> &str {
+        match self {
+            Side::Postgres { url, .. } | Side::Sqlite { url, .. } => url,
         }
     }
 }
@@ -135,6 +146,11 @@ fn main() -> ExitCode {
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 async fn run(args: Args) -> BenchResult<()> {
+    if let Some(url) = &args.runner_only {
+        let peak = workloads::runner_only(url).await?;
+        println!("peak_rss_bytes {peak}");
+        return Ok(());
+    }
     let sizes = if args.smoke {
         Sizes {
             batch_size: args.batch_size,
@@ -194,11 +210,13 @@ async fn postgres(url: &str) -> BenchResult<Side> {
             .connect_with(admin.clone().options([("search_path", schema)]))
     };
     let lib = PostgresStore::new(connect(SCHEMAS[0]).await?);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let lib_url = format!("{url}{separator}options=-c%20search_path%3D{}", SCHEMAS[0]);
     let raw_store = PostgresStore::new(connect(SCHEMAS[1]).await?);
     pupsource::EventStore::migrate(&lib).await?;
     // The baseline uses the same tables, created by the same migrations.
     pupsource::EventStore::migrate(&raw_store).await?;
-    Ok(Side::Postgres { lib, raw: raw_store.pool().clone() })
+    Ok(Side::Postgres { lib, raw: raw_store.pool().clone(), url: lib_url })
 }
 
 async fn drop_postgres(url: &str) -> BenchResult<()> {
@@ -217,7 +235,8 @@ async fn sqlite(dir: &std::path::Path) -> BenchResult<Side> {
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    let lib = SqliteStore::connect(&format!("sqlite://{}", dir.join("lib.db").display())).await?;
+    let url = format!("sqlite://{}", dir.join("lib.db").display());
+    let lib = SqliteStore::connect(&url).await?;
     pupsource::EventStore::migrate(&lib).await?;
     // The baseline: same tables (pupsource's migrations), same WAL mode and busy timeout.
     let raw_store =
@@ -229,5 +248,5 @@ async fn sqlite(dir: &std::path::Path) -> BenchResult<Side> {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
     let raw = SqlitePoolOptions::new().max_connections(16).connect_with(options).await?;
-    Ok(Side::Sqlite { lib, raw })
+    Ok(Side::Sqlite { lib, raw, url })
 }

@@ -134,8 +134,9 @@ pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
          from its snapshot, against reading the stream and folding it by hand; and commands \
          per second of 4 writers on aggregates of their own, through `execute` (snapshot every \
          100 versions) against the hand-written read–fold–append loop; {append:.1} s each;\n\
-         - peak RSS: the resident set of the whole benchmark process while the 8-partition \
-         catch-up runs (sampled every 10 ms).\n\n\
+         - peak RSS: the peak resident set (`VmHWM`) of a process of its own that only runs \
+         the 8-partition catch-up of the whole log (the benchmark started again with \
+         `--runner-only URL`).\n\n\
          ## Machine\n\n{machine}\n\n\
          ## Command\n\n```text\n{command}\n```\n\n\
          ## Results\n\n{table}",

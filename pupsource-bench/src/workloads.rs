@@ -1,7 +1,6 @@
 //! The workloads, each measured through pupsource and through the baseline.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pupsource::runner::Runner;
@@ -243,7 +242,6 @@ async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
     let (mut raw_rates, mut full_rates) = (Vec::new(), Vec::new());
     let mut lib_rates = vec![Vec::new(); PARTITIONS.len()];
     let mut ratios = vec![Vec::new(); PARTITIONS.len()];
-    let mut rss = (0u64, 0u64);
     for _ in 0..sizes.rounds {
         let started = Instant::now();
         check_scan(baseline::scan(side, 1_000).await?, events)?;
@@ -253,10 +251,7 @@ async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
         check_scan(full_scan(side).await?, events)?;
         full_rates.push(rate(started));
         for (i, partitions) in PARTITIONS.into_iter().enumerate() {
-            let (lib, peak) = catch_up_round(side, sizes, partitions).await?;
-            if partitions == 8 {
-                rss = (peak.0, rss.1.max(peak.1));
-            }
+            let lib = catch_up_round(side, sizes, partitions).await?;
             lib_rates[i].push(lib);
             ratios[i].push(lib / raw);
         }
@@ -285,14 +280,12 @@ async fn catch_up(side: &Side, sizes: Sizes) -> BenchResult<Vec<Row>> {
         let spread = spread(&ratios[i]);
         rows.push(row(workload, median(&mut lib_rates[i]), Some((median(&mut ratios[i]), spread))));
     }
+    let peak = peak_rss_of_runner_only(side).await?;
     rows.push(Row {
         backend: side.name(),
-        workload: format!(
-            "peak RSS during the 8-partition catch-up (before: {:.0} MiB)",
-            rss.0 as f64 / 1_048_576.0
-        ),
+        workload: "peak RSS of a process running only the 8-partition catch-up".to_owned(),
         unit: "MiB",
-        lib: rss.1 as f64 / 1_048_576.0,
+        lib: peak as f64 / 1_048_576.0,
         raw: None,
         ratio: None,
         lib_latency: None,
@@ -323,39 +316,60 @@ async fn full_scan(side: &Side) -> BenchResult<u64> {
     }
 }
 
-/// One catch-up from the start with `partitions` partitions: events per second, and the
-/// resident set before and at its peak (sampled every 10 ms).
-async fn catch_up_round(
-    side: &Side,
-    sizes: Sizes,
-    partitions: u32,
-) -> BenchResult<(f64, (u64, u64))> {
+/// One catch-up from the start with `partitions` partitions: events per second.
+async fn catch_up_round(side: &Side, sizes: Sizes, partitions: u32) -> BenchResult<f64> {
     let events = sizes.catch_up_events;
     let runner =
         with_batch_size(Runner::new(side.store()).projection(Arc::new(NoOp)), sizes.batch_size)
             .partitions(partitions)
             .until_caught_up();
     runner.rebuild("no_op").await?;
-    let before = resident_bytes();
-    let peak = Arc::new(AtomicU64::new(before));
-    let sampler = {
-        let peak = Arc::clone(&peak);
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(resident_bytes(), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
     let started = Instant::now();
     runner.run_until(std::future::pending()).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    sampler.abort();
     let handled = runner.metrics().events_handled();
     if handled != events {
         return Err(format!("the no-op projection handled {handled} of {events} events").into());
     }
-    Ok((events as f64 / elapsed, (before, peak.load(Ordering::Relaxed))))
+    Ok(events as f64 / elapsed)
+}
+
+/// The peak resident set of this benchmark run as a process of its own that only catches
+/// up with 8 partitions (`--runner-only`), on the log as it stands.
+async fn peak_rss_of_runner_only(side: &Side) -> BenchResult<u64> {
+    let exe = std::env::current_exe()?;
+    let url = side.url().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe).args(["--runner-only", &url]).output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let peak = stdout.lines().find_map(|l| l.strip_prefix("peak_rss_bytes ")?.parse().ok());
+    match (output.status.success(), peak) {
+        (true, Some(peak)) => Ok(peak),
+        _ => Err(format!(
+            "the runner-only process failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into()),
+    }
+}
+
+/// `--runner-only`: resets the no-op projection of the store at `url`, catches it up with 8
+/// partitions, and returns this process's peak resident set (`VmHWM`).
+pub(crate) async fn runner_only(url: &str) -> BenchResult<u64> {
+    let runner = Runner::new(Store::connect(url).await?)
+        .projection(Arc::new(NoOp))
+        .partitions(8)
+        .until_caught_up();
+    runner.rebuild("no_op").await?;
+    runner.run_until(std::future::pending()).await?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB")?.parse().ok())
+        .ok_or("no VmHWM in /proc/self/status")?;
+    Ok(kib * 1024)
 }
 
 /// Catch-up with one upsert per event through the batch transaction.
@@ -428,12 +442,4 @@ async fn idle_latency(side: &Side, appends: u32) -> BenchResult<Row> {
         lib_latency: Latency::of(&mut latencies),
         raw_latency: None,
     })
-}
-
-/// The process's resident set, from `/proc/self/statm` (0 where unavailable).
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|pages| pages.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * 4096)
 }
