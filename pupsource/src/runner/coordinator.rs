@@ -321,7 +321,8 @@ impl Coordinator {
             })
             .collect();
         let stop = self.cancel.child_token();
-        let task = tokio::spawn(run_partitions(Arc::clone(&self.run), stop.clone(), owned));
+        let work = run_partitions(Arc::clone(&self.run), stop.clone(), owned);
+        let task = tokio::spawn(tracing::Instrument::in_current_span(work));
         self.running = Some(Running { partitions, stop, task });
     }
 

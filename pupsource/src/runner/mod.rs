@@ -639,7 +639,9 @@ impl Runner {
             );
             let run =
                 coordinator::run_projection(Arc::new(run), cancel.child_token(), Arc::clone(&idle));
-            let id = tasks.spawn(run).id();
+            // Every line its tasks log carries the projection.
+            let span = tracing::info_span!("projection", projection = %projection.name());
+            let id = tasks.spawn(tracing::Instrument::instrument(run, span)).id();
             names.insert(id, projection.name().to_owned());
         }
 

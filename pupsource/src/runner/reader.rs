@@ -70,7 +70,9 @@ pub(crate) async fn run_partitions(
             parked.clone(),
             cancel.clone(),
         );
-        workers.spawn(worker.run());
+        // Inside the projection's span: every line it logs carries both.
+        let span = tracing::info_span!("partition", partition = %Partition { index, count });
+        workers.spawn(tracing::Instrument::instrument(worker.run(), span));
     }
 
     let reader = read_log(&run, &feed, &cancel, start);
