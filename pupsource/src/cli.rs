@@ -618,7 +618,7 @@ async fn report_progress(
 #[cfg(feature = "progress")]
 fn progress_bar(name: &str, total: u64) -> indicatif::ProgressBar {
     let style = indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {human_pos}/{human_len} events, {per_sec}, {eta} to go",
+        "{prefix} [{bar:30}] {human_pos}/{human_len} events, {per_sec:0}, {eta} to go",
     )
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
     .progress_chars("=> ");
