@@ -442,17 +442,26 @@ impl SqliteStore {
         }
 
         let mut query = sqlx::query(AssertSqlSafe(sql));
+        // One text buffer for every JSON value, and one allocation for a run of equal event
+        // types or metadata (the usual case), instead of a growing string per value.
+        let mut json = String::with_capacity(256);
+        let (mut event_type, mut metadata) = (SharedText::default(), SharedText::default());
         for (offset, event) in (0u64..).zip(events) {
+            json.clear();
+            let _ = write!(json, "{}", event.payload);
+            let payload = Arc::<str>::from(json.as_str());
+            json.clear();
+            let _ = write!(json, "{}", event.metadata);
             query = query
                 .bind(Arc::clone(&columns.context))
                 .bind(Arc::clone(&columns.aggregate_type))
                 .bind(Arc::clone(&columns.aggregate_id))
                 .bind(stored_version(first_version + offset)?)
                 .bind(event.event_id)
-                .bind(event.event_type.as_str())
+                .bind(event_type.of(&event.event_type))
                 .bind(i64::from(event.event_version))
-                .bind(event.payload.to_string())
-                .bind(event.metadata.to_string())
+                .bind(payload)
+                .bind(metadata.of(&json))
                 .bind(event.causation_id.as_deref())
                 .bind(event.correlation_id.as_deref())
                 .bind(event.trace_id.as_deref())
@@ -931,6 +940,19 @@ impl StreamColumns {
             aggregate_type: stream.aggregate_type.as_str().into(),
             aggregate_id: stream.aggregate_id.as_str().into(),
             hash: hash_to_stored(partition_hash(&stream.aggregate_id)),
+        }
+    }
+}
+
+/// A text bound for many rows: equal to the previous one, it shares its allocation.
+#[derive(Default)]
+struct SharedText(Option<Arc<str>>);
+
+impl SharedText {
+    fn of(&mut self, text: &str) -> Arc<str> {
+        match &self.0 {
+            Some(last) if **last == *text => Arc::clone(last),
+            _ => Arc::clone(self.0.insert(text.into())),
         }
     }
 }
