@@ -15,8 +15,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Sqlite, SqlitePool};
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Arguments as _, AssertSqlSafe, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -441,7 +441,12 @@ impl SqliteStore {
             sql.push_str(EVENT_ROW);
         }
 
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        // The arguments are reserved in one go rather than grown bind by bind.
+        let mut args = SqliteArguments::default();
+        args.reserve(events.len() * PARAMS_PER_EVENT, 0);
+        macro_rules! bind {
+            ($($value:expr),* $(,)?) => { $( args.add($value).map_err(sqlx::Error::Encode)?; )* };
+        }
         // One text buffer for every JSON value, and one allocation for a run of equal event
         // types or metadata (the usual case), instead of a growing string per value.
         let mut json = String::with_capacity(256);
@@ -452,23 +457,24 @@ impl SqliteStore {
             let payload = Arc::<str>::from(json.as_str());
             json.clear();
             let _ = write!(json, "{}", event.metadata);
-            query = query
-                .bind(Arc::clone(&columns.context))
-                .bind(Arc::clone(&columns.aggregate_type))
-                .bind(Arc::clone(&columns.aggregate_id))
-                .bind(stored_version(first_version + offset)?)
-                .bind(event.event_id)
-                .bind(event_type.of(&event.event_type))
-                .bind(i64::from(event.event_version))
-                .bind(payload)
-                .bind(metadata.of(&json))
-                .bind(event.causation_id.as_deref())
-                .bind(event.correlation_id.as_deref())
-                .bind(event.trace_id.as_deref())
-                .bind(columns.hash)
-                .bind(unix_micros(event.created_at));
+            bind!(
+                Arc::clone(&columns.context),
+                Arc::clone(&columns.aggregate_type),
+                Arc::clone(&columns.aggregate_id),
+                stored_version(first_version + offset)?,
+                event.event_id,
+                event_type.of(&event.event_type),
+                i64::from(event.event_version),
+                payload,
+                metadata.of(&json),
+                event.causation_id.as_deref(),
+                event.correlation_id.as_deref(),
+                event.trace_id.as_deref(),
+                columns.hash,
+                unix_micros(event.created_at),
+            );
         }
-        let done = query.execute(&mut **tx).await?;
+        let done = sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut **tx).await?;
         let last = done.last_insert_rowid();
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         Ok(last - count + 1..=last)
