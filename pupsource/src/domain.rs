@@ -67,7 +67,7 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn to_event(&self, aggregate_id: impl Into<String>) -> Result<Event> {
         let payload = serde_json::to_value(self)
             .map_err(|e| InvalidInput::Payload { reason: e.to_string() })?;
-        Ok(Event::new(&Self::stream(aggregate_id), Self::NAME, payload)
+        Ok(Event::in_stream(Self::stream(aggregate_id), Self::NAME, payload)
             .with_event_version(Self::VERSION))
     }
 

@@ -86,8 +86,17 @@ impl Event {
     /// A new event of `stream` with a fresh UUIDv7 id, schema version 1, empty metadata and the
     /// current time (truncated to microseconds, the precision the stores keep).
     pub fn new(stream: &StreamId, event_type: impl Into<String>, payload: Value) -> Self {
+        Self::in_stream(stream.clone(), event_type, payload)
+    }
+
+    /// [`Event::new`] with a stream id the caller gives away, so its names are not copied.
+    pub(crate) fn in_stream(
+        stream: StreamId,
+        event_type: impl Into<String>,
+        payload: Value,
+    ) -> Self {
         Event {
-            stream: stream.clone(),
+            stream,
             event_id: Uuid::now_v7(),
             event_type: event_type.into(),
             event_version: 1,
@@ -300,18 +309,21 @@ pub(crate) fn validate_append(events: &[Event]) -> Result<&StreamId> {
     Ok(stream)
 }
 
-/// How deeply arrays and objects nest in `value` (a scalar is 0), without recursion.
+/// How deeply arrays and objects nest in `value` (a scalar is 0), without recursion. Only
+/// nested arrays and objects wait on the stack, so a flat value allocates nothing.
 fn json_depth(value: &Value) -> usize {
+    let is_nested = |item: &&Value| item.is_array() || item.is_object();
     let mut deepest = 0;
-    let mut stack = vec![(value, 0usize)];
-    while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
+    let mut nested = Vec::new();
+    let mut next = Some((value, 0usize));
+    while let Some((value, depth)) = next.take().or_else(|| nested.pop()) {
+        let below = |item| (item, depth + 1);
+        match value {
+            Value::Array(items) => nested.extend(items.iter().filter(is_nested).map(below)),
+            Value::Object(map) => nested.extend(map.values().filter(is_nested).map(below)),
             _ => continue,
-        };
+        }
         deepest = deepest.max(depth + 1);
-        stack.extend(children.map(|child| (child, depth + 1)));
     }
     deepest
 }
@@ -331,4 +343,25 @@ fn check_text(value: &str, max: usize) -> Result<(), FieldProblem> {
         return Err(FieldProblem::NulCharacter);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_nested_arrays_and_objects() {
+        assert_eq!(json_depth(&json!(7)), 0);
+        assert_eq!(json_depth(&json!({})), 1);
+        assert_eq!(json_depth(&json!({ "a": 1, "b": "x" })), 1);
+        assert_eq!(json_depth(&json!([[], {}])), 2);
+        assert_eq!(json_depth(&json!({ "a": 1, "b": [{ "c": [] }], "d": [[]] })), 4);
+        let mut deep = json!(0);
+        for _ in 0..1_000 {
+            deep = Value::Array(vec![json!(1), deep]);
+        }
+        assert_eq!(json_depth(&deep), 1_000);
+    }
 }

@@ -70,7 +70,7 @@ impl<A: Aggregate> Change<A> {
     /// The store event for the aggregate `id`.
     pub(super) fn into_event(self, id: &str) -> Result<Event> {
         let payload = self.payload.map_err(|reason| InvalidInput::Payload { reason })?;
-        let mut event = Event::new(&A::stream(id), self.event_type, payload)
+        let mut event = Event::in_stream(A::stream(id), self.event_type, payload)
             .with_event_version(self.event_version);
         if let Some(metadata) = self.metadata {
             event = event.with_metadata(metadata);

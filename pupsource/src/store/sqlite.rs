@@ -15,8 +15,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool};
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Arguments as _, AssertSqlSafe, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -67,6 +67,9 @@ const EVENT_COLUMNS: &str = "global_position, 0 AS transaction_id, bounded_conte
     aggregate_version, event_id, event_type, event_version, payload, metadata, causation_id, \
     correlation_id, trace_id, partition_hash, created_at";
 
+/// The `VALUES` tuple of one inserted event row, in the column order of `insert_events`.
+const EVENT_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
 /// Bind parameters per inserted event row.
 const PARAMS_PER_EVENT: usize = 14;
 
@@ -85,7 +88,11 @@ pub(super) struct Sql {
     /// The start of a look-up of event ids; the `IN` list follows.
     events_exist: Statement,
     head: Statement,
-    upsert_head: Statement,
+    /// Moves a stream's head on by `?4` events if it is at the expected version `?5` (`NULL`:
+    /// any; a stream that does not exist is at 0) and stays in range (at most `?6` before),
+    /// and returns the new version; no row when refused. The concurrency check and the head
+    /// update of an append in one round trip.
+    claim_head: Statement,
     read_stream: Statement,
     delete_checkpoints: Statement,
     delete_parked: Statement,
@@ -128,12 +135,18 @@ impl Sql {
                 tables,
                 &format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}"),
             ),
-            upsert_head: Statement::new(
+            claim_head: Statement::new(
                 tables,
-                "INSERT INTO \"{aggregate_heads}\" \
-                 (bounded_context, aggregate_type, aggregate_id, version) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
-                 DO UPDATE SET version = excluded.version",
+                &format!(
+                    "INSERT INTO \"{{aggregate_heads}}\" \
+                     (bounded_context, aggregate_type, aggregate_id, version) \
+                     SELECT ?1, ?2, ?3, ?4 WHERE ?5 IS NULL OR ?5 = 0 \
+                       OR EXISTS (SELECT 1 FROM \"{{aggregate_heads}}\" WHERE {key}) \
+                     ON CONFLICT (bounded_context, aggregate_type, aggregate_id) \
+                     DO UPDATE SET version = version + ?4 \
+                     WHERE (?5 IS NULL OR version = ?5) AND version <= ?6 \
+                     RETURNING version"
+                ),
             ),
             read_stream: Statement::new(
                 tables,
@@ -400,48 +413,97 @@ impl SqliteStore {
         query.bind(i64::try_from(limit).unwrap_or(i64::MAX))
     }
 
-    /// Inserts one chunk of events in one statement; returns (position, version) per event.
+    /// Inserts one chunk of events in one statement, the first at version `first_version`;
+    /// returns the position of each event.
+    ///
+    /// Placeholders are anonymous `?`: for every bound value SQLite looks a numbered `?NNN` up
+    /// in a linear scan of the statement's parameter names, which takes quadratic time in a
+    /// statement of hundreds of rows. The text depends only on the chunk's length, so each
+    /// connection's statement cache prepares it once per length.
+    ///
+    /// Positions are not read back: the transaction holds the write lock, and SQLite inserts
+    /// the rows of a `VALUES` list in order, each at the next `AUTOINCREMENT` position, so the
+    /// chunk's positions are the ones up to the last inserted row id.
     async fn insert_chunk(
         &self,
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         events: &[Event],
         first_version: u64,
-        hash: i64,
-    ) -> Result<Vec<(i64, u64)>> {
-        let mut sql = self.inner.sql.insert_events.text().to_owned();
+        columns: &StreamColumns,
+    ) -> Result<std::ops::RangeInclusive<i64>> {
+        let text = self.inner.sql.insert_events.text();
+        let mut sql = String::with_capacity(text.len() + events.len() * (EVENT_ROW.len() + 2));
+        sql.push_str(text);
         for i in 0..events.len() {
-            let base = i * PARAMS_PER_EVENT;
-            sql.push_str(if i == 0 { "(" } else { ", (" });
-            for p in 1..=PARAMS_PER_EVENT {
-                let sep = if p == 1 { "" } else { ", " };
-                let _ = write!(sql, "{sep}?{}", base + p);
+            if i > 0 {
+                sql.push_str(", ");
             }
-            sql.push(')');
+            sql.push_str(EVENT_ROW);
         }
-        sql.push_str(" RETURNING global_position, aggregate_version");
 
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (offset, event) in (0u64..).zip(events) {
-            query = query
-                .bind(event.stream.context.clone())
-                .bind(event.stream.aggregate_type.clone())
-                .bind(event.stream.aggregate_id.clone())
-                .bind(stored_version(first_version + offset)?)
-                .bind(event.event_id)
-                .bind(event.event_type.clone())
-                .bind(i64::from(event.event_version))
-                .bind(event.payload.to_string())
-                .bind(event.metadata.to_string())
-                .bind(event.causation_id.clone())
-                .bind(event.correlation_id.clone())
-                .bind(event.trace_id.clone())
-                .bind(hash)
-                .bind(unix_micros(event.created_at));
+        // The arguments are reserved in one go rather than grown bind by bind.
+        let mut args = SqliteArguments::default();
+        args.reserve(events.len() * PARAMS_PER_EVENT, 0);
+        macro_rules! bind {
+            ($($value:expr),* $(,)?) => { $( args.add($value).map_err(sqlx::Error::Encode)?; )* };
         }
-        let rows = query.fetch_all(&mut **tx).await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get::<i64, _>(1)?.unsigned_abs())))
-            .collect()
+        // One text buffer for every JSON value, and one allocation for a run of equal event
+        // types or metadata (the usual case), instead of a growing string per value.
+        let mut json = String::with_capacity(256);
+        let (mut event_type, mut metadata) = (SharedText::default(), SharedText::default());
+        for (offset, event) in (0u64..).zip(events) {
+            json.clear();
+            let _ = write!(json, "{}", event.payload);
+            let payload = Arc::<str>::from(json.as_str());
+            json.clear();
+            let _ = write!(json, "{}", event.metadata);
+            bind!(
+                Arc::clone(&columns.context),
+                Arc::clone(&columns.aggregate_type),
+                Arc::clone(&columns.aggregate_id),
+                stored_version(first_version + offset)?,
+                event.event_id,
+                event_type.of(&event.event_type),
+                i64::from(event.event_version),
+                payload,
+                metadata.of(&json),
+                event.causation_id.as_deref(),
+                event.correlation_id.as_deref(),
+                event.trace_id.as_deref(),
+                columns.hash,
+                unix_micros(event.created_at),
+            );
+        }
+        let done = sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut **tx).await?;
+        let last = done.last_insert_rowid();
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        Ok(last - count + 1..=last)
+    }
+
+    /// Why `claim_head` refused an append of `count` events: the stream is not at the
+    /// expected version, or its version would leave the stored range.
+    async fn refused_claim(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        count: usize,
+    ) -> Error {
+        let current: Option<i64> = match sqlx::query_scalar(self.inner.sql.head.sql())
+            .bind(&stream.context)
+            .bind(&stream.aggregate_type)
+            .bind(&stream.aggregate_id)
+            .fetch_optional(&mut **tx)
+            .await
+        {
+            Ok(current) => current,
+            Err(err) => return err.into(),
+        };
+        let actual = current.map_or(0, i64::unsigned_abs);
+        match next_version(actual, count) {
+            Err(out_of_range) if expected.exact().is_none_or(|v| v == actual) => out_of_range,
+            _ => Error::Concurrency { stream: stream.clone(), expected, actual },
+        }
     }
 
     /// Whether any of these event ids is already stored (in chunks: SQLite limits the bind
@@ -762,38 +824,40 @@ impl EventStore for SqliteStore {
         events: &[Event],
     ) -> Result<AppendResult> {
         let stream = validate_append(events)?;
-        if let Some(version) = expected.exact() {
-            stored_version(version)?;
-            next_version(version, events.len())?;
-        }
-        let current: Option<i64> = sqlx::query_scalar(self.inner.sql.head.sql())
+        let expected_at = match expected.exact() {
+            Some(version) => {
+                let stored = stored_version(version)?;
+                next_version(version, events.len())?;
+                Some(stored)
+            }
+            None => None,
+        };
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let claimed: Option<i64> = sqlx::query_scalar(self.inner.sql.claim_head.sql())
             .bind(&stream.context)
             .bind(&stream.aggregate_type)
             .bind(&stream.aggregate_id)
+            .bind(count)
+            .bind(expected_at)
+            .bind(i64::MAX - count)
             .fetch_optional(&mut **tx)
             .await?;
-        let actual = current.map_or(0, i64::unsigned_abs);
-        if expected.exact().is_some_and(|v| v != actual) {
-            return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
-        }
-        let to_version = next_version(actual, events.len())?;
-        sqlx::query(self.inner.sql.upsert_head.sql())
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(stored_version(to_version)?)
-            .execute(&mut **tx)
-            .await?;
-
-        let hash = hash_to_stored(partition_hash(&stream.aggregate_id));
-        let mut rows = Vec::with_capacity(events.len());
+        let Some(to_version) = claimed.map(i64::unsigned_abs) else {
+            return Err(self.refused_claim(tx, stream, expected, events.len()).await);
+        };
+        let actual = to_version - count.unsigned_abs();
+        let columns = StreamColumns::of(stream);
+        let mut positions = Vec::with_capacity(events.len());
         for (chunk_start, chunk) in (0..)
             .step_by(MAX_PARAMS / PARAMS_PER_EVENT)
             .zip(events.chunks(MAX_PARAMS / PARAMS_PER_EVENT))
         {
             let first_version = actual + 1 + chunk_start;
-            match self.insert_chunk(tx, chunk, first_version, hash).await {
-                Ok(mut chunk_rows) => rows.append(&mut chunk_rows),
+            match self.insert_chunk(tx, chunk, first_version, &columns).await {
+                Ok(chunk_positions) => positions.extend(
+                    chunk_positions
+                        .map(|global_position| Position { transaction_id: 0, global_position }),
+                ),
                 Err(Error::Constraint { kind: crate::ConstraintKind::Unique, .. })
                     if self.any_event_stored(tx, events).await? =>
                 {
@@ -803,12 +867,6 @@ impl EventStore for SqliteStore {
             }
         }
         self.appended();
-        // RETURNING order is unspecified in SQLite: order by version.
-        rows.sort_unstable_by_key(|&(_, version)| version);
-        let positions = rows
-            .iter()
-            .map(|&(global_position, _)| Position { transaction_id: 0, global_position })
-            .collect();
         Ok(AppendResult { from_version: actual + 1, to_version, positions })
     }
 
@@ -869,6 +927,39 @@ impl EventStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The columns every event of one append shares, shared by its rows' bind values.
+struct StreamColumns {
+    context: Arc<str>,
+    aggregate_type: Arc<str>,
+    aggregate_id: Arc<str>,
+    /// The stored partition hash of the aggregate id.
+    hash: i64,
+}
+
+impl StreamColumns {
+    fn of(stream: &StreamId) -> Self {
+        StreamColumns {
+            context: stream.context.as_str().into(),
+            aggregate_type: stream.aggregate_type.as_str().into(),
+            aggregate_id: stream.aggregate_id.as_str().into(),
+            hash: hash_to_stored(partition_hash(&stream.aggregate_id)),
+        }
+    }
+}
+
+/// A text bound for many rows: equal to the previous one, it shares its allocation.
+#[derive(Default)]
+struct SharedText(Option<Arc<str>>);
+
+impl SharedText {
+    fn of(&mut self, text: &str) -> Arc<str> {
+        match &self.0 {
+            Some(last) if **last == *text => Arc::clone(last),
+            _ => Arc::clone(self.0.insert(text.into())),
+        }
     }
 }
 
