@@ -321,8 +321,7 @@ impl Coordinator {
             })
             .collect();
         let stop = self.cancel.child_token();
-        let work = run_partitions(Arc::clone(&self.run), stop.clone(), owned);
-        let task = tokio::spawn(tracing::Instrument::in_current_span(work));
+        let task = tokio::spawn(run_partitions(Arc::clone(&self.run), stop.clone(), owned));
         self.running = Some(Running { partitions, stop, task });
     }
 

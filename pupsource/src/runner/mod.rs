@@ -639,9 +639,7 @@ impl Runner {
             );
             let run =
                 coordinator::run_projection(Arc::new(run), cancel.child_token(), Arc::clone(&idle));
-            // Every line its tasks log carries the projection.
-            let span = tracing::info_span!("projection", projection = %projection.name());
-            let id = tasks.spawn(tracing::Instrument::instrument(run, span)).id();
+            let id = tasks.spawn(run).id();
             names.insert(id, projection.name().to_owned());
         }
 

@@ -70,9 +70,7 @@ pub(crate) async fn run_partitions(
             parked.clone(),
             cancel.clone(),
         );
-        // Inside the projection's span: every line it logs carries both.
-        let span = tracing::info_span!("partition", partition = %Partition { index, count });
-        workers.spawn(tracing::Instrument::instrument(worker.run(), span));
+        workers.spawn(worker.run());
     }
 
     let reader = read_log(&run, &feed, &cancel, start);
