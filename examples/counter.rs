@@ -79,6 +79,11 @@ impl Counter {
 
     /// `rebuild counter` clears the read model in the transaction that resets checkpoints.
     async fn clear(&self, transaction: &mut Transaction<'_>) -> HandlerResult {
+        // `rebuild` may come before any `run` created the table.
+        pupsource::with_transaction!(&mut *transaction, |tx| {
+            let query = sqlx::query(READ_MODEL);
+            query.execute(tx).await.map(|done| done.rows_affected())
+        })?;
         pupsource::with_transaction!(transaction, |tx| {
             let query = sqlx::query("DELETE FROM counter_events");
             query.execute(tx).await.map(|done| done.rows_affected())
