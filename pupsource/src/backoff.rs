@@ -42,27 +42,40 @@ impl Backoff {
 /// An outage as the logs tell it: its first failure and its end are logged once each (at
 /// `WARN`, with the cause and the retry schedule, then how long it lasted), the failures
 /// between only at debug level. Each retry loop keeps one and logs with its own fields.
-#[derive(Debug, Default)]
-pub(crate) struct Outage(Option<(Instant, u32)>);
+#[derive(Debug)]
+pub(crate) struct Outage {
+    /// Since when, and how many failures in a row.
+    failing: Option<(Instant, u32)>,
+    /// From which failure in a row on it is an outage.
+    from: u32,
+}
+
+impl Default for Outage {
+    /// Every failure is an outage.
+    fn default() -> Self {
+        Outage::from_failure(1)
+    }
+}
 
 impl Outage {
-    /// Counts a failure; `true` if it is the first of an outage.
-    pub(crate) fn failed(&mut self) -> bool {
-        match &mut self.0 {
-            Some((_, failures)) => {
-                *failures += 1;
-                false
-            }
-            None => {
-                self.0 = Some((Instant::now(), 1));
-                true
-            }
-        }
+    /// An outage from the `from`th failure in a row on: fewer are a passing fault (say, a
+    /// pooled connection found cut and replaced), not logged as an outage.
+    pub(crate) fn from_failure(from: u32) -> Self {
+        Outage { failing: None, from: from.max(1) }
     }
 
-    /// Ends the outage, if there was one: how long it lasted and how many failures it saw.
+    /// Counts a failure; `true` if the outage starts with it.
+    pub(crate) fn failed(&mut self) -> bool {
+        let (_, failures) = self.failing.get_or_insert((Instant::now(), 0));
+        *failures += 1;
+        *failures == self.from
+    }
+
+    /// Ends the failures in a row: how long the outage lasted and how many failures it saw,
+    /// if they made one.
     pub(crate) fn ended(&mut self) -> Option<(Duration, u32)> {
-        self.0.take().map(|(since, failures)| (since.elapsed(), failures))
+        let (since, failures) = self.failing.take()?;
+        (failures >= self.from).then(|| (since.elapsed(), failures))
     }
 }
 

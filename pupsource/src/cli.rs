@@ -35,7 +35,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -45,7 +45,9 @@ use time::format_description::well_known::Rfc3339;
 use crate::error::{InvalidInput, Result};
 use crate::partition::partition_of;
 use crate::projection::{HandlerError, Projection};
-use crate::runner::{ErrorPolicy, Interval, RetryPolicy, RunMode, Runner, Status};
+use crate::runner::{
+    ErrorPolicy, Interval, ProjectionProgress, RetryPolicy, RunMode, Runner, Status,
+};
 use crate::store::{ConnectOptions, Store};
 
 /// The database used when neither `--database-url` nor `DATABASE_URL` is given: a SQLite file
@@ -540,13 +542,16 @@ async fn with_progress(runner: &Runner, work: impl Future<Output = Result<()>>) 
     }
 }
 
+/// How often progress is logged when stderr is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
 /// What [`with_progress`] reports of one projection.
 struct Tracked {
     name: String,
     /// Events behind its checkpoints when the run started (grown if more arrived).
     total: u64,
     /// When and where its rate was last measured.
-    since: (std::time::Instant, u64),
+    since: (Instant, u64),
     caught_up: bool,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
@@ -567,7 +572,7 @@ async fn report_progress(
         .map(|(name, total)| Tracked {
             #[cfg(feature = "progress")]
             bar: (terminal && total > 0).then(|| bars.add(progress_bar(&name, total))),
-            since: (std::time::Instant::now(), 0),
+            since: (Instant::now(), 0),
             caught_up: false,
             name,
             total,
@@ -577,39 +582,49 @@ async fn report_progress(
         tracing::info!(target: "pupsource::cli", projection = %t.name, behind = t.total, "catching up");
     }
     const TICK: Duration = Duration::from_millis(200);
-    const LOG_EVERY: Duration = Duration::from_secs(5);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     loop {
         ticks.tick().await;
         for t in &mut tracked {
-            let Some(progress) = runner.metrics().projection(&t.name) else { continue };
-            let done = progress.events_handled();
-            t.total = t.total.max(done);
+            if let Some(progress) = runner.metrics().projection(&t.name) {
+                t.update(&progress, terminal, following);
+            }
+        }
+    }
+}
+
+impl Tracked {
+    /// Shows `progress`: on the bar, or in a log line every [`LOG_EVERY`] (not on a
+    /// terminal); and once, following the log, that the projection caught up.
+    fn update(&mut self, progress: &ProjectionProgress, terminal: bool, following: bool) {
+        let done = progress.events_handled();
+        self.total = self.total.max(done);
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.set_length(self.total);
+            bar.set_position(done);
+        }
+        if self.caught_up {
+            return;
+        }
+        if let Some(at) = progress.caught_up_at() {
+            self.caught_up = true;
             #[cfg(feature = "progress")]
-            if let Some(bar) = &t.bar {
-                bar.set_length(t.total);
-                bar.set_position(done);
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
             }
-            if let Some(at) = progress.caught_up_at().filter(|_| !t.caught_up) {
-                t.caught_up = true;
-                #[cfg(feature = "progress")]
-                if let Some(bar) = t.bar.take() {
-                    bar.finish_and_clear();
-                }
-                if following {
-                    eprintln!(
-                        "{}: caught up at position {at}; waiting for new events, Ctrl-C to stop",
-                        t.name
-                    );
-                }
-            } else if !terminal && !t.caught_up && t.total > 0 && t.since.0.elapsed() >= LOG_EVERY {
-                let (then, before) =
-                    std::mem::replace(&mut t.since, (std::time::Instant::now(), done));
-                let rate = (done - before) as f64 / then.elapsed().as_secs_f64().max(1e-3);
-                let left = t.total - done;
-                let eta = (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate));
-                tracing::info!(target: "pupsource::cli", projection = %t.name, done, total = t.total, rate = format!("{rate:.0}/s"), eta = ?eta, "catching up");
+            if following {
+                let name = &self.name;
+                eprintln!(
+                    "{name}: caught up at position {at}; waiting for new events, Ctrl-C to stop"
+                );
             }
+        } else if !terminal && self.total > 0 && self.since.0.elapsed() >= LOG_EVERY {
+            let (then, before) = std::mem::replace(&mut self.since, (Instant::now(), done));
+            let rate = (done - before) as f64 / then.elapsed().as_secs_f64().max(1e-3);
+            let left = self.total - done;
+            let eta = (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate));
+            tracing::info!(target: "pupsource::cli", projection = %self.name, done, total = self.total, rate = format!("{rate:.0}/s"), eta = ?eta, "catching up");
         }
     }
 }

@@ -208,18 +208,14 @@ impl Feed {
         }
     }
 
-    /// The reader found nothing more for now: whatever is queued goes out at once.
-    pub(crate) fn caught_up(&self) {
+    /// The reader found nothing more for now: whatever is queued goes out at once. Returns
+    /// whether every attached slot's worker already took everything placed so far.
+    pub(crate) fn caught_up(&self) -> bool {
         let mut state = self.lock();
         if state.behind {
             state.behind = false;
             self.wake_workers(&state);
         }
-    }
-
-    /// Whether every attached slot's worker took everything placed so far.
-    pub(crate) fn drained(&self) -> bool {
-        let state = self.lock();
         let read_through = state.read_through;
         state
             .slots

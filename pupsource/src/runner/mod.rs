@@ -150,9 +150,8 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct ProjectionProgress {
     events_handled: AtomicU64,
-    /// The reader's position when it last found nothing more (with every queue drained);
-    /// `-1` before.
-    caught_up_at: std::sync::atomic::AtomicI64,
+    /// The reader's position when it first found nothing more (with every queue drained).
+    caught_up_at: std::sync::OnceLock<i64>,
 }
 
 impl ProjectionProgress {
@@ -164,7 +163,7 @@ impl ProjectionProgress {
     /// The global position at which the projection first found nothing more to handle (its
     /// reader at the head of the log, its workers' queues drained), if it did.
     pub fn caught_up_at(&self) -> Option<i64> {
-        Some(self.caught_up_at.load(Ordering::Relaxed)).filter(|&p| p >= 0)
+        self.caught_up_at.get().copied()
     }
 
     pub(crate) fn handled(&self, events: u64) {
@@ -172,12 +171,8 @@ impl ProjectionProgress {
     }
 
     pub(crate) fn caught_up(&self, at: Position) {
-        let _ = self.caught_up_at.compare_exchange(
-            -1,
-            at.global_position,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        // Only the first time counts.
+        let _ = self.caught_up_at.set(at.global_position);
     }
 }
 
@@ -190,10 +185,7 @@ impl Metrics {
     /// The progress of projection `name`, created on first use.
     fn progress_of(&self, name: &str) -> Arc<ProjectionProgress> {
         let mut projections = self.lock_projections();
-        let progress = projections.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(ProjectionProgress { caught_up_at: (-1).into(), ..Default::default() })
-        });
-        Arc::clone(progress)
+        Arc::clone(projections.entry(name.to_owned()).or_default())
     }
 
     fn lock_projections(

@@ -166,10 +166,9 @@ async fn follow_log(
         else {
             break;
         };
-        telemetry.page(page.events.iter().map(|(_, bytes)| bytes).sum());
+        telemetry.page(page.bytes);
         let Some(last) = page.events.last().map(|(e, _)| e.position) else {
-            feed.caught_up();
-            if feed.drained() {
+            if feed.caught_up() {
                 run.progress.caught_up(after);
             }
             if until_caught_up && caught_up(after).await? {

@@ -37,7 +37,7 @@ use tracing::Instrument as _;
 use super::feed::{Feed, Take};
 use super::telemetry::PartitionMetrics;
 use super::{BATCH_TIME_BUDGET, ErrorPolicy, ProjectionRun, TAKE_EVENTS};
-use crate::backoff::{Backoff, retry_transient, sleep_or_cancel};
+use crate::backoff::{Backoff, Outage, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
 use crate::domain::DecodeError;
 use crate::error::{Error, Result};
@@ -320,20 +320,19 @@ impl Worker {
     async fn transact(&mut self, work: Work<'_>) -> Result<Option<Outcome>> {
         // One failure is a connection that was cut meanwhile, found out and replaced (a debug
         // line); from the second in a row on it is an outage, logged once, as is its end.
-        let (mut backoff, mut failures) = (Backoff::reconnect(), 0u32);
+        let (mut backoff, mut outage) = (Backoff::reconnect(), Outage::from_failure(2));
         loop {
             let result = self.try_transaction(&work).await;
             match result {
                 Ok(outcome) => {
-                    if failures >= 2 {
-                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, failures, "the database is back: batches commit again");
+                    if let Some((down_for, failures)) = outage.ended() {
+                        tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, failures, ?down_for, "the database is back: batches commit again");
                     }
                     return Ok(Some(outcome));
                 }
                 Err(err) if err.is_transient() => {
                     let wait = backoff.next();
-                    failures += 1;
-                    if failures == 2 {
+                    if outage.failed() {
                         let max = backoff.max();
                         tracing::warn!(target: "pupsource::runner", projection = %self.run.name, partition = %self.partition, error = %err, "batch transaction failed twice; retrying in {wait:?}, then doubling up to every {max:?}, until the database answers");
                     } else {
@@ -373,22 +372,22 @@ impl Worker {
                 return Ok(Outcome::CommittedPart);
             }
             last = event.position;
-            counted += usize::from(fixed);
             if let Some((message, attempts)) = parking {
                 tx.park(&self.run.name, event, Some(message), attempts).await?;
                 parked += 1;
                 continue;
             }
-            match self.step(event) {
-                Step::Skip => {}
+            let touched = match self.step(event) {
+                Step::Skip => false,
                 Step::Park => {
                     tx.park(&self.run.name, event, None, 0).await?;
                     parked += 1;
+                    false
                 }
                 Step::Handle => match self.call(event, tx.as_mut()).await {
                     Ok(touched) => {
                         handled += 1;
-                        counted += usize::from(touched && !fixed);
+                        touched
                     }
                     Err((kind, failure)) => {
                         tracing::debug!(target: "pupsource::runner", position = %event.position, error = %failure, "handler {kind} in batch");
@@ -396,7 +395,8 @@ impl Worker {
                         return Ok(Outcome::HandlerFailed(event.position, kind, failure));
                     }
                 },
-            }
+            };
+            counted += usize::from(fixed || touched);
         }
         self.commit(tx, through, opened, handled, parked).await?;
         Ok(Outcome::Committed)

@@ -333,6 +333,8 @@ impl dyn Batch {
 #[derive(Debug, Default)]
 pub(crate) struct Page {
     pub(crate) events: Vec<(PersistedEvent, usize)>,
+    /// What the events weigh in memory, in all.
+    pub(crate) bytes: usize,
     pub(crate) full: bool,
 }
 
@@ -348,16 +350,15 @@ impl Page {
         let mut rows = std::pin::pin!(rows);
         let mut page = Page::default();
         let mut decoder = EventDecoder::default();
-        let mut bytes = 0usize;
         while let Some(row) = rows.try_next().await? {
             let (event, size) = decoder.read(&row)?;
             page.events.push((event, size));
-            bytes = bytes.saturating_add(size);
-            if bytes >= max_bytes {
+            page.bytes = page.bytes.saturating_add(size);
+            if page.bytes >= max_bytes {
                 break;
             }
         }
-        page.full = page.events.len() >= limit || bytes >= max_bytes;
+        page.full = page.events.len() >= limit || page.bytes >= max_bytes;
         Ok(page)
     }
 }
