@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::Scope;
+use super::{Scope, Statement};
 use crate::error::Result;
 use crate::process::Process;
 
@@ -168,4 +168,56 @@ pub(crate) fn int4(n: u32) -> i32 {
 /// An epoch as the `BIGINT` columns store it.
 pub(crate) fn int8(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Evicts `worker` on `conn`, in the caller's transaction (under whatever lock its backend's
+/// heartbeats take): removes its registration if it is still `process`'s (`deregister`: `$1`
+/// projection, `$2` worker, `$3` host, `$4` pid) and then frees its leases (`free`: `$1`
+/// projection, `$2` worker). Returns whether it did.
+pub(crate) async fn evict_on<DB>(
+    conn: &mut DB::Connection,
+    (deregister, free): (&Statement, &Statement),
+    projection: &str,
+    worker: &str,
+    process: &Process,
+) -> Result<bool>
+where
+    DB: sqlx::Database,
+    DB::QueryResult: RowsAffected,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let removed = sqlx::query(deregister.sql())
+        .bind(projection)
+        .bind(worker)
+        .bind(process.host.as_str())
+        .bind(i64::from(process.pid))
+        .execute(&mut *conn)
+        .await?
+        .rows();
+    if removed == 1 {
+        sqlx::query(free.sql()).bind(projection).bind(worker).execute(&mut *conn).await?;
+    }
+    Ok(removed == 1)
+}
+
+/// How many rows a statement changed, on every backend.
+pub(crate) trait RowsAffected {
+    fn rows(&self) -> u64;
+}
+
+#[cfg(feature = "postgres")]
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
 }

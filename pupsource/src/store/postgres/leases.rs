@@ -12,7 +12,7 @@ use sqlx::AssertSqlSafe;
 use super::PostgresStore;
 use crate::error::Result;
 use crate::process::Process;
-use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, int4, int8};
+use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, evict_on, int4, int8};
 use crate::store::row::{held_partitions, holders};
 use crate::store::{Scope, Statement, Tables, partition_sql_args};
 
@@ -285,22 +285,10 @@ impl Leases for PostgresStore {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await?;
         sqlx::query(sql.projection_lock.sql()).bind(projection).execute(&mut *tx).await?;
-        let removed = sqlx::query(sql.leases.evict_worker.sql())
-            .bind(projection)
-            .bind(worker)
-            .bind(&process.host)
-            .bind(i64::from(process.pid))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 1 {
-            sqlx::query(sql.leases.evict_leases.sql())
-                .bind(projection)
-                .bind(worker)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let statements = (&sql.leases.evict_worker, &sql.leases.evict_leases);
+        let evicted =
+            evict_on::<sqlx::Postgres>(&mut tx, statements, projection, worker, process).await?;
         tx.commit().await?;
-        Ok(removed == 1)
+        Ok(evicted)
     }
 }

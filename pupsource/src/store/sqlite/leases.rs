@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::{SqliteStore, json_list, unix_micros};
 use crate::error::Result;
 use crate::process::Process;
-use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, int4, int8};
+use crate::store::lease::{Beat, Heartbeat, Leases, WorkerStatus, evict_on, int4, int8};
 use crate::store::row::{held_partitions, holders};
 use crate::store::{PARTITION_OF_SQL, Scope, Statement, Tables, partition_sql_args};
 
@@ -335,22 +335,9 @@ impl Leases for SqliteStore {
     async fn evict(&self, projection: &str, worker: &str, process: &Process) -> Result<bool> {
         let sql = &self.inner.sql.leases;
         let mut tx = self.begin_immediate().await?;
-        let removed = sqlx::query(sql.evict_worker.sql())
-            .bind(projection)
-            .bind(worker)
-            .bind(&process.host)
-            .bind(i64::from(process.pid))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 1 {
-            sqlx::query(sql.evict_leases.sql())
-                .bind(projection)
-                .bind(worker)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let statements = (&sql.evict_worker, &sql.evict_leases);
+        let evicted = evict_on::<Sqlite>(&mut tx, statements, projection, worker, process).await?;
         tx.commit().await?;
-        Ok(removed == 1)
+        Ok(evicted)
     }
 }
