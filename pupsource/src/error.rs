@@ -287,9 +287,7 @@ impl Error {
             Error::Connect { cause, .. } => {
                 matches!(cause, ConnectFailure::Io(_) | ConnectFailure::TimedOut(_))
             }
-            Error::Database(sqlx::Error::Database(db)) => {
-                matches!(db.code().as_deref(), Some("40001" | "40P01"))
-            }
+            Error::Database(sqlx::Error::Database(db)) => conflict(db.as_ref()),
             _ => false,
         }
     }
@@ -300,9 +298,7 @@ impl Error {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Connection(_) => true,
-            Error::Database(sqlx::Error::Database(db)) => {
-                matches!(db.code().as_deref(), Some("40001" | "40P01"))
-            }
+            Error::Database(sqlx::Error::Database(db)) => conflict(db.as_ref()),
             _ => false,
         }
     }
@@ -333,6 +329,18 @@ impl Error {
                     }
                     return Error::Database(err);
                 }
+                // MySQL: the server closed the connection (shutting down, killed, idle past
+                // `wait_timeout`: a paused worker).
+                #[cfg(feature = "mysql")]
+                if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                    use crate::store::mysql_codes as codes;
+                    return match mysql.number() {
+                        codes::SERVER_SHUTDOWN
+                        | codes::CONNECTION_KILLED
+                        | codes::CLIENT_INTERACTION_TIMEOUT => Error::Connection(err),
+                        _ => Error::Database(err),
+                    };
+                }
                 // Class 08: connection exception; 57P01..57P03: the server is shutting down;
                 // 25P03: the server closed a transaction left idle too long (a paused worker)
                 // or not yet accepting connections.
@@ -356,6 +364,19 @@ impl Error {
             _ => Error::Database(err),
         }
     }
+}
+
+/// A serialization failure or deadlock (SQLSTATE 40001, 40P01), or a MySQL lock wait that
+/// timed out: the transaction lost a race, and the same work may succeed when tried again.
+fn conflict(db: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "mysql")]
+    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(
+            mysql.number(),
+            crate::store::mysql_codes::DEADLOCK | crate::store::mysql_codes::LOCK_WAIT_TIMEOUT
+        );
+    }
+    matches!(db.code().as_deref(), Some("40001" | "40P01"))
 }
 
 impl From<sqlx::Error> for Error {

@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
-compile_error!("pupsource needs a database: enable its `postgres` or `sqlite` feature (or both)");
+#[cfg(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")))]
+compile_error!("pupsource needs a database: enable its `postgres`, `sqlite` or `mysql` feature");
 
 pub mod aggregate;
 mod backoff;
@@ -32,6 +32,9 @@ pub use projection::{Context, HandlerError, HandlerResult, Projection};
 pub use pupsource_macros::main;
 pub use pupsource_macros::{DomainEvent, aggregate, projection};
 pub use runner::Runner;
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use store::MySqlStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::PostgresStore;

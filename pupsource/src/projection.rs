@@ -152,6 +152,9 @@ pub enum Transaction<'a> {
     /// A SQLite transaction.
     #[cfg(feature = "sqlite")]
     Sqlite(&'a mut sqlx::SqliteConnection),
+    /// A MySQL or MariaDB transaction.
+    #[cfg(feature = "mysql")]
+    MySql(&'a mut sqlx::MySqlConnection),
 }
 
 /// Runs the same code on the batch's transaction, whichever database it is: `$conn` is bound
@@ -181,8 +184,13 @@ macro_rules! with_transaction {
                 transaction,
                 $conn,
                 $body,
-                ::core::unreachable!(
-                    "with_transaction! covers every database pupsource was built with"
+                $crate::__on_mysql!(
+                    transaction,
+                    $conn,
+                    $body,
+                    ::core::unreachable!(
+                        "with_transaction! covers every database pupsource was built with"
+                    )
                 )
             )
         )
@@ -239,6 +247,33 @@ macro_rules! __on_sqlite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __on_sqlite {
+    ($transaction:ident, $conn:ident, $body:expr, $otherwise:expr) => {
+        $otherwise
+    };
+}
+
+/// See [`__on_postgres!`].
+#[cfg(feature = "mysql")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_mysql {
+    ($transaction:ident, $conn:ident, $body:expr, $otherwise:expr) => {
+        match $transaction {
+            $crate::projection::Transaction::MySql($conn) => {
+                let $conn = &mut **$conn;
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            $transaction => $otherwise,
+        }
+    };
+}
+
+/// See [`__on_postgres!`]: MySQL is not built in.
+#[cfg(not(feature = "mysql"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_mysql {
     ($transaction:ident, $conn:ident, $body:expr, $otherwise:expr) => {
         $otherwise
     };
@@ -332,6 +367,16 @@ impl<'a> Context<'a> {
     pub fn sqlite(&mut self) -> Option<&mut sqlx::SqliteConnection> {
         match self.transaction() {
             Transaction::Sqlite(tx) => Some(tx),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The MySQL or MariaDB transaction, if the store is MySQL.
+    #[cfg(feature = "mysql")]
+    pub fn mysql(&mut self) -> Option<&mut sqlx::MySqlConnection> {
+        match self.transaction() {
+            Transaction::MySql(tx) => Some(tx),
             #[allow(unreachable_patterns)]
             _ => None,
         }

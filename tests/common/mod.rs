@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use pupsource::{EventStore, PostgresStore, SqliteStore};
+use pupsource::{EventStore, MySqlStore, PostgresStore, SqliteStore};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// The server the PostgreSQL tests use: `PUPSOURCE_TEST_POSTGRES_URL`, or the local default.
@@ -135,6 +135,76 @@ pub(crate) async fn postgres() -> PgTest {
     PgTest { store, schema }
 }
 
+/// The server the MySQL tests use: `PUPSOURCE_TEST_MYSQL_URL`, or the local MariaDB.
+pub(crate) fn mysql_url() -> String {
+    std::env::var("PUPSOURCE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// A MySQL database of one test on the test server; dropped when this is dropped.
+pub(crate) struct MySqlDatabase {
+    pub(crate) name: String,
+}
+
+impl MySqlDatabase {
+    /// Creates a fresh database. Panics if the server cannot be reached: MySQL tests never
+    /// skip silently.
+    pub(crate) async fn create() -> Self {
+        let name = format!("pupsource_test_{}", uuid::Uuid::new_v4().simple());
+        on_mysql_server(&format!("CREATE DATABASE {name}")).await;
+        MySqlDatabase { name }
+    }
+
+    /// Its URL, for pools and processes.
+    pub(crate) fn url(&self) -> String {
+        let server = mysql_url();
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for MySqlDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {}", self.name);
+        let what = format!("test database {}", self.name);
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(on_mysql_server(&sql));
+        })
+        .join();
+        if dropped.is_err() {
+            eprintln!("warning: could not drop {what}");
+        }
+    }
+}
+
+/// Runs `sql` on the MySQL test server. Panics if the server cannot be reached.
+async fn on_mysql_server(sql: &str) {
+    use sqlx::Connection as _;
+    let url = mysql_url();
+    let mut conn = sqlx::MySqlConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("MySQL at {url} is required for these tests: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.expect(sql);
+    let _ = conn.close().await;
+}
+
+/// A migrated MySQL store in a database of its own.
+pub(crate) struct MySqlTest {
+    pub(crate) store: MySqlStore,
+    pub(crate) database: MySqlDatabase,
+}
+
+pub(crate) async fn mysql() -> MySqlTest {
+    let database = MySqlDatabase::create().await;
+    let store = MySqlStore::connect(&database.url()).await.expect("connect to MySQL");
+    store.migrate().await.expect("migrate");
+    MySqlTest { store, database }
+}
+
 /// A migrated SQLite store in a temporary file, deleted with the returned directory.
 pub(crate) async fn sqlite_file() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -165,22 +235,26 @@ macro_rules! on_pool {
                 let $pool = s.pool();
                 $body
             }
+            pupsource::Store::MySql(s) => {
+                let $pool = s.pool();
+                $body
+            }
             _ => unreachable!("every backend is listed"),
         }
     };
 }
 
 /// Runs each listed generic test (`async fn name<S: EventStore>(store: S)`) once per backend:
-/// PostgreSQL, a SQLite file and SQLite `:memory:`.
+/// PostgreSQL, a SQLite file, SQLite `:memory:` and MySQL.
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
-        $crate::on_backends!([postgres, sqlite_file, sqlite_memory], { $($name),* });
+        $crate::on_backends!([postgres, sqlite_file, sqlite_memory, mysql], { $($name),* });
     };
 }
 
 /// Runs each listed generic test once on each listed backend (`postgres`, `sqlite_file`,
-/// `sqlite_memory`): `on_backends!([postgres, sqlite_file], { test_a, test_b })`.
+/// `sqlite_memory`, `mysql`): `on_backends!([postgres, sqlite_file], { test_a, test_b })`.
 #[macro_export]
 macro_rules! on_backends {
     ([$($backend:ident),* $(,)?], $names:tt) => {
@@ -197,6 +271,17 @@ macro_rules! on_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let db = $crate::common::postgres().await;
+                    super::$name(db.store.clone()).await;
+                }
+            )*
+        }
+    };
+    (mysql, { $($name:ident),* $(,)? }) => {
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::common::mysql().await;
                     super::$name(db.store.clone()).await;
                 }
             )*

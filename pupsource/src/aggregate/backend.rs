@@ -13,6 +13,8 @@ use std::future::Future;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, Row as _};
+#[cfg(feature = "mysql")]
+use sqlx::{MySql, MySqlConnection};
 #[cfg(feature = "postgres")]
 use sqlx::{PgConnection, Postgres};
 #[cfg(feature = "sqlite")]
@@ -22,6 +24,8 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::event::{PersistedEvent, StreamId};
+#[cfg(feature = "mysql")]
+use crate::store::MySqlStore;
 #[cfg(feature = "postgres")]
 use crate::store::PostgresStore;
 #[cfg(feature = "sqlite")]
@@ -44,7 +48,7 @@ pub struct StoredSnapshot {
 /// A connection of the backend `B`.
 pub(super) type Connection<B> = <<B as EventStore>::Database as sqlx::Database>::Connection;
 
-/// The databases aggregates are stored in: [`PostgresStore`] and [`SqliteStore`]. Sealed: its
+/// The databases aggregates are stored in: PostgreSQL, SQLite and MySQL. Sealed: its
 /// methods are the aggregate module's, not public API.
 pub trait Backend: EventStore + sealed::Sealed {
     /// A connection from the store's pool.
@@ -85,6 +89,8 @@ mod sealed {
     impl Sealed for crate::PostgresStore {}
     #[cfg(feature = "sqlite")]
     impl Sealed for crate::SqliteStore {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for crate::MySqlStore {}
 }
 
 /// `SELECT` of a stream's snapshot row; `$1`..`$3` are the stream, `$4` the state's type.
@@ -235,6 +241,78 @@ impl Backend for SqliteStore {
             .bind(i64::from(snapshot.snapshot_version))
             .bind(&snapshot.state)
             .bind(crate::store::unix_micros(OffsetDateTime::now_utc()))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl Backend for MySqlStore {
+    async fn connection(&self) -> Result<PoolConnection<MySql>> {
+        Ok(self.pool().acquire().await?)
+    }
+
+    async fn read_after(
+        &self,
+        conn: &mut MySqlConnection,
+        stream: &StreamId,
+        after: u64,
+    ) -> Result<Vec<PersistedEvent>> {
+        let from = after.saturating_add(1);
+        Ok(self.read_stream_on(conn, stream, from..).await?.events)
+    }
+
+    async fn read_snapshot(
+        &self,
+        conn: &mut MySqlConnection,
+        stream: &StreamId,
+        state_type: &'static str,
+    ) -> Result<Option<StoredSnapshot>> {
+        let sql = self.tables().render(
+            "SELECT aggregate_version, snapshot_version, state FROM `{snapshots}` \
+             WHERE bounded_context = ? AND aggregate_type = ? AND aggregate_id = ? \
+               AND state_type = ?",
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(stream.context.as_str())
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .bind(state_type)
+            .fetch_optional(conn)
+            .await?;
+        row.map(|row| {
+            stored(state_type, row.try_get(0)?, row.try_get::<i32, _>(1)?.into(), row.try_get(2)?)
+        })
+        .transpose()
+    }
+
+    async fn write_snapshot(
+        &self,
+        conn: &mut MySqlConnection,
+        stream: &StreamId,
+        snapshot: &StoredSnapshot,
+    ) -> Result<()> {
+        let sql = self.tables().render(
+            "INSERT INTO `{snapshots}` (bounded_context, aggregate_type, aggregate_id, \
+               state_type, aggregate_version, snapshot_version, state, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE aggregate_version = ?, snapshot_version = ?, state = ?, \
+               created_at = UTC_TIMESTAMP(6)",
+        );
+        let version = crate::store::stored_version(snapshot.aggregate_version)?;
+        let schema = i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX);
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(stream.context.as_str())
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .bind(snapshot.state_type)
+            .bind(version)
+            .bind(schema)
+            .bind(&snapshot.state)
+            .bind(version)
+            .bind(schema)
+            .bind(&snapshot.state)
             .execute(conn)
             .await?;
         Ok(())

@@ -430,6 +430,8 @@ macro_rules! dispatch {
             Store::Postgres($s) => $call,
             #[cfg(feature = "sqlite")]
             Store::Sqlite($s) => $call,
+            #[cfg(feature = "mysql")]
+            Store::MySql($s) => $call,
         }
     };
 }

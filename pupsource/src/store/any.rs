@@ -8,6 +8,8 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "mysql")]
+use super::MySqlStore;
 #[cfg(feature = "postgres")]
 use super::PostgresStore;
 use super::Scope;
@@ -36,6 +38,16 @@ pub enum Store {
     /// SQLite.
     #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
+    /// MySQL or MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(MySqlStore),
+}
+
+#[cfg(feature = "mysql")]
+impl From<MySqlStore> for Store {
+    fn from(store: MySqlStore) -> Self {
+        Store::MySql(store)
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -94,8 +106,8 @@ impl ConnectOptions {
 
 impl Store {
     /// Connects to `url`: `postgres://…` / `postgresql://…` for PostgreSQL, `sqlite:…` for
-    /// SQLite (a file, created if missing, or `sqlite::memory:`), with the default
-    /// [`ConnectOptions`].
+    /// SQLite (a file, created if missing, or `sqlite::memory:`), `mysql://…` / `mariadb://…`
+    /// for MySQL or MariaDB (with the `mysql` feature), with the default [`ConnectOptions`].
     ///
     /// # Errors
     /// As [`Store::connect_with`].
@@ -114,7 +126,7 @@ impl Store {
     /// [`Error::Connect`]: crate::Error::Connect
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-        #[cfg(not(feature = "postgres"))]
+        #[cfg(not(any(feature = "postgres", feature = "mysql")))]
         let _ = options;
         match scheme {
             #[cfg(feature = "postgres")]
@@ -123,6 +135,8 @@ impl Store {
             }
             #[cfg(feature = "sqlite")]
             "sqlite" => Ok(Store::Sqlite(SqliteStore::connect(url).await?)),
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => Ok(Store::MySql(MySqlStore::connect_with(url, options).await?)),
             _ => Err(InvalidInput::DatabaseUrl { url: redact(url), problem: SCHEMES }.into()),
         }
     }
@@ -134,6 +148,8 @@ impl Store {
             Store::Postgres(s) => Arc::new(s.clone()),
             #[cfg(feature = "sqlite")]
             Store::Sqlite(s) => Arc::new(s.clone()),
+            #[cfg(feature = "mysql")]
+            Store::MySql(s) => Arc::new(s.clone()),
         }
     }
 
@@ -201,11 +217,33 @@ impl Store {
 }
 
 /// What [`Store::connect`] accepts, in this build.
-const SCHEMES: &str = match (cfg!(feature = "postgres"), cfg!(feature = "sqlite")) {
-    (true, true) => "expected a `postgres://`, `postgresql://` or `sqlite:` URL",
-    (true, false) => "expected a `postgres://` or `postgresql://` URL (SQLite is not built in)",
-    (false, true) => "expected a `sqlite:` URL (PostgreSQL is not built in)",
-    (false, false) => "no database is built in: enable the `postgres` or `sqlite` feature",
+const SCHEMES: &str = {
+    const POSTGRES: bool = cfg!(feature = "postgres");
+    const SQLITE: bool = cfg!(feature = "sqlite");
+    const MYSQL: bool = cfg!(feature = "mysql");
+    match (POSTGRES, SQLITE, MYSQL) {
+        (true, true, true) => {
+            "expected a `postgres://`, `postgresql://`, `sqlite:`, `mysql://` or `mariadb://` URL"
+        }
+        (true, true, false) => {
+            "expected a `postgres://`, `postgresql://` or `sqlite:` URL (MySQL is not built in: \
+             enable the `mysql` feature)"
+        }
+        (true, false, true) => "expected a `postgres://`, `postgresql://`, `mysql://` or \
+             `mariadb://` URL (SQLite is not built in)",
+        (false, true, true) => {
+            "expected a `sqlite:`, `mysql://` or `mariadb://` URL (PostgreSQL is not built in)"
+        }
+        (true, false, false) => "expected a `postgres://` or `postgresql://` URL (SQLite and \
+             MySQL are not built in)",
+        (false, true, false) => "expected a `sqlite:` URL (PostgreSQL and MySQL are not built in)",
+        (false, false, true) => {
+            "expected a `mysql://` or `mariadb://` URL (PostgreSQL and SQLite are not built in)"
+        }
+        (false, false, false) => {
+            "no database is built in: enable the `postgres`, `sqlite` or `mysql` feature"
+        }
+    }
 };
 
 /// The URL without its password, for messages.

@@ -215,6 +215,13 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
     }
 }
 
+#[cfg(feature = "mysql")]
+impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
 #[cfg(feature = "sqlite")]
 impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     fn rows(&self) -> u64 {

@@ -30,8 +30,8 @@ mod postgres;
 pub(crate) mod row;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-#[cfg(feature = "sqlite")]
-pub(crate) use sqlite::unix_micros;
+#[cfg(feature = "mysql")]
+mod mysql;
 
 pub use any::{ConnectOptions, Store};
 pub(crate) use backend::Backend;
@@ -39,6 +39,10 @@ pub use backend::{Fence, LeaseInfo, ParkedEvent, RestoreRepair};
 pub use lease::WorkerStatus;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;
+#[cfg(feature = "mysql")]
+pub(crate) use mysql::codes as mysql_codes;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -368,7 +372,7 @@ impl Statement {
     }
 
     /// The statement's text, e.g. to append to.
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "mysql"))]
     pub(crate) fn text(&self) -> &str {
         &self.0
     }
@@ -408,6 +412,18 @@ where
         .fetch_all(executor)
         .await?;
     Ok(Stream { id: stream.clone(), events: row::EventDecoder::read_all(&rows)? })
+}
+
+/// A time as SQLite and MySQL store event times: microseconds since the Unix epoch, UTC.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn unix_micros(at: time::OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// See [`unix_micros`].
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn from_unix_micros(micros: i64) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
 }
 
 /// Roughly what an event read from the log costs in memory: its JSON texts and names, and a

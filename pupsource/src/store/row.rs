@@ -350,7 +350,7 @@ mod sqlite {
     use sqlx::{Column as _, Row as _};
 
     use super::*;
-    use crate::store::sqlite::from_unix_micros;
+    use crate::store::from_unix_micros;
 
     impl StoredRow for SqliteRow {
         fn index(&self, column: &str) -> Result<usize> {
@@ -376,6 +376,65 @@ mod sqlite {
                     })
                 }),
             }
+        }
+
+        fn uuid(&self, index: usize) -> Result<Uuid> {
+            Ok(self.try_get(index)?)
+        }
+
+        /// JSON stored as text.
+        fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
+            let text: &str = self.try_get(index)?;
+            let value = serde_json::from_str(text).map_err(|e| {
+                Error::Database(sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source: Box::new(e),
+                })
+            })?;
+            Ok((value, text.len()))
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use sqlx::mysql::MySqlRow;
+    use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+
+    use super::*;
+    use crate::store::from_unix_micros;
+
+    impl StoredRow for MySqlRow {
+        fn index(&self, column: &str) -> Result<usize> {
+            Ok(self.try_column(column)?.ordinal())
+        }
+
+        fn int(&self, index: usize) -> Result<i64> {
+            Ok(self.try_get(index)?)
+        }
+
+        /// Names and ids are `VARBINARY`: their bytes are the UTF-8 text that was written
+        /// (checked as UTF-8 on decoding; sqlx's type check would refuse a binary column).
+        fn opt_text(&self, index: usize) -> Result<Option<String>> {
+            Ok(self.try_get_unchecked(index)?)
+        }
+
+        /// `DATETIME(6)` in UTC, or (event times) microseconds since the Unix epoch.
+        fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>> {
+            let raw = self.try_get_raw(index)?;
+            if raw.is_null() {
+                return Ok(None);
+            }
+            if matches!(raw.type_info().name(), "DATETIME" | "TIMESTAMP") {
+                return Ok(Some(self.try_get(index)?));
+            }
+            let micros: i64 = self.try_get(index)?;
+            from_unix_micros(micros).map(Some).ok_or_else(|| {
+                Error::Database(sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source: format!("{micros} µs since 1970 is out of range").into(),
+                })
+            })
         }
 
         fn uuid(&self, index: usize) -> Result<Uuid> {

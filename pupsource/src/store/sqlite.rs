@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use super::backend::{Backend, Batch, CheckpointInfo, Page, ParkedEvent};
 use super::row::EventDecoder;
 use super::{
-    CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
-    partition_sql_args, stored_version,
+    CheckpointRead, EventStore, Scope, Statement, Tables, from_unix_micros, hash_to_stored,
+    next_version, partition_sql_args, stored_version, unix_micros,
 };
 use crate::backoff::Backoff;
 use crate::checkpoint::CheckpointRow;
@@ -966,15 +966,6 @@ impl SharedText {
 /// Scope lists as JSON arrays, `NULL` for "all".
 fn json_list(values: &[String]) -> Option<String> {
     (!values.is_empty()).then(|| serde_json::Value::from(values.to_vec()).to_string())
-}
-
-/// A time as SQLite stores it: microseconds since the Unix epoch, UTC.
-pub(crate) fn unix_micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
-
-pub(super) fn from_unix_micros(micros: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
 }
 
 #[cfg(test)]
