@@ -168,8 +168,13 @@ impl<S: AggregateStore + Into<Store>> Backend for S {}
 
 /// The snapshot row of `id`: (aggregate_version, snapshot_version, state).
 async fn snapshot_row(store: &Store, id: &str) -> Option<(i64, i64, serde_json::Value)> {
-    let sql = "SELECT aggregate_version, CAST(snapshot_version AS BIGINT), CAST(state AS TEXT) \
-               FROM snapshots WHERE aggregate_id = $1 AND state_type = 'SnapshotAccount'";
+    let sql = if common::is_mysql(store) {
+        "SELECT aggregate_version, snapshot_version, state \
+         FROM snapshots WHERE aggregate_id = ? AND state_type = 'SnapshotAccount'"
+    } else {
+        "SELECT aggregate_version, CAST(snapshot_version AS BIGINT), CAST(state AS TEXT) \
+         FROM snapshots WHERE aggregate_id = $1 AND state_type = 'SnapshotAccount'"
+    };
     let row: Option<(i64, i64, String)> = on_pool!(store, |pool| sqlx::query_as(sql)
         .bind(id)
         .fetch_optional(pool)
@@ -195,8 +200,9 @@ async fn stored_in<S: Backend>(
 
 /// Runs `sql` with `id` as `$1`.
 async fn execute_sql(store: &Store, sql: &'static str, id: &str) {
+    let text = common::placeholders(common::is_mysql(store), sql);
     on_pool!(store, |pool| {
-        sqlx::query(sql).bind(id).execute(pool).await.expect(sql);
+        sqlx::query(sqlx::AssertSqlSafe(text.clone())).bind(id).execute(pool).await.expect(sql);
     });
 }
 
@@ -637,12 +643,14 @@ async fn aggregates_sharing_a_stream_keep_their_own_snapshots<S: Backend>(store:
     assert_eq!((deposits.snapshot, deposits.state.0.balance), (Some(7), 31));
     let account = store.load::<SnapshotAccount>("s").await.expect("load");
     assert_eq!((account.snapshot, account.state.0.balance), (Some(6), 19));
-    let types: Vec<String> = on_pool!(&raw, |pool| sqlx::query_scalar(
-        "SELECT state_type FROM snapshots WHERE aggregate_id = 's' ORDER BY state_type"
-    )
-    .fetch_all(pool)
-    .await
-    .expect("snapshot rows"));
+    let column =
+        if common::is_mysql(&raw) { "CONVERT(state_type USING utf8mb4)" } else { "state_type" };
+    let sql = format!("SELECT {column} FROM snapshots WHERE aggregate_id = 's' ORDER BY 1");
+    let types: Vec<String> =
+        on_pool!(&raw, |pool| sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(pool)
+            .await
+            .expect("snapshot rows"));
     assert_eq!(types, ["Deposits", "SnapshotAccount"]);
 }
 

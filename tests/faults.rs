@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use common::eventually;
 
-on_backends!([postgres, sqlite_file], {
+on_backends!([postgres, sqlite_file, mysql], {
     panicking_handler_is_retried_like_a_failing_one_and_applied_once,
     handler_that_keeps_panicking_halts_its_partition_and_the_panic_is_named,
     handler_that_keeps_panicking_is_parked_with_the_panic_message,
@@ -136,16 +136,19 @@ impl Recorder {
         }
         let (position, partition) =
             (event.position.global_position, i64::from(cx.partition().index));
+        let insert = common::placeholders(
+            cx.mysql().is_some(),
+            "INSERT INTO applied (projection, global_position, partition_index) \
+             VALUES ($1, $2, $3)",
+        );
         pupsource::with_transaction!(cx.transaction(), |tx| {
-            sqlx::query(
-                "INSERT INTO applied (projection, global_position, partition) VALUES ($1, $2, $3)",
-            )
-            .bind(self.name)
-            .bind(position)
-            .bind(partition)
-            .execute(tx)
-            .await
-            .map(|done| done.rows_affected())
+            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                .bind(self.name)
+                .bind(position)
+                .bind(partition)
+                .execute(tx)
+                .await
+                .map(|done| done.rows_affected())
         })?;
         self.handled.lock().expect("lock").push((Instant::now(), cx.partition().index));
         Ok(())
@@ -170,8 +173,8 @@ impl Projection for Recorder {
     }
 }
 
-const APPLIED: &str = "CREATE TABLE applied (projection TEXT NOT NULL, \
-    global_position BIGINT NOT NULL, partition BIGINT NOT NULL)";
+const APPLIED: &str = "CREATE TABLE applied (projection VARCHAR(100) NOT NULL, \
+    global_position BIGINT NOT NULL, partition_index BIGINT NOT NULL)";
 
 async fn create_applied(store: &Store) {
     on_pool!(store, |pool| sqlx::query(APPLIED).execute(pool).await.map(|d| d.rows_affected()))
@@ -180,11 +183,17 @@ async fn create_applied(store: &Store) {
 
 /// How often each position was applied by `projection`.
 async fn applied(store: &Store, projection: &str) -> BTreeMap<i64, i64> {
-    let sql = "SELECT global_position, count(*) FROM applied WHERE projection = $1 \
-               GROUP BY global_position";
+    let sql = common::placeholders(
+        common::is_mysql(store),
+        "SELECT global_position, count(*) FROM applied WHERE projection = $1 \
+         GROUP BY global_position",
+    );
     let rows: Vec<(i64, i64)> =
-        on_pool!(store, |pool| sqlx::query_as(sql).bind(projection).fetch_all(pool).await)
-            .expect("applied");
+        on_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(projection)
+            .fetch_all(pool)
+            .await)
+        .expect("applied");
     rows.into_iter().collect()
 }
 
@@ -430,9 +439,13 @@ async fn epochs_never_repeat_when_checkpoints_are_created_again<S: EventStore + 
         .worker_id("fixed")
         .until_caught_up();
     let epochs = || async {
-        let sql = "SELECT epoch FROM checkpoints WHERE projection = 'epochs' ORDER BY partition";
-        on_pool!(&store, |pool| sqlx::query_scalar::<_, i64>(sql).fetch_all(pool).await)
-            .expect("epochs")
+        let column = if common::is_mysql(&store) { "`partition`" } else { "partition" };
+        let sql =
+            format!("SELECT epoch FROM checkpoints WHERE projection = 'epochs' ORDER BY {column}");
+        on_pool!(&store, |pool| sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(pool)
+            .await)
+        .expect("epochs")
     };
     runner.run_until(std::future::pending()).await.expect("first run");
     let first = epochs().await;

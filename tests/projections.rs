@@ -1,4 +1,4 @@
-//! The projection engine's guarantees, proven on PostgreSQL and a SQLite file: exactly-once
+//! The projection engine's guarantees, proven on PostgreSQL, a SQLite file and MySQL: exactly-once
 //! SQL read models under cancellation and crashes, concurrent writers, partition-count
 //! changes, retries, parking, shutdown, wake-ups, status.
 
@@ -16,7 +16,7 @@ use pupsource::{Error, Event, EventStore, ExpectedVersion, PersistedEvent, Store
 use serde_json::json;
 use tokio::sync::Notify;
 
-on_backends!([postgres, sqlite_file], {
+on_backends!([postgres, sqlite_file, mysql], {
     exactly_once_under_random_cancellation_and_crashes,
     concurrent_writers_with_open_and_rolled_back_transactions_lose_nothing,
     partition_count_changes_4_8_3_handle_every_event_once,
@@ -83,32 +83,44 @@ impl Tally {
         }
         let stream = event.stream.aggregate_id.as_str();
         let version = i64::try_from(event.aggregate_version)?;
+        let mysql = cx.mysql().is_some();
+        let select = common::placeholders(
+            mysql,
+            "SELECT last_version FROM counts WHERE projection = $1 AND stream = $2",
+        );
         let last: Option<i64> = pupsource::with_transaction!(cx.transaction(), |c| {
-            sqlx::query_scalar(
-                "SELECT last_version FROM counts WHERE projection = $1 AND stream = $2",
-            )
-            .bind(self.name)
-            .bind(stream)
-            .fetch_optional(c)
-            .await?
+            sqlx::query_scalar(sqlx::AssertSqlSafe(select.clone()))
+                .bind(self.name)
+                .bind(stream)
+                .fetch_optional(c)
+                .await?
         });
         if last.unwrap_or(0) != version - 1 {
             return Err(format!("{stream}: version {version} handled after {last:?}").into());
         }
+        let upsert = if mysql {
+            "INSERT INTO counts (projection, stream, n, last_version) VALUES (?, ?, 1, ?) \
+             ON DUPLICATE KEY UPDATE n = n + 1, last_version = VALUES(last_version)"
+        } else {
+            "INSERT INTO counts (projection, stream, n, last_version) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (projection, stream) DO UPDATE SET n = counts.n + 1, \
+             last_version = excluded.last_version"
+        };
+        let insert = common::placeholders(
+            mysql,
+            "INSERT INTO handled (projection, event_id) VALUES ($1, $2)",
+        );
         pupsource::with_transaction!(cx.transaction(), |c| {
-            sqlx::query(
-                "INSERT INTO counts (projection, stream, n, last_version) VALUES ($1, $2, 1, $3) \
-                 ON CONFLICT (projection, stream) DO UPDATE SET n = counts.n + 1, last_version = $3",
-            )
-            .bind(self.name)
-            .bind(stream)
-            .bind(version)
-            .execute(c)
-            .await?
-            .rows_affected()
+            sqlx::query(upsert)
+                .bind(self.name)
+                .bind(stream)
+                .bind(version)
+                .execute(c)
+                .await?
+                .rows_affected()
         });
         pupsource::with_transaction!(cx.transaction(), |c| {
-            sqlx::query("INSERT INTO handled (projection, event_id) VALUES ($1, $2)")
+            sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
                 .bind(self.name)
                 .bind(event.event_id.to_string())
                 .execute(c)
@@ -144,10 +156,11 @@ impl Projection for Tally {
 }
 
 async fn create_read_model(store: &Store) {
-    let ddl = "CREATE TABLE counts (projection TEXT NOT NULL, stream TEXT NOT NULL, n BIGINT NOT NULL, \
+    let ddl = "CREATE TABLE counts (projection VARCHAR(100) NOT NULL, \
+               stream VARCHAR(200) NOT NULL, n BIGINT NOT NULL, \
                last_version BIGINT NOT NULL, PRIMARY KEY (projection, stream)); \
-               CREATE TABLE handled (projection TEXT NOT NULL, event_id TEXT NOT NULL, \
-               PRIMARY KEY (projection, event_id));";
+               CREATE TABLE handled (projection VARCHAR(100) NOT NULL, \
+               event_id VARCHAR(36) NOT NULL, PRIMARY KEY (projection, event_id));";
     on_pool!(store, |pool| sqlx::raw_sql(ddl)
         .execute(pool)
         .await
@@ -157,22 +170,30 @@ async fn create_read_model(store: &Store) {
 
 /// Events per stream in the read model.
 async fn counts(store: &Store, projection: &str) -> BTreeMap<String, i64> {
-    let sql = "SELECT stream, n FROM counts WHERE projection = $1";
-    let rows: Vec<(String, i64)> = on_pool!(store, |pool| sqlx::query_as(sql)
-        .bind(projection)
-        .fetch_all(pool)
-        .await
-        .expect("counts"));
+    let sql = common::placeholders(
+        common::is_mysql(store),
+        "SELECT stream, n FROM counts WHERE projection = $1",
+    );
+    let rows: Vec<(String, i64)> =
+        on_pool!(store, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(projection)
+            .fetch_all(pool)
+            .await
+            .expect("counts"));
     rows.into_iter().collect()
 }
 
 async fn handled_ids(store: &Store, projection: &str) -> HashSet<String> {
-    let sql = "SELECT event_id FROM handled WHERE projection = $1";
-    let rows: Vec<String> = on_pool!(store, |pool| sqlx::query_scalar(sql)
-        .bind(projection)
-        .fetch_all(pool)
-        .await
-        .expect("handled"));
+    let sql = common::placeholders(
+        common::is_mysql(store),
+        "SELECT event_id FROM handled WHERE projection = $1",
+    );
+    let rows: Vec<String> =
+        on_pool!(store, |pool| sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(projection)
+            .fetch_all(pool)
+            .await
+            .expect("handled"));
     rows.into_iter().collect()
 }
 

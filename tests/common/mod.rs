@@ -310,6 +310,32 @@ macro_rules! on_backend {
     };
 }
 
+/// `sql`, written with PostgreSQL's `$1`, `$2`, … placeholders (each used once, in order), as
+/// the database takes it: MySQL's are `?`.
+pub(crate) fn placeholders(mysql: bool, sql: &str) -> String {
+    if !mysql {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `store` is MySQL (whose SQL differs: `?` placeholders, upserts, casts).
+pub(crate) fn is_mysql(store: &pupsource::Store) -> bool {
+    matches!(store, pupsource::Store::MySql(_))
+}
+
 /// Every event in the log, in log order.
 pub(crate) async fn whole_log<S: EventStore>(store: &S) -> Vec<pupsource::PersistedEvent> {
     store

@@ -229,13 +229,17 @@ const SCHEMES: &str = {
             "expected a `postgres://`, `postgresql://` or `sqlite:` URL (MySQL is not built in: \
              enable the `mysql` feature)"
         }
-        (true, false, true) => "expected a `postgres://`, `postgresql://`, `mysql://` or \
-             `mariadb://` URL (SQLite is not built in)",
+        (true, false, true) => {
+            "expected a `postgres://`, `postgresql://`, `mysql://` or \
+             `mariadb://` URL (SQLite is not built in)"
+        }
         (false, true, true) => {
             "expected a `sqlite:`, `mysql://` or `mariadb://` URL (PostgreSQL is not built in)"
         }
-        (true, false, false) => "expected a `postgres://` or `postgresql://` URL (SQLite and \
-             MySQL are not built in)",
+        (true, false, false) => {
+            "expected a `postgres://` or `postgresql://` URL (SQLite and \
+             MySQL are not built in)"
+        }
         (false, true, false) => "expected a `sqlite:` URL (PostgreSQL and MySQL are not built in)",
         (false, false, true) => {
             "expected a `mysql://` or `mariadb://` URL (PostgreSQL and SQLite are not built in)"

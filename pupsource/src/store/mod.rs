@@ -25,24 +25,24 @@ use crate::version::ExpectedVersion;
 mod any;
 pub(crate) mod backend;
 pub(crate) mod lease;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 pub(crate) mod row;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-#[cfg(feature = "mysql")]
-mod mysql;
 
 pub use any::{ConnectOptions, Store};
 pub(crate) use backend::Backend;
 pub use backend::{Fence, LeaseInfo, ParkedEvent, RestoreRepair};
 pub use lease::WorkerStatus;
-#[cfg(feature = "postgres")]
-pub use postgres::PostgresStore;
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlStore;
 #[cfg(feature = "mysql")]
 pub(crate) use mysql::codes as mysql_codes;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 

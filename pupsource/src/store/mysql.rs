@@ -318,8 +318,7 @@ impl MySqlStore {
 
     /// A store on `pool` with the given table names.
     pub fn with_tables(pool: MySqlPool, tables: Tables) -> Self {
-        let inner =
-            Inner { sql: Sql::new(&tables), pool, tables, wake: watch::Sender::new(0) };
+        let inner = Inner { sql: Sql::new(&tables), pool, tables, wake: watch::Sender::new(0) };
         MySqlStore { inner: Arc::new(inner) }
     }
 
@@ -339,7 +338,9 @@ impl MySqlStore {
     /// [`Error::Configuration`] for a malformed URL; [`Error::Connect`] if the server cannot
     /// be reached or refuses the connection, naming the server and the cause.
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
-        let url = url.strip_prefix("mariadb:").map_or_else(|| url.to_owned(), |rest| format!("mysql:{rest}"));
+        let url = url
+            .strip_prefix("mariadb:")
+            .map_or_else(|| url.to_owned(), |rest| format!("mysql:{rest}"));
         let connect = MySqlConnectOptions::from_str(&url).map_err(Error::Configuration)?;
         let first = async {
             if connect.get_socket().is_none() {
@@ -465,11 +466,8 @@ impl MySqlStore {
                 Ok((done.rows_affected() == 1).then_some(version))
             }
             None => {
-                let done = bind_key(&sql.upsert_head)
-                    .bind(count)
-                    .bind(count)
-                    .execute(&mut **tx)
-                    .await;
+                let done =
+                    bind_key(&sql.upsert_head).bind(count).bind(count).execute(&mut **tx).await;
                 match done {
                     // 1: inserted; 2: an existing head moved on (its new version is the id).
                     Ok(done) if done.rows_affected() == 1 => Ok(Some(0)),
@@ -910,10 +908,8 @@ impl EventStore for MySqlStore {
             return Err(self.refused_claim(tx, stream, expected, events.len()).await);
         };
         let to_version = next_version(actual, events.len())?;
-        let taken = sqlx::query(self.inner.sql.take_positions.sql())
-            .bind(count)
-            .execute(&mut **tx)
-            .await?;
+        let taken =
+            sqlx::query(self.inner.sql.take_positions.sql()).bind(count).execute(&mut **tx).await?;
         if taken.rows_affected() != 1 {
             return Err(schema_error("the log's position counter row is missing: run `migrate`"));
         }
@@ -981,10 +977,8 @@ impl EventStore for MySqlStore {
     async fn migrate(&self) -> Result<()> {
         let mut conn = self.inner.pool.acquire().await?;
         let lock = format!("pupsource_migrate.{}", self.inner.tables.events());
-        let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
-            .bind(&lock)
-            .fetch_one(&mut *conn)
-            .await?;
+        let locked: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(?, 60)").bind(&lock).fetch_one(&mut *conn).await?;
         if locked != Some(1) {
             return Err(schema_error("another process held the migration lock for 60 s"));
         }

@@ -92,8 +92,10 @@ impl LeaseSql {
                  WHERE {key} AND owner = ?"
             )),
             deregister: render("DELETE FROM `{workers}` WHERE projection = ? AND worker_id = ?"),
-            pending: render("SELECT c.`partition` FROM `{checkpoints}` AS c \
-                 WHERE c.projection = ? AND c.partition_count = ?"),
+            pending: render(
+                "SELECT c.`partition` FROM `{checkpoints}` AS c \
+                 WHERE c.projection = ? AND c.partition_count = ?",
+            ),
             workers: render(
                 "SELECT worker_id, partition_count, started_at, heartbeat_at, expires_at \
                  FROM `{workers}` WHERE projection = ? AND expires_at > UTC_TIMESTAMP(6) \
@@ -121,9 +123,16 @@ impl LeaseSql {
 
 /// `statement` followed by ` AND {expression} IN (…)` with one tuple of `width` placeholders
 /// per item, and `rest`.
-fn in_list(statement: &Statement, expression: &str, items: usize, width: usize, rest: &str) -> AssertSqlSafe<String> {
+fn in_list(
+    statement: &Statement,
+    expression: &str,
+    items: usize,
+    width: usize,
+    rest: &str,
+) -> AssertSqlSafe<String> {
     let mut sql = statement.text().to_owned();
-    let tuple = if width == 1 { "?".to_owned() } else { format!("({})", vec!["?"; width].join(", ")) };
+    let tuple =
+        if width == 1 { "?".to_owned() } else { format!("({})", vec!["?"; width].join(", ")) };
     let _ = write!(sql, " AND {expression} IN (");
     for i in 0..items {
         if i > 0 {
@@ -222,8 +231,7 @@ impl Leases for MySqlStore {
             let free = query.bind(wanted).fetch_all(&mut *tx).await?;
             if !free.is_empty() {
                 let n = i64::try_from(free.len()).unwrap_or(i64::MAX);
-                let taken =
-                    sqlx::query(sql.take_epochs.sql()).bind(n).execute(&mut *tx).await?;
+                let taken = sqlx::query(sql.take_epochs.sql()).bind(n).execute(&mut *tx).await?;
                 let last = i64::try_from(taken.last_insert_id()).unwrap_or(i64::MAX);
                 for (partition, epoch) in free.into_iter().zip(last - n + 1..) {
                     sqlx::query(sql.claim.sql())
@@ -269,8 +277,7 @@ impl Leases for MySqlStore {
             return Ok(());
         }
         let sql = in_list(&self.inner.sql.leases.release, "`partition`", partitions.len(), 1, "");
-        let mut query =
-            sqlx::query(sql).bind(projection).bind(int4(partition_count)).bind(worker);
+        let mut query = sqlx::query(sql).bind(projection).bind(int4(partition_count)).bind(worker);
         for &partition in partitions {
             query = query.bind(int4(partition));
         }
