@@ -21,7 +21,7 @@ use serde_json::json;
 
 use common::example_binary;
 
-on_backends!([postgres, sqlite_file], {
+on_backends!([postgres, sqlite_file, mysql], {
     poison_event_stops_the_projection_naming_position_and_type,
     poison_event_is_parked_with_its_aggregate_under_the_park_policy,
 });

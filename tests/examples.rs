@@ -184,7 +184,7 @@ fn bad_flags_and_urls_are_one_line_and_a_failure_exit() {
     for (args, url, expected) in [
         (&["--workers", "0"][..], None, "error: invalid value '0' for '--workers <WORKERS>'"),
         (&["--bogus"][..], None, "error: unexpected argument '--bogus' found"),
-        (&[][..], Some("mysql://localhost/x"), "error: invalid database URL `mysql://localhost/x`"),
+        (&[][..], Some("oracle://localhost/x"), "error: invalid database URL `oracle://localhost/x`"),
         (
             &[][..],
             Some("sqlite:"),
@@ -582,6 +582,57 @@ async fn postgres_basic_example_on_a_schema_of_its_own() {
         ("ItemAdded".to_owned(), listed_of("ItemAdded") as i64),
         ("OrderPlaced".to_owned(), listed_of("OrderPlaced") as i64 + 2),
     ];
+    assert_eq!(stored, expected, "nothing of the rollback or the stale writer is stored");
+}
+
+/// `mysql_basic`, in a database of its own: the caller's transaction, a rollback, a stale
+/// writer, and commit order; checked against the database's tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_basic_example_on_a_database_of_its_own() {
+    let database = common::MySqlDatabase::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = stdout_of("mysql_basic", dir.path(), &[("DATABASE_URL", &database.url())], &[]);
+
+    let appended = line(&out, "appended to ");
+    let stream = between(appended, "appended to ", " in one transaction");
+    let version = number_after(appended, "..=");
+    assert_eq!(version, 3, "{out}");
+    assert_eq!(
+        line(&out, "rolled back an append: "),
+        format!("rolled back an append: {stream} is still at version 3")
+    );
+    assert_eq!(
+        line(&out, "refused "),
+        "refused a stale writer: it expected version 1, the stream is at version 3"
+    );
+    let listed: Vec<&str> = out.lines().filter(|l| l.starts_with("  v")).collect();
+    assert_eq!(listed.len(), 3, "{out}");
+    assert_eq!(
+        line(&out, "while the first order's transaction is open, "),
+        "while the first order's transaction is open, readers see 0 of the 2 new orders"
+    );
+    // Positions 1..=3 are the order's (the rolled-back append gave its position back), so the
+    // first order, committed first, is at 4, and the second, which waited for it, at 5.
+    assert_eq!(line(&out, "once it committed, readers see: "), "once it committed, readers see: first at 4, second at 5");
+
+    let store = pupsource::MySqlStore::connect(&database.url()).await.expect("connect");
+    let stored: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT global_position, CONVERT(event_type USING utf8mb4) FROM events \
+         ORDER BY global_position",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("read the events table");
+    let expected: Vec<(i64, String)> = [
+        (1, "OrderPlaced"),
+        (2, "ItemAdded"),
+        (3, "ItemAdded"),
+        (4, "OrderPlaced"),
+        (5, "OrderPlaced"),
+    ]
+    .into_iter()
+    .map(|(p, t)| (p, t.to_owned()))
+    .collect();
     assert_eq!(stored, expected, "nothing of the rollback or the stale writer is stored");
 }
 

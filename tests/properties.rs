@@ -907,7 +907,7 @@ fn cli_value() -> impl Strategy<Value = String> {
             .prop_map(str::to_owned),
         2 => prop::sample::select(vec![
             "sqlite:other.db", "sqlite::memory:", "sqlite:missing-dir/x.db", "sqlite:",
-            "mysql://localhost/x", "postgres://:bad/x", "junk", "", "file:x.db",
+            "oracle://localhost/x", "postgres://:bad/x", "junk", "", "file:x.db",
             "sqlite://other.db?mode=ro",
         ])
         .prop_map(str::to_owned),
