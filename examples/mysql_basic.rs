@@ -92,7 +92,8 @@ async fn run(url: &str) -> Result<(), BoxError> {
     older.commit().await?;
     waiting.await??;
     let seen = visible(store.read_all(since, 1_000, &scope).await?);
-    let order_of = |e: &pupsource::PersistedEvent| if e.stream == first { "first" } else { "second" };
+    let order_of =
+        |e: &pupsource::PersistedEvent| if e.stream == first { "first" } else { "second" };
     let names: Vec<String> =
         seen.iter().map(|e| format!("{} at {}", order_of(e), e.position)).collect();
     println!("once it committed, readers see: {}", names.join(", "));

@@ -184,7 +184,11 @@ fn bad_flags_and_urls_are_one_line_and_a_failure_exit() {
     for (args, url, expected) in [
         (&["--workers", "0"][..], None, "error: invalid value '0' for '--workers <WORKERS>'"),
         (&["--bogus"][..], None, "error: unexpected argument '--bogus' found"),
-        (&[][..], Some("oracle://localhost/x"), "error: invalid database URL `oracle://localhost/x`"),
+        (
+            &[][..],
+            Some("oracle://localhost/x"),
+            "error: invalid database URL `oracle://localhost/x`",
+        ),
         (
             &[][..],
             Some("sqlite:"),
@@ -613,7 +617,10 @@ async fn mysql_basic_example_on_a_database_of_its_own() {
     );
     // Positions 1..=3 are the order's (the rolled-back append gave its position back), so the
     // first order, committed first, is at 4, and the second, which waited for it, at 5.
-    assert_eq!(line(&out, "once it committed, readers see: "), "once it committed, readers see: first at 4, second at 5");
+    assert_eq!(
+        line(&out, "once it committed, readers see: "),
+        "once it committed, readers see: first at 4, second at 5"
+    );
 
     let store = pupsource::MySqlStore::connect(&database.url()).await.expect("connect");
     let stored: Vec<(i64, String)> = sqlx::query_as(

@@ -7,101 +7,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pupsource::{Event, EventStore, ExpectedVersion, PostgresStore, StreamId};
 use serde_json::json;
 
-use common::{PgDatabase, PgSchema, eventually, example_binary};
-
-/// A process of the `scaling` example, killed if the test ends without stopping it.
-struct Worker {
-    id: String,
-    child: Option<Child>,
-    stderr: PathBuf,
-}
-
-impl Worker {
-    fn start(dir: &Path, url: &str, id: &str, heartbeat: &str, delay_ms: u64) -> Self {
-        Self::start_with(dir, url, id, heartbeat, delay_ms, &[], 0)
-    }
-
-    /// With more arguments, seeding `seed` events if the log is empty.
-    fn start_with(
-        dir: &Path,
-        url: &str,
-        id: &str,
-        heartbeat: &str,
-        delay_ms: u64,
-        args: &[&str],
-        seed: u64,
-    ) -> Self {
-        let stderr = dir.join(format!("{id}.stderr"));
-        let child = Command::new(example_binary("scaling"))
-            .current_dir(dir)
-            .args(["--worker-id", id, "--heartbeat", heartbeat, "--poll-interval", "50ms"])
-            .args(args)
-            .env("DATABASE_URL", url)
-            .env("SCALING_SEED_EVENTS", seed.to_string())
-            .env("SCALING_HANDLER_DELAY_MS", delay_ms.to_string())
-            .env("RUST_LOG", "pupsource=info")
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("start the scaling example");
-        Worker { id: id.to_owned(), child: Some(child), stderr }
-    }
-
-    fn pid(&self) -> String {
-        self.child.as_ref().map(|c| c.id().to_string()).expect("running")
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.pid()]).status().expect("kill");
-        assert!(status.success(), "kill {signal} {}", self.id);
-    }
-
-    /// SIGTERM, then the exit status, stdout and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String, String) {
-        self.signal("-TERM");
-        let output = self.child.take().expect("running").wait_with_output().expect("wait");
-        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        (output.status, String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
-    }
-
-    /// Waits until it exits by itself; its exit status, stdout and stderr.
-    async fn exit(mut self) -> (std::process::ExitStatus, String, String) {
-        let status = eventually(&format!("{} exits", self.id), Duration::from_secs(60), || {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            async move { exited }
-        })
-        .await;
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.take().and_then(|mut c| c.stdout.take()) {
-            let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
-        }
-        (status, stdout, std::fs::read_to_string(&self.stderr).unwrap_or_default())
-    }
-
-    /// SIGKILL: no shutdown, no lease given back.
-    fn crash(mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use common::{PgDatabase, PgSchema, Worker, eventually, example_binary};
 
 /// A fresh migrated schema (or database), its URL for the example processes, a pool and a
 /// store on it, and a working directory for the processes.
@@ -464,7 +375,7 @@ async fn four_workers_settle_at_two_partitions_each_and_stay() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let status = Command::new(example_binary("scaling"))
+    let status = std::process::Command::new(example_binary("scaling"))
         .current_dir(dir.path())
         .arg("status")
         .env("DATABASE_URL", &url)

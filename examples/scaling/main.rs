@@ -18,7 +18,8 @@
 //! Environment: `SCALING_SEED_EVENTS` (default 20,000; appended on first run when the log is
 //! empty), `SCALING_HANDLER_DELAY_MS` (default 2: a slow handler, so that the partitions
 //! visibly move while there is work). On SQLite the processes of one machine share the
-//! partitions the same way, through leases in the database file.
+//! partitions the same way, through leases in the database file; on MySQL or MariaDB
+//! (`DATABASE_URL=mysql://…`) exactly as on PostgreSQL.
 
 use std::time::Duration;
 
@@ -48,10 +49,14 @@ impl Scaling {
     }
 }
 
-/// Both databases understand this statement.
+/// PostgreSQL and SQLite understand this statement.
 const RECORD: &str = "INSERT INTO scaling_applied \
     (global_position, aggregate_id, aggregate_version, partition, owner, epoch) \
     VALUES ($1, $2, $3, $4, $5, $6)";
+/// MySQL's: `?` placeholders, and `partition` is a reserved word.
+const MYSQL_RECORD: &str = "INSERT INTO scaling_applied \
+    (global_position, aggregate_id, aggregate_version, `partition`, owner, epoch) \
+    VALUES (?, ?, ?, ?, ?, ?)";
 
 impl Handle<MeterRead> for Scaling {
     async fn handle(&self, event: Envelope<MeterRead>, cx: &mut Context<'_>) -> HandlerResult {
@@ -64,8 +69,9 @@ impl Handle<MeterRead> for Scaling {
         };
         let version = i64::try_from(event.aggregate_version)?;
         let partition = i64::from(cx.partition().index);
+        let record = if cx.mysql().is_some() { MYSQL_RECORD } else { RECORD };
         pupsource::with_transaction!(cx.transaction(), |tx| {
-            sqlx::query(RECORD)
+            sqlx::query(record)
                 .bind(event.position.global_position)
                 .bind(&event.stream.aggregate_id)
                 .bind(version)
@@ -94,6 +100,11 @@ const SQLITE_READ_MODEL: &str = "CREATE TABLE IF NOT EXISTS scaling_applied (
     aggregate_id TEXT NOT NULL, aggregate_version BIGINT NOT NULL, partition BIGINT NOT NULL,
     owner TEXT NOT NULL, epoch BIGINT NOT NULL)";
 
+const MYSQL_READ_MODEL: &str = "CREATE TABLE IF NOT EXISTS scaling_applied (
+    seq BIGINT AUTO_INCREMENT PRIMARY KEY, global_position BIGINT NOT NULL,
+    aggregate_id VARCHAR(200) NOT NULL, aggregate_version BIGINT NOT NULL,
+    `partition` BIGINT NOT NULL, owner VARCHAR(200) NOT NULL, epoch BIGINT NOT NULL)";
+
 /// Meters in the seeded workload.
 const METERS: u64 = 100;
 
@@ -101,7 +112,7 @@ const METERS: u64 = 100;
 /// makes that check safe against other processes.
 async fn seed<S: EventStore>(
     store: &S,
-    tx: &mut sqlx::Transaction<'static, S::Database>,
+    tx: &mut sqlx::Transaction<'_, S::Database>,
 ) -> pupsource::Result<u64> {
     let events = env_number("SCALING_SEED_EVENTS", 20_000);
     let log = store.read_all(pupsource::Position::START, 1, &pupsource::Scope::all()).await?;
@@ -140,6 +151,17 @@ async fn prepare(runner: Runner) -> Result<(), pupsource::HandlerError> {
             tx.commit().await?;
             appended
         }
+        Store::MySql(store) => {
+            // A named lock of this connection, held across the seed's transaction.
+            let mut conn = store.pool().acquire().await?;
+            sqlx::query(MYSQL_READ_MODEL).execute(&mut *conn).await?;
+            sqlx::query("SELECT GET_LOCK('scaling example setup', 60)").execute(&mut *conn).await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let appended = seed(store, &mut tx).await?;
+            tx.commit().await?;
+            sqlx::query("SELECT RELEASE_LOCK('scaling example setup')").execute(&mut *conn).await?;
+            appended
+        }
         other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     if appended > 0 {
@@ -152,6 +174,8 @@ async fn prepare(runner: Runner) -> Result<(), pupsource::HandlerError> {
 async fn summary(runner: Runner) -> Result<(), pupsource::HandlerError> {
     let per_owner = "SELECT owner, count(*), count(DISTINCT epoch) FROM scaling_applied \
                      GROUP BY owner ORDER BY owner";
+    let mysql_per_owner = "SELECT CONVERT(owner USING utf8mb4), count(*), count(DISTINCT epoch) \
+                           FROM scaling_applied GROUP BY owner ORDER BY owner";
     let totals = "SELECT count(*), count(DISTINCT global_position) FROM scaling_applied";
     let log = "SELECT count(*) FROM events";
     // (owner, events, epochs) per owner; (rows, distinct positions); events in the log.
@@ -164,6 +188,11 @@ async fn summary(runner: Runner) -> Result<(), pupsource::HandlerError> {
         ),
         Store::Sqlite(store) => (
             sqlx::query_as(per_owner).fetch_all(store.pool()).await?,
+            sqlx::query_as(totals).fetch_one(store.pool()).await?,
+            sqlx::query_scalar(log).fetch_one(store.pool()).await?,
+        ),
+        Store::MySql(store) => (
+            sqlx::query_as(mysql_per_owner).fetch_all(store.pool()).await?,
             sqlx::query_as(totals).fetch_one(store.pool()).await?,
             sqlx::query_scalar(log).fetch_one(store.pool()).await?,
         ),

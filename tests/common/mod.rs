@@ -375,6 +375,94 @@ pub(crate) fn example_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// A process of the `scaling` example, killed if the test ends without stopping it.
+pub(crate) struct Worker {
+    pub(crate) id: String,
+    child: Option<std::process::Child>,
+    pub(crate) stderr: PathBuf,
+}
+
+impl Worker {
+    pub(crate) fn start(dir: &Path, url: &str, id: &str, heartbeat: &str, delay_ms: u64) -> Self {
+        Self::start_with(dir, url, id, heartbeat, delay_ms, &[], 0)
+    }
+
+    /// With more arguments, seeding `seed` events if the log is empty.
+    pub(crate) fn start_with(
+        dir: &Path,
+        url: &str,
+        id: &str,
+        heartbeat: &str,
+        delay_ms: u64,
+        args: &[&str],
+        seed: u64,
+    ) -> Self {
+        let stderr = dir.join(format!("{id}.stderr"));
+        let child = std::process::Command::new(example_binary("scaling"))
+            .current_dir(dir)
+            .args(["--worker-id", id, "--heartbeat", heartbeat, "--poll-interval", "50ms"])
+            .args(args)
+            .env("DATABASE_URL", url)
+            .env("SCALING_SEED_EVENTS", seed.to_string())
+            .env("SCALING_HANDLER_DELAY_MS", delay_ms.to_string())
+            .env("RUST_LOG", "pupsource=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start the scaling example");
+        Worker { id: id.to_owned(), child: Some(child), stderr }
+    }
+
+    pub(crate) fn pid(&self) -> String {
+        self.child.as_ref().map(|c| c.id().to_string()).expect("running")
+    }
+
+    pub(crate) fn signal(&self, signal: &str) {
+        let status =
+            std::process::Command::new("kill").args([signal, &self.pid()]).status().expect("kill");
+        assert!(status.success(), "kill {signal} {}", self.id);
+    }
+
+    /// SIGTERM, then the exit status, stdout and stderr.
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String, String) {
+        self.signal("-TERM");
+        let output = self.child.take().expect("running").wait_with_output().expect("wait");
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        (output.status, String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+    }
+
+    /// Waits until it exits by itself; its exit status, stdout and stderr.
+    pub(crate) async fn exit(mut self) -> (std::process::ExitStatus, String, String) {
+        let status =
+            eventually(&format!("{} exits", self.id), std::time::Duration::from_secs(60), || {
+                let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                async move { exited }
+            })
+            .await;
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.take().and_then(|mut c| c.stdout.take()) {
+            let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
+        }
+        (status, stdout, std::fs::read_to_string(&self.stderr).unwrap_or_default())
+    }
+
+    /// SIGKILL: no shutdown, no lease given back.
+    pub(crate) fn crash(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A runner running in the background until [`Running::stop`].
 pub(crate) struct Running {
     stop: std::sync::Arc<tokio::sync::Notify>,

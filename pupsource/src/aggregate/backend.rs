@@ -24,13 +24,15 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::event::{PersistedEvent, StreamId};
+use crate::store::EventStore;
 #[cfg(feature = "mysql")]
 use crate::store::MySqlStore;
 #[cfg(feature = "postgres")]
 use crate::store::PostgresStore;
 #[cfg(feature = "sqlite")]
 use crate::store::SqliteStore;
-use crate::store::{EventStore, Tables};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::store::Tables;
 
 /// A stream's snapshot row.
 #[derive(Debug)]
@@ -93,6 +95,7 @@ mod sealed {
     impl Sealed for crate::MySqlStore {}
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 /// `SELECT` of a stream's snapshot row; `$1`..`$3` are the stream, `$4` the state's type.
 fn select_sql(tables: &Tables, cast: &str) -> AssertSqlSafe<String> {
     AssertSqlSafe(tables.render(&format!(
@@ -102,6 +105,7 @@ fn select_sql(tables: &Tables, cast: &str) -> AssertSqlSafe<String> {
     )))
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 /// Upsert of a stream's snapshot row: `$1`..`$3` the stream, `$4` the state's type, `$5` its
 /// version, `$6` the snapshot version, `$7` the state as JSON text, `$8` the time (SQLite
 /// only).

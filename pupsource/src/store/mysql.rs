@@ -610,15 +610,14 @@ fn push_scope<'q>(sql: &mut String, scope: &'q Scope) -> Vec<&'q str> {
     binds
 }
 
-/// `partition_of(partition_hash)` for `count` partitions in MySQL's SQL (see
-/// [`PARTITION_OF_SQL`](super::PARTITION_OF_SQL)), with the modulus and wrap as literals:
-/// both are integers computed here, never input.
+/// `partition_of(partition_hash)` for `count` partitions: [`PARTITION_OF_SQL`] with its
+/// modulus and wrap as literals (integers computed here, never input), since `?` placeholders
+/// cannot be repeated.
+///
+/// [`PARTITION_OF_SQL`]: super::PARTITION_OF_SQL
 fn partition_of_sql(count: u32) -> String {
     let (n, wrap) = partition_sql_args(count);
-    format!(
-        "((({column} % {n}) + {n}) % {n} + CASE WHEN {column} < 0 THEN {wrap} ELSE 0 END) % {n}",
-        column = "partition_hash"
-    )
+    super::PARTITION_OF_SQL.replace("$6", &n.to_string()).replace("$7", &wrap.to_string())
 }
 
 #[async_trait::async_trait]
