@@ -60,17 +60,29 @@ const READ_MODEL: &str = "CREATE TABLE IF NOT EXISTS counter_events (
     events BIGINT NOT NULL,
     PRIMARY KEY (partition_count, partition, event_type))";
 
-/// Both databases understand these statements.
+/// PostgreSQL and SQLite understand these statements.
 const COUNT: &str = "INSERT INTO counter_events (partition_count, partition, event_type, events) \
     VALUES ($1, $2, $3, 1) ON CONFLICT (partition_count, partition, event_type) \
     DO UPDATE SET events = counter_events.events + 1";
+
+/// MySQL's: `partition` is a reserved word, placeholders are `?`, upserts are its own.
+const MYSQL_READ_MODEL: &str = "CREATE TABLE IF NOT EXISTS counter_events (
+    partition_count INTEGER NOT NULL,
+    `partition` INTEGER NOT NULL,
+    event_type VARCHAR(255) NOT NULL,
+    events BIGINT NOT NULL,
+    PRIMARY KEY (partition_count, `partition`, event_type))";
+const MYSQL_COUNT: &str = "INSERT INTO counter_events \
+    (partition_count, `partition`, event_type, events) VALUES (?, ?, ?, 1) \
+    ON DUPLICATE KEY UPDATE events = events + 1";
 
 impl Counter {
     async fn count(&self, event_type: &str, cx: &mut Context<'_>) -> HandlerResult {
         let partition = cx.partition();
         let (count, index) = (i64::from(partition.count), i64::from(partition.index));
+        let sql = if cx.mysql().is_some() { MYSQL_COUNT } else { COUNT };
         pupsource::with_transaction!(cx.transaction(), |tx| {
-            let query = sqlx::query(COUNT).bind(count).bind(index).bind(event_type);
+            let query = sqlx::query(sql).bind(count).bind(index).bind(event_type);
             query.execute(tx).await.map(|done| done.rows_affected())
         })?;
         self.this_run.fetch_add(1, Ordering::Relaxed);
@@ -80,8 +92,13 @@ impl Counter {
     /// `rebuild counter` clears the read model in the transaction that resets checkpoints.
     async fn clear(&self, transaction: &mut Transaction<'_>) -> HandlerResult {
         // `rebuild` may come before any `run` created the table.
+        let ddl = if matches!(transaction, Transaction::MySql(_)) {
+            MYSQL_READ_MODEL
+        } else {
+            READ_MODEL
+        };
         pupsource::with_transaction!(&mut *transaction, |tx| {
-            let query = sqlx::query(READ_MODEL);
+            let query = sqlx::query(ddl);
             query.execute(tx).await.map(|done| done.rows_affected())
         })?;
         pupsource::with_transaction!(transaction, |tx| {
@@ -118,7 +135,7 @@ const DEMO_USERS: u64 = 1_000;
 /// while seeding leaves nothing behind, and the next run seeds again.
 async fn seed<S: EventStore>(
     store: &S,
-    tx: &mut sqlx::Transaction<'static, S::Database>,
+    tx: &mut sqlx::Transaction<'_, S::Database>,
     log_is_empty: bool,
 ) -> pupsource::Result<u64> {
     if !log_is_empty {
@@ -170,6 +187,18 @@ async fn prepare(runner: Runner) -> Result<(), pupsource::HandlerError> {
             tx.commit().await?;
             appended
         }
+        Store::MySql(store) => {
+            // A named lock of this connection, held across the seed's transaction.
+            let mut conn = store.pool().acquire().await?;
+            sqlx::query(MYSQL_READ_MODEL).execute(&mut *conn).await?;
+            sqlx::query("SELECT GET_LOCK('counter example setup', 60)").execute(&mut *conn).await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let empty: i64 = sqlx::query_scalar(LOG_IS_EMPTY).fetch_one(&mut *tx).await?;
+            let appended = seed(store, &mut tx, empty != 0).await?;
+            tx.commit().await?;
+            sqlx::query("SELECT RELEASE_LOCK('counter example setup')").execute(&mut *conn).await?;
+            appended
+        }
         other => return Err(format!("no example for {}", other.backend_name()).into()),
     };
     if appended > 0 {
@@ -189,6 +218,16 @@ async fn summary(runner: Runner) -> Result<(), pupsource::HandlerError> {
         ),
         Store::Sqlite(store) => (
             sqlx::query_as(sql).fetch_all(store.pool()).await?,
+            sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(store.pool()).await?,
+        ),
+        Store::MySql(store) => (
+            sqlx::query_as(
+                "SELECT CAST(partition_count AS SIGNED), CAST(`partition` AS SIGNED), \
+                 CAST(SUM(events) AS SIGNED) FROM counter_events \
+                 GROUP BY partition_count, `partition` ORDER BY partition_count, `partition`",
+            )
+            .fetch_all(store.pool())
+            .await?,
             sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(store.pool()).await?,
         ),
         other => return Err(format!("no example for {}", other.backend_name()).into()),

@@ -589,6 +589,26 @@ async fn postgres_basic_example_on_a_schema_of_its_own() {
     assert_eq!(stored, expected, "nothing of the rollback or the stale writer is stored");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_example_is_exact_on_mysql() {
+    let database = common::MySqlDatabase::create().await;
+    let url = database.url();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_counter(dir.path(), Some(&url), &["--workers", "8", "--until-caught-up"]);
+    let store = pupsource::MySqlStore::connect(&url).await.expect("connect");
+    let log: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(store.pool())
+        .await
+        .expect("log");
+    let total: i64 = sqlx::query_scalar("SELECT CAST(SUM(events) AS SIGNED) FROM counter_events")
+        .fetch_one(store.pool())
+        .await
+        .expect("read model");
+    assert_exact(&out, log, total);
+    let again = run_counter(dir.path(), Some(&url), &["--workers", "3", "--until-caught-up"]);
+    assert_exact(&again, log, total);
+}
+
 /// `mysql_basic`, in a database of its own: the caller's transaction, a rollback, a stale
 /// writer, and commit order; checked against the database's tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
