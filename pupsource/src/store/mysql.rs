@@ -10,16 +10,15 @@
 //! once a reader sees position `p`, every position below `p` that will ever exist is visible
 //! already, and a checkpoint is the position alone (`transaction_id` is always 0).
 //!
-//! The cost: appends of all streams queue for that row from the moment they take their
-//! positions until they commit. An append takes them as late as it can: after the stream's
-//! head check, right before it inserts its rows (`BENCHMARKS.md` shows what this costs
-//! against a plain insert). An application transaction that appends to two streams holds the
-//! lock from the first append on, and two such transactions can deadlock on the heads of their
-//! streams; InnoDB then rolls one of them back with a deadlock error, which
-//! [`Error::is_retryable`](crate::Error::is_retryable) reports as retryable.
+//! The cost: appends of all streams queue for that row from their first statement until
+//! they commit (`BENCHMARKS.md` shows what this costs against a plain insert). Taking it
+//! first, before the stream's head, means appends never wait for each other in two places:
+//! they cannot deadlock, even in application transactions that append to several streams
+//! (InnoDB's locks on a new head row would otherwise deadlock three appends creating the same
+//! stream at once).
 //!
 //! # Per-aggregate order
-//! The stream's head row is claimed first (a row lock until commit), so two appends of one
+//! Under the counter's lock the stream's head is claimed and moved on, so two appends of one
 //! stream take their positions in version order.
 //!
 //! # Paused workers
@@ -889,8 +888,8 @@ impl EventStore for MySqlStore {
         Ok(self.inner.pool.begin().await?)
     }
 
-    /// Claims the stream's head, then takes the positions (locking the log's counter until
-    /// the transaction ends: module docs), then inserts the rows.
+    /// Takes the positions (locking the log's counter until the transaction ends: module
+    /// docs), then claims the stream's head, then inserts the rows.
     async fn append<'t>(
         &self,
         tx: &mut sqlx::Transaction<'t, MySql>,
@@ -903,10 +902,6 @@ impl EventStore for MySqlStore {
             next_version(version, events.len())?;
         }
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let Some(actual) = self.claim_head(tx, stream, expected, count).await? else {
-            return Err(self.refused_claim(tx, stream, expected, events.len()).await);
-        };
-        let to_version = next_version(actual, events.len())?;
         let taken =
             sqlx::query(self.inner.sql.take_positions.sql()).bind(count).execute(&mut **tx).await?;
         if taken.rows_affected() != 1 {
@@ -914,6 +909,10 @@ impl EventStore for MySqlStore {
         }
         let last = i64::try_from(taken.last_insert_id()).unwrap_or(i64::MAX);
         let first_position = last - count + 1;
+        let Some(actual) = self.claim_head(tx, stream, expected, count).await? else {
+            return Err(self.refused_claim(tx, stream, expected, events.len()).await);
+        };
+        let to_version = next_version(actual, events.len())?;
         let columns = StreamColumns::of(stream);
         let json: Vec<(String, String)> =
             events.iter().map(|e| (e.payload.to_string(), e.metadata.to_string())).collect();
