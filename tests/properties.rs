@@ -50,6 +50,10 @@ const CASES_APPEND_POSTGRES: u32 = 160;
 const CASES_BATCH_SQLITE: u32 = 128;
 /// Cases of the multi-event property on PostgreSQL.
 const CASES_BATCH_POSTGRES: u32 = 64;
+/// Cases of the single-append property on MySQL.
+const CASES_APPEND_MYSQL: u32 = 160;
+/// Cases of the multi-event property on MySQL.
+const CASES_BATCH_MYSQL: u32 = 64;
 /// Cases of the CLI property: each one starts a process.
 const CASES_CLI: u32 = 40;
 /// How long a CLI process may run before it counts as hung.
@@ -795,6 +799,14 @@ fn postgres_append_either_stores_exactly_or_rejects_with_a_typed_error_and_write
     run_appends(&rt, &db.store, CASES_APPEND_POSTGRES, single_plan());
 }
 
+#[test]
+fn mysql_append_either_stores_exactly_or_rejects_with_a_typed_error_and_writes_nothing() {
+    let rt = runtime();
+    let _context = rt.enter();
+    let db = rt.block_on(common::mysql());
+    run_appends(&rt, &db.store, CASES_APPEND_MYSQL, single_plan());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Batches with injected problems
 // ---------------------------------------------------------------------------------------------
@@ -813,6 +825,14 @@ fn postgres_batch_with_injected_problems_is_stored_whole_or_not_at_all() {
     let _context = rt.enter();
     let db = rt.block_on(common::postgres());
     run_appends(&rt, &db.store, CASES_BATCH_POSTGRES, batch_plan());
+}
+
+#[test]
+fn mysql_batch_with_injected_problems_is_stored_whole_or_not_at_all() {
+    let rt = runtime();
+    let _context = rt.enter();
+    let db = rt.block_on(common::mysql());
+    run_appends(&rt, &db.store, CASES_BATCH_MYSQL, batch_plan());
 }
 
 /// A batch larger than one SQLite insert statement (32,766 parameters, 14 per event: 2,340
@@ -877,6 +897,31 @@ async fn sqlite_every_field_at_its_limit_at_once_is_stored_exactly() {
 async fn postgres_every_field_at_its_limit_at_once_is_stored_exactly() {
     let db = common::postgres().await;
     every_field_at_its_limit_at_once_is_stored_exactly(db.store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_every_field_at_its_limit_at_once_is_stored_exactly() {
+    let db = common::mysql().await;
+    every_field_at_its_limit_at_once_is_stored_exactly(db.store.clone()).await;
+}
+
+/// Times before year 1000 (where MySQL's `DATETIME` starts), down to 4713 BC, are stored
+/// exactly: MySQL stores event times as microseconds; one past 9999-12-31 in UTC is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_created_at_at_both_ends_of_the_range_is_stored_exactly_or_refused() {
+    let db = common::mysql().await;
+    for (id, at) in [("early", PG_MIN), ("before_1000", datetime!(0999-12-31 23:59:59.999_999 UTC))]
+    {
+        let event = one_event(id, json!({})).with_created_at(at);
+        db.store
+            .append_and_commit(ExpectedVersion::NoStream, std::slice::from_ref(&event))
+            .await
+            .expect("stored");
+        let read = db.store.read_stream(&event.stream, ..).await.expect("read");
+        assert_eq!(read.events[0].event, event, "{at}");
+    }
+    let late = one_event("late", json!({})).with_created_at(past_9999_in_utc());
+    stored_exactly_or_refused(&db.store, late).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1156,6 +1201,11 @@ async fn postgres_json_nested_deeper_than_serde_json_parses_is_stored_readably_o
     json_nested_deeper_than_serde_json_parses(common::postgres().await.store.clone()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_json_nested_deeper_than_serde_json_parses_is_stored_readably_or_refused() {
+    json_nested_deeper_than_serde_json_parses(common::mysql().await.store.clone()).await;
+}
+
 /// The float written as `1.0715660391465826e-75` reads back bit for bit (without serde_json's
 /// `float_roundtrip` feature it came back as `…825e-75`, one bit off).
 async fn float_payloads_read_back_exactly<S: EventStore>(store: S) {
@@ -1173,6 +1223,11 @@ async fn sqlite_float_payloads_read_back_exactly() {
 
 async fn postgres_float_payloads_read_back_exactly() {
     float_payloads_read_back_exactly(common::postgres().await.store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_float_payloads_read_back_exactly() {
+    float_payloads_read_back_exactly(common::mysql().await.store.clone()).await;
 }
 
 /// No stream with a NUL in its id can exist (appends refuse it), so reading one finds nothing
