@@ -24,6 +24,17 @@ async fn waiting_for_positions(store: &MySqlStore) -> i64 {
     .expect("sessions")
 }
 
+/// Other sessions of this test's database in the middle of a statement (waiting for a lock).
+async fn statements_in_flight(store: &MySqlStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+         WHERE DB = DATABASE() AND COMMAND = 'Execute' AND ID <> CONNECTION_ID()",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("sessions")
+}
+
 fn positions_of(log: &[pupsource::PersistedEvent], stream: &StreamId) -> Vec<i64> {
     log.iter().filter(|e| e.stream == *stream).map(|e| e.position.global_position).collect()
 }
@@ -65,6 +76,40 @@ async fn a_later_append_waits_for_an_older_open_one_so_readers_never_skip() {
     let log = store.read_all(Position::START, 100, &Scope::all()).await.expect("read");
     assert_eq!(positions_of(&log, &older_stream), [1]);
     assert_eq!(positions_of(&log, &later_stream), [2]);
+}
+
+/// Three appends creating one stream at once (`Any`), two of them waiting for the first to
+/// commit, all succeed one after the other, at consecutive versions: no deadlock, no
+/// conflict error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_creating_one_stream_at_once_all_succeed_without_deadlock() {
+    let db = common::mysql().await;
+    let store = db.store.clone();
+    let stream = StreamId::new("T", "Counter", "c");
+    let mut first = store.begin().await.expect("begin");
+    let event = Event::new(&stream, "Ticked", json!({}));
+    store.append(&mut first, ExpectedVersion::Any, &[event]).await.expect("first append");
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stream) = (store.clone(), stream.clone());
+            tokio::spawn(async move {
+                let event = Event::new(&stream, "Ticked", json!({}));
+                store.append_and_commit(ExpectedVersion::Any, &[event]).await
+            })
+        })
+        .collect();
+    eventually("both later appends wait", Duration::from_secs(10), || async {
+        (statements_in_flight(&store).await == 2).then_some(())
+    })
+    .await;
+    first.commit().await.expect("commit the first append");
+    let mut versions = Vec::new();
+    for task in waiting {
+        versions.push(task.await.expect("task").expect("no deadlock").to_version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, [2, 3]);
+    assert_eq!(store.read_stream(&stream, ..).await.expect("read").version(), 3);
 }
 
 /// A rolled-back append gives its positions back: the log has no holes a reader could

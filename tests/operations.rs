@@ -187,6 +187,46 @@ async fn store_connect_with_returns_the_cause_as_typed_values() {
     assert!(refused.is_retryable() && !err.is_retryable());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_connect_failures_are_typed_values_naming_the_server() {
+    let options = ConnectOptions::default().timeout(Duration::from_secs(3));
+    let port = closed_port();
+    let refused = Store::connect_with(&format!("mysql://root@127.0.0.1:{port}/x"), options)
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(
+            &refused,
+            Error::Connect { database: "MySQL", address, cause: ConnectFailure::Io(kind) }
+                if *address == format!("127.0.0.1:{port}")
+                    && *kind == std::io::ErrorKind::ConnectionRefused
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.to_string(),
+        format!("cannot connect to MySQL at 127.0.0.1:{port}: connection refused")
+    );
+    let server = common::mysql_url();
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+    let missing = format!("pupsource_missing_{}", uuid::Uuid::new_v4().simple());
+    let err = Store::connect_with(&format!("{base}/{missing}"), options)
+        .await
+        .expect_err("no such database");
+    assert!(
+        matches!(&err, Error::Connect { cause: ConnectFailure::NoSuchDatabase(name), .. } if *name == missing),
+        "{err:?}"
+    );
+    let stranger = format!("pupsource_nobody_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let url = base.replacen("://root@", &format!("://{stranger}:wrong@"), 1);
+    let err = Store::connect_with(&format!("{url}/test"), options).await.expect_err("unknown user");
+    assert!(
+        matches!(&err, Error::Connect { cause: ConnectFailure::PasswordRejected, .. }),
+        "{err:?}"
+    );
+    assert!(refused.is_retryable() && !err.is_retryable());
+}
+
 /// `n` registrations in a SQLite file's log, the `k`-th (1-based) with an address that cannot
 /// be mailed; the partition hash of that event.
 async fn registrations(file: &Path, n: u64, poison: u64) -> u64 {
