@@ -27,8 +27,8 @@
 //! [`Runner::poll_interval`].
 //!
 //! Several processes: each projection's partitions are leases that the processes running it
-//! share (fair share, heartbeats, fencing epochs checked by every batch), on PostgreSQL across
-//! machines, on SQLite between the processes of one machine; see [`Runner::worker_id`],
+//! share (fair share, heartbeats, fencing epochs checked by every batch), on PostgreSQL and
+//! MySQL across machines, on SQLite between the processes of one machine; see [`Runner::worker_id`],
 //! [`Runner::heartbeat`] and [`Runner::assign`].
 //!
 //! Failures: a partition whose handler keeps failing halts alone (see [`ErrorPolicy::Stop`]),
@@ -487,8 +487,8 @@ impl Runner {
 
     /// The longest wait between two polls of the log while idle (default 500 ms, 1 ms to
     /// 1 h, checked by [`Runner::check`]). Appends of this process, and PostgreSQL `NOTIFY`
-    /// hints of others, wake the readers sooner; on SQLite, polls are how appends of other
-    /// processes arrive.
+    /// hints of others, wake the readers sooner; on SQLite and MySQL, polls are how appends of
+    /// other processes arrive.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval;
         self

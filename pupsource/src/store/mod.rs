@@ -6,6 +6,9 @@
 //!   skipped (see [`Position`]).
 //! - [`SqliteStore`]: the embedded default. Writers are serialized by `BEGIN IMMEDIATE`, so
 //!   position order is commit order.
+//! - `MySqlStore` (feature `mysql`): MySQL 8 and MariaDB 10.6+, many processes and machines.
+//!   Each append takes its positions under one row lock held until it commits, so position
+//!   order is commit order there too.
 //!
 //! Table names are configurable through [`Tables`]; every name is validated as a plain SQL
 //! identifier and quoted, and every value is a bind parameter, so nothing a caller passes is

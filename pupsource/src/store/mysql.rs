@@ -22,10 +22,10 @@
 //! stream take their positions in version order.
 //!
 //! # Paused workers
-//! A batch under a lease sets the connection's `wait_timeout` to the lease duration: the
-//! server closes the connection of a worker that stays idle in it longer (paused, cut off),
-//! and its transaction rolls back, so it cannot hold checkpoint or read-model rows past its
-//! lease.
+//! A batch under a lease sets the connection's `wait_timeout` to the lease duration (whole
+//! seconds, at least one): the server closes the connection of a worker that stays idle in it
+//! longer (paused, cut off), and its transaction rolls back, so it cannot hold checkpoint or
+//! read-model rows past its lease. The timeout is set back just before the batch ends.
 //!
 //! # Servers
 //! The SQL is the common subset of MySQL 8.0+ and MariaDB 10.6+ (`FOR UPDATE SKIP LOCKED`,
@@ -679,7 +679,7 @@ impl Backend for MySqlStore {
             .bind(projection)
             .execute(&mut *tx)
             .await?;
-        Ok(Box::new(MySqlBatch { store: self.clone(), tx }))
+        Ok(Box::new(MySqlBatch { store: self.clone(), tx, bounded: true }))
     }
 
     async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
@@ -719,7 +719,7 @@ impl Backend for MySqlStore {
             Some(lease) => self.begin_bounded(lease).await?,
             None => self.inner.pool.begin().await?,
         };
-        Ok(Box::new(MySqlBatch { store: self.clone(), tx }))
+        Ok(Box::new(MySqlBatch { store: self.clone(), tx, bounded: lease.is_some() }))
     }
 }
 
@@ -727,6 +727,9 @@ impl Backend for MySqlStore {
 struct MySqlBatch {
     store: MySqlStore,
     tx: sqlx::Transaction<'static, MySql>,
+    /// Whether `wait_timeout` was lowered for it ([`MySqlStore::begin_bounded`]): set back
+    /// before the commit, so the connection does not go back to the pool with it.
+    bounded: bool,
 }
 
 #[async_trait::async_trait]
@@ -866,14 +869,23 @@ impl Batch for MySqlBatch {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.bounded {
+            sqlx::query(RESET_WAIT_TIMEOUT).execute(&mut *self.tx).await?;
+        }
         Ok(self.tx.commit().await?)
     }
 
-    async fn rollback(self: Box<Self>) -> Result<()> {
+    async fn rollback(mut self: Box<Self>) -> Result<()> {
+        if self.bounded {
+            sqlx::query(RESET_WAIT_TIMEOUT).execute(&mut *self.tx).await?;
+        }
         Ok(self.tx.rollback().await?)
     }
 }
+
+/// Sets a session's `wait_timeout` back to the server's default.
+const RESET_WAIT_TIMEOUT: &str = "SET SESSION wait_timeout = @@GLOBAL.wait_timeout";
 
 impl std::fmt::Debug for MySqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

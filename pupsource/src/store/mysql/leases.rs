@@ -261,6 +261,7 @@ impl Leases for MySqlStore {
         } else {
             Vec::new()
         };
+        sqlx::query(super::RESET_WAIT_TIMEOUT).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Beat { held, share, holders })
     }
