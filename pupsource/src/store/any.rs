@@ -250,6 +250,56 @@ const SCHEMES: &str = {
     }
 };
 
+/// Where a server store connects: its host and port, or its Unix socket.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) struct Server<'a> {
+    pub(crate) database: &'static str,
+    pub(crate) host: &'a str,
+    pub(crate) port: u16,
+    pub(crate) socket: Option<&'a std::path::Path>,
+}
+
+/// Opens (and closes) one connection with `connect` within `timeout`, before a store opens its
+/// pool: a pool would retry a refused connection until its acquire timeout and then report
+/// only that it timed out. `classify` names the database's own refusals (no such database, a
+/// rejected password).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) async fn check_server<O: sqlx::ConnectOptions>(
+    connect: &O,
+    server: Server<'_>,
+    timeout: Duration,
+    classify: impl FnOnce(sqlx::Error) -> crate::ConnectFailure,
+) -> Result<()>
+where
+    O::Connection: Sized,
+{
+    use crate::ConnectFailure;
+    let first = async {
+        if server.socket.is_none() {
+            let found = tokio::net::lookup_host((server.host, server.port))
+                .await
+                .is_ok_and(|mut addresses| addresses.next().is_some());
+            if !found {
+                return Err(ConnectFailure::NameNotFound);
+            }
+        }
+        connect.connect().await.map_err(classify)
+    };
+    let cause = match tokio::time::timeout(timeout, first).await {
+        Ok(Ok(connection)) => {
+            let _ = sqlx::Connection::close(connection).await;
+            return Ok(());
+        }
+        Ok(Err(cause)) => cause,
+        Err(_) => ConnectFailure::TimedOut(timeout),
+    };
+    let address = match server.socket {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", server.host, server.port),
+    };
+    Err(crate::Error::Connect { database: server.database, address, cause })
+}
+
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match url::Url::from_str(url) {

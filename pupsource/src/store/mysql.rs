@@ -44,6 +44,7 @@ use sqlx::{Arguments as _, AssertSqlSafe, Executor as _, MySql, MySqlPool};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::any::{Server, check_server};
 use super::backend::{Backend, Batch, CheckpointInfo, Page, ParkedEvent};
 use super::row::EventDecoder;
 use super::{
@@ -341,34 +342,14 @@ impl MySqlStore {
             .strip_prefix("mariadb:")
             .map_or_else(|| url.to_owned(), |rest| format!("mysql:{rest}"));
         let connect = MySqlConnectOptions::from_str(&url).map_err(Error::Configuration)?;
-        let first = async {
-            if connect.get_socket().is_none() {
-                let found = tokio::net::lookup_host((connect.get_host(), connect.get_port()))
-                    .await
-                    .is_ok_and(|mut addresses| addresses.next().is_some());
-                if !found {
-                    return Err(ConnectFailure::NameNotFound);
-                }
-            }
-            sqlx::ConnectOptions::connect(&connect)
-                .await
-                .map_err(|err| connect_failure(err, &connect))
+        let server = Server {
+            database: "MySQL",
+            host: connect.get_host(),
+            port: connect.get_port(),
+            socket: connect.get_socket().map(std::path::PathBuf::as_path),
         };
-        let first = tokio::time::timeout(options.timeout, first)
-            .await
-            .unwrap_or(Err(ConnectFailure::TimedOut(options.timeout)));
-        match first {
-            Ok(connection) => {
-                let _ = sqlx::Connection::close(connection).await;
-            }
-            Err(cause) => {
-                let address = match connect.get_socket() {
-                    Some(socket) => socket.display().to_string(),
-                    None => format!("{}:{}", connect.get_host(), connect.get_port()),
-                };
-                return Err(Error::Connect { database: "MySQL", address, cause });
-            }
-        }
+        check_server(&connect, server, options.timeout, |err| connect_failure(err, &connect))
+            .await?;
         let pool = MySqlPoolOptions::new()
             .max_connections(10)
             // Fewer gap locks, so fewer deadlocks between partitions' read-model writes.

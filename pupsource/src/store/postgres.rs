@@ -69,6 +69,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ConnectOptions;
+use super::any::{Server, check_server};
 use super::backend::{Backend, Batch, CheckpointInfo, Fence, Page, ParkedEvent, RestoreRepair};
 use super::row::EventDecoder;
 use super::{
@@ -376,36 +377,14 @@ impl PostgresStore {
     /// ([`ConnectFailure`]).
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self> {
         let connect = PgConnectOptions::from_str(url).map_err(Error::Configuration)?;
-        // A first connection of its own: the pool would retry a refused connection until its
-        // acquire timeout and then report only that it timed out.
-        let first = async {
-            if connect.get_socket().is_none() {
-                let found = tokio::net::lookup_host((connect.get_host(), connect.get_port()))
-                    .await
-                    .is_ok_and(|mut addresses| addresses.next().is_some());
-                if !found {
-                    return Err(ConnectFailure::NameNotFound);
-                }
-            }
-            sqlx::ConnectOptions::connect(&connect)
-                .await
-                .map_err(|err| connect_failure(err, &connect))
+        let server = Server {
+            database: "PostgreSQL",
+            host: connect.get_host(),
+            port: connect.get_port(),
+            socket: connect.get_socket().map(std::path::PathBuf::as_path),
         };
-        let first = tokio::time::timeout(options.timeout, first)
-            .await
-            .unwrap_or(Err(ConnectFailure::TimedOut(options.timeout)));
-        match first {
-            Ok(connection) => {
-                let _ = sqlx::Connection::close(connection).await;
-            }
-            Err(cause) => {
-                let address = match connect.get_socket() {
-                    Some(socket) => socket.display().to_string(),
-                    None => format!("{}:{}", connect.get_host(), connect.get_port()),
-                };
-                return Err(Error::Connect { database: "PostgreSQL", address, cause });
-            }
-        }
+        check_server(&connect, server, options.timeout, |err| connect_failure(err, &connect))
+            .await?;
         Ok(Self::new(PgPoolOptions::new().max_connections(10).connect_lazy_with(connect)))
     }
 

@@ -344,13 +344,32 @@ mod postgres {
     }
 }
 
+/// A JSON column stored as text (SQLite, MySQL), and the length of its text.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+fn json_text(text: &str, index: usize) -> Result<(serde_json::Value, usize)> {
+    let value = serde_json::from_str(text).map_err(|e| {
+        Error::Database(sqlx::Error::ColumnDecode { index: index.to_string(), source: Box::new(e) })
+    })?;
+    Ok((value, text.len()))
+}
+
+/// A time stored as microseconds since the Unix epoch, UTC (SQLite, MySQL's event times).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+fn micros_time(micros: i64, index: usize) -> Result<OffsetDateTime> {
+    crate::store::from_unix_micros(micros).ok_or_else(|| {
+        Error::Database(sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source: format!("{micros} µs since 1970 is out of range").into(),
+        })
+    })
+}
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use sqlx::sqlite::SqliteRow;
     use sqlx::{Column as _, Row as _};
 
     use super::*;
-    use crate::store::from_unix_micros;
 
     impl StoredRow for SqliteRow {
         fn index(&self, column: &str) -> Result<usize> {
@@ -369,12 +388,7 @@ mod sqlite {
         fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>> {
             match self.try_get::<Option<i64>, _>(index)? {
                 None => Ok(None),
-                Some(micros) => from_unix_micros(micros).map(Some).ok_or_else(|| {
-                    Error::Database(sqlx::Error::ColumnDecode {
-                        index: index.to_string(),
-                        source: format!("{micros} µs since 1970 is out of range").into(),
-                    })
-                }),
+                Some(micros) => micros_time(micros, index).map(Some),
             }
         }
 
@@ -384,14 +398,7 @@ mod sqlite {
 
         /// JSON stored as text.
         fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
-            let text: &str = self.try_get(index)?;
-            let value = serde_json::from_str(text).map_err(|e| {
-                Error::Database(sqlx::Error::ColumnDecode {
-                    index: index.to_string(),
-                    source: Box::new(e),
-                })
-            })?;
-            Ok((value, text.len()))
+            json_text(self.try_get(index)?, index)
         }
     }
 }
@@ -402,7 +409,6 @@ mod mysql {
     use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
 
     use super::*;
-    use crate::store::from_unix_micros;
 
     impl StoredRow for MySqlRow {
         fn index(&self, column: &str) -> Result<usize> {
@@ -428,13 +434,7 @@ mod mysql {
             if matches!(raw.type_info().name(), "DATETIME" | "TIMESTAMP") {
                 return Ok(Some(self.try_get(index)?));
             }
-            let micros: i64 = self.try_get(index)?;
-            from_unix_micros(micros).map(Some).ok_or_else(|| {
-                Error::Database(sqlx::Error::ColumnDecode {
-                    index: index.to_string(),
-                    source: format!("{micros} µs since 1970 is out of range").into(),
-                })
-            })
+            micros_time(self.try_get(index)?, index).map(Some)
         }
 
         fn uuid(&self, index: usize) -> Result<Uuid> {
@@ -443,14 +443,7 @@ mod mysql {
 
         /// JSON stored as text.
         fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
-            let text: &str = self.try_get(index)?;
-            let value = serde_json::from_str(text).map_err(|e| {
-                Error::Database(sqlx::Error::ColumnDecode {
-                    index: index.to_string(),
-                    source: Box::new(e),
-                })
-            })?;
-            Ok((value, text.len()))
+            json_text(self.try_get(index)?, index)
         }
     }
 }
