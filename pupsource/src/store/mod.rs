@@ -386,6 +386,37 @@ impl Statement {
     }
 }
 
+/// The rows `statement` returns for one projection (its only parameter), through `executor`:
+/// the pool, or a transaction. The same on every backend.
+pub(crate) async fn projection_rows<'c, DB>(
+    statement: &Statement,
+    executor: impl sqlx::Executor<'c, Database = DB>,
+    projection: &str,
+) -> Result<Vec<DB::Row>>
+where
+    DB: sqlx::Database,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    Ok(sqlx::query(statement.sql()).bind(projection).fetch_all(executor).await?)
+}
+
+/// The event at `global_position`, read with a backend's `read_event` statement.
+pub(crate) async fn read_event_with<'c, DB>(
+    statement: &Statement,
+    executor: impl sqlx::Executor<'c, Database = DB>,
+    global_position: i64,
+) -> Result<Option<PersistedEvent>>
+where
+    DB: sqlx::Database,
+    DB::Row: row::StoredRow,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let row = sqlx::query(statement.sql()).bind(global_position).fetch_optional(executor).await?;
+    row.as_ref().map(row::EventDecoder::read_one).transpose()
+}
+
 /// The events of `stream` whose versions fall in `versions`, read with a backend's
 /// `read_stream` statement (`$1`..`$3` the stream, `$4` and `$5` the inclusive version bounds)
 /// through `executor`: the pool, or a transaction.

@@ -669,11 +669,7 @@ impl Backend for PostgresStore {
     }
 
     async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
-        let row = sqlx::query(self.inner.sql.read_event.sql())
-            .bind(global_position)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        row.as_ref().map(EventDecoder::read_one).transpose()
+        super::read_event_with(&self.inner.sql.read_event, &self.inner.pool, global_position).await
     }
 
     async fn head(&self) -> Result<i64> {
@@ -752,10 +748,9 @@ impl Backend for PostgresStore {
     }
 
     async fn checkpoints(&self, projection: &str) -> Result<Vec<CheckpointInfo>> {
-        let rows = sqlx::query(self.inner.sql.checkpoints.sql())
-            .bind(projection)
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let rows =
+            super::projection_rows(&self.inner.sql.checkpoints, &self.inner.pool, projection)
+                .await?;
         rows.iter().map(CheckpointInfo::read).collect()
     }
 
@@ -776,10 +771,8 @@ impl Backend for PostgresStore {
     }
 
     async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
-        let rows = sqlx::query(self.inner.sql.parked.sql())
-            .bind(projection)
-            .fetch_all(&self.inner.pool)
-            .await?;
+        let rows =
+            super::projection_rows(&self.inner.sql.parked, &self.inner.pool, projection).await?;
         rows.iter().map(ParkedEvent::read).collect()
     }
 
@@ -851,10 +844,8 @@ impl Batch for PgBatch {
     }
 
     async fn checkpoint_rows(&mut self, projection: &str) -> Result<Vec<CheckpointRow>> {
-        let rows = sqlx::query(self.store.inner.sql.load_checkpoints.sql())
-            .bind(projection)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let statement = &self.store.inner.sql.load_checkpoints;
+        let rows = super::projection_rows(statement, &mut *self.tx, projection).await?;
         rows.iter().map(CheckpointRow::read).collect()
     }
 
