@@ -64,7 +64,7 @@ pub(crate) async fn append(side: &Side, stream: &str, payloads: &[String]) -> Be
             query.execute(&mut *tx).await?;
             tx.commit().await?;
         }
-        Side::MySql { raw, .. } => crate::mysql::append(raw, stream, payloads).await?,
+        Side::MySql(mysql) => crate::mysql::append(&mysql.raw, stream, payloads).await?,
     }
     Ok(())
 }
@@ -97,7 +97,7 @@ pub(crate) async fn truncate(side: &Side) -> BenchResult<()> {
                 }
             }
         }
-        Side::MySql { lib, raw, autoinc, .. } => crate::mysql::truncate(lib, raw, autoinc).await?,
+        Side::MySql(mysql) => crate::mysql::truncate(mysql).await?,
     }
     Ok(())
 }
@@ -122,8 +122,8 @@ pub(crate) async fn preload(side: &Side, count: u64, event_type: &str) -> BenchR
                 preload_sqlite(pool, &hashes, aggregates, total, chunk, event_type).await?;
             }
         }
-        Side::MySql { lib, raw, .. } => {
-            for pool in [lib.pool(), raw] {
+        Side::MySql(mysql) => {
+            for pool in [mysql.lib.pool(), &mysql.raw] {
                 crate::mysql::preload(pool, &hashes, aggregates, total, chunk, event_type).await?;
             }
         }
@@ -251,8 +251,8 @@ pub(crate) async fn scan(side: &Side, page: i64) -> BenchResult<u64> {
                 .fetch_all(raw)
                 .await?
             }
-            Side::MySql { raw, .. } => {
-                crate::mysql::scan_page(raw, after.global_position, page).await?
+            Side::MySql(mysql) => {
+                crate::mysql::scan_page(&mysql.raw, after.global_position, page).await?
             }
         };
         let Some(last) = rows.last() else { return Ok(decoded) };
@@ -301,8 +301,8 @@ pub(crate) async fn read_model(side: &Side) -> BenchResult<u64> {
                     .fetch_all(raw)
                     .await?
             }
-            Side::MySql { raw, .. } => {
-                crate::mysql::scan_page(raw, after.global_position, 100).await?
+            Side::MySql(mysql) => {
+                crate::mysql::scan_page(&mysql.raw, after.global_position, 100).await?
             }
         };
         let Some(last) = page.last() else { return Ok(handled) };
@@ -334,7 +334,7 @@ pub(crate) async fn read_model(side: &Side) -> BenchResult<u64> {
                     .await?;
                 tx.commit().await?;
             }
-            Side::MySql { raw, .. } => crate::mysql::read_model_page(raw, &events, after).await?,
+            Side::MySql(mysql) => crate::mysql::read_model_page(&mysql.raw, &events, after).await?,
         }
         handled += u64::try_from(page.len())?;
     }

@@ -23,7 +23,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use pupsource::{MySqlStore, PostgresStore, SqliteStore, Store};
+use pupsource::{PostgresStore, SqliteStore, Store};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
@@ -114,25 +114,9 @@ pub(crate) struct Sizes {
 /// One backend's two sides: pupsource's store and the baseline's pool. Cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Side {
-    Postgres {
-        lib: PostgresStore,
-        raw: sqlx::PgPool,
-        url: String,
-    },
-    Sqlite {
-        lib: SqliteStore,
-        raw: sqlx::SqlitePool,
-        url: String,
-    },
-    /// `raw` takes positions from the counter row as pupsource does; `autoinc` has the same
-    /// tables but AUTO_INCREMENT positions (see `mysql.rs`). `name`: MySQL or MariaDB.
-    MySql {
-        lib: MySqlStore,
-        raw: sqlx::MySqlPool,
-        autoinc: sqlx::MySqlPool,
-        url: String,
-        name: &'static str,
-    },
+    Postgres { lib: PostgresStore, raw: sqlx::PgPool, url: String },
+    Sqlite { lib: SqliteStore, raw: sqlx::SqlitePool, url: String },
+    MySql(mysql::Databases),
 }
 
 impl Side {
@@ -140,7 +124,7 @@ impl Side {
         match self {
             Side::Postgres { .. } => "PostgreSQL",
             Side::Sqlite { .. } => "SQLite",
-            Side::MySql { name, .. } => name,
+            Side::MySql(mysql) => mysql.name,
         }
     }
 
@@ -148,7 +132,7 @@ impl Side {
         match self {
             Side::Postgres { lib, .. } => lib.clone().into(),
             Side::Sqlite { lib, .. } => lib.clone().into(),
-            Side::MySql { lib, .. } => lib.clone().into(),
+            Side::MySql(mysql) => mysql.lib.clone().into(),
         }
     }
 
@@ -156,7 +140,7 @@ impl Side {
     pub(crate) fn url(&self) -> &str {
         match self {
             Side::Postgres { url, .. } | Side::Sqlite { url, .. } => url,
-            Side::MySql { url, .. } => url,
+            Side::MySql(mysql) => &mysql.url,
         }
     }
 }

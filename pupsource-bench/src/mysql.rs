@@ -30,6 +30,20 @@ use crate::{BenchResult, Side, Sizes};
 pub(crate) const DATABASES: [&str; 3] =
     ["pupsource_bench_lib", "pupsource_bench_raw", "pupsource_bench_autoinc"];
 
+/// The MySQL side: pupsource's store and the two baselines' pools. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Databases {
+    pub(crate) lib: MySqlStore,
+    /// The baseline: positions from the counter row, as pupsource.
+    pub(crate) raw: MySqlPool,
+    /// The baseline on the same tables with AUTO_INCREMENT positions, no counter row.
+    pub(crate) autoinc: MySqlPool,
+    /// pupsource's database, for a process of its own.
+    pub(crate) url: String,
+    /// "MySQL" or "MariaDB", as the server says.
+    pub(crate) name: &'static str,
+}
+
 /// Connections per pool, as on the PostgreSQL side.
 const POOL_SIZE: u32 = 24;
 
@@ -72,13 +86,13 @@ pub(crate) async fn side(url: &str) -> BenchResult<Side> {
         .await?;
     let url = sqlx::ConnectOptions::to_url_lossy(&admin.clone().database(DATABASES[0])).to_string();
     let name = if version.contains("MariaDB") { "MariaDB" } else { "MySQL" };
-    Ok(Side::MySql {
+    Ok(Side::MySql(Databases {
         lib,
         raw: raw_store.pool().clone(),
         autoinc: autoinc_store.pool().clone(),
         url,
         name,
-    })
+    }))
 }
 
 /// Drops the bench's databases on the server at `url`.
@@ -189,12 +203,8 @@ async fn append_autoinc(pool: &MySqlPool, stream: &str, payloads: &[String]) -> 
 
 /// Empties the tables of every database (events, heads, checkpoints, dead letters, the read
 /// model) and resets the counter rows.
-pub(crate) async fn truncate(
-    lib: &MySqlStore,
-    raw: &MySqlPool,
-    autoinc: &MySqlPool,
-) -> BenchResult<()> {
-    for pool in [lib.pool(), raw, autoinc] {
+pub(crate) async fn truncate(side: &Databases) -> BenchResult<()> {
+    for pool in [side.lib.pool(), &side.raw, &side.autoinc] {
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS bench_balances (account BIGINT PRIMARY KEY, total BIGINT NOT NULL); \
              TRUNCATE TABLE events; TRUNCATE TABLE aggregate_heads; TRUNCATE TABLE checkpoints; \
@@ -345,11 +355,9 @@ const WRITERS: [Writer; 3] = [Writer::Pupsource, Writer::Locked, Writer::AutoInc
 /// baseline and the baseline without the counter lock in turn, `rounds` times (each round
 /// starts one further along). Two rows per workload: pupsource against each baseline.
 pub(crate) async fn appends(side: &Side, sizes: Sizes, rows: &mut Vec<Row>) -> BenchResult<()> {
-    let Side::MySql { lib, raw, autoinc, .. } = side else {
-        return Err("not the MySQL side".into());
-    };
+    let Side::MySql(databases) = side else { return Err("not the MySQL side".into()) };
     for (writers, per_append) in [(1, 1), (4, 1), (16, 1), (1, 100), (4, 100)] {
-        truncate(lib, raw, autoinc).await?;
+        truncate(databases).await?;
         let mut rates: [Vec<f64>; 3] = Default::default();
         let mut latencies: [Vec<Duration>; 3] = Default::default();
         let mut ratios: [Vec<f64>; 2] = Default::default();
@@ -404,15 +412,13 @@ async fn append_round(
     who: Writer,
     round: u32,
 ) -> BenchResult<(f64, Vec<Duration>)> {
-    let Side::MySql { raw, autoinc, .. } = side else {
-        return Err("not the MySQL side".into());
-    };
+    let Side::MySql(databases) = side else { return Err("not the MySQL side".into()) };
     let started = Instant::now();
     let deadline = started + time;
     let mut tasks = Vec::new();
     for w in 0..writers {
         let store = side.store();
-        let (raw, autoinc) = (raw.clone(), autoinc.clone());
+        let (raw, autoinc) = (databases.raw.clone(), databases.autoinc.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut i = 0u64;

@@ -87,7 +87,7 @@ pub(crate) async fn all(
 ) -> BenchResult<()> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     // MySQL: three-way rounds, with a second baseline (see `mysql.rs`).
-    let mysql_appends = wanted("append") && matches!(side, Side::MySql { .. });
+    let mysql_appends = wanted("append") && matches!(side, Side::MySql(_));
     if mysql_appends {
         crate::mysql::appends(side, sizes, rows).await?;
     }
