@@ -64,6 +64,7 @@ pub(crate) async fn append(side: &Side, stream: &str, payloads: &[String]) -> Be
             query.execute(&mut *tx).await?;
             tx.commit().await?;
         }
+        Side::MySql(mysql) => crate::mysql::append(&mysql.raw, stream, payloads).await?,
     }
     Ok(())
 }
@@ -96,6 +97,7 @@ pub(crate) async fn truncate(side: &Side) -> BenchResult<()> {
                 }
             }
         }
+        Side::MySql(mysql) => crate::mysql::truncate(mysql).await?,
     }
     Ok(())
 }
@@ -118,6 +120,11 @@ pub(crate) async fn preload(side: &Side, count: u64, event_type: &str) -> BenchR
         Side::Sqlite { lib, raw, .. } => {
             for pool in [lib.pool(), raw] {
                 preload_sqlite(pool, &hashes, aggregates, total, chunk, event_type).await?;
+            }
+        }
+        Side::MySql(mysql) => {
+            for pool in [mysql.lib.pool(), &mysql.raw] {
+                crate::mysql::preload(pool, &hashes, aggregates, total, chunk, event_type).await?;
             }
         }
     }
@@ -244,6 +251,9 @@ pub(crate) async fn scan(side: &Side, page: i64) -> BenchResult<u64> {
                 .fetch_all(raw)
                 .await?
             }
+            Side::MySql(mysql) => {
+                crate::mysql::scan_page(&mysql.raw, after.global_position, page).await?
+            }
         };
         let Some(last) = rows.last() else { return Ok(decoded) };
         after = Position { transaction_id: last.0, global_position: last.1 };
@@ -291,6 +301,9 @@ pub(crate) async fn read_model(side: &Side) -> BenchResult<u64> {
                     .fetch_all(raw)
                     .await?
             }
+            Side::MySql(mysql) => {
+                crate::mysql::scan_page(&mysql.raw, after.global_position, 100).await?
+            }
         };
         let Some(last) = page.last() else { return Ok(handled) };
         after = Position { transaction_id: last.0, global_position: last.1 };
@@ -321,6 +334,7 @@ pub(crate) async fn read_model(side: &Side) -> BenchResult<u64> {
                     .await?;
                 tx.commit().await?;
             }
+            Side::MySql(mysql) => crate::mysql::read_model_page(&mysql.raw, &events, after).await?,
         }
         handled += u64::try_from(page.len())?;
     }

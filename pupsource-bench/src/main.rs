@@ -13,6 +13,7 @@
 
 mod aggregates;
 mod baseline;
+mod mysql;
 mod report;
 mod workloads;
 
@@ -49,6 +50,21 @@ struct Args {
     /// Skip the SQLite workloads.
     #[arg(long)]
     no_sqlite: bool,
+    /// MySQL or MariaDB server; the benchmark (re)creates the databases `pupsource_bench_lib`,
+    /// `pupsource_bench_raw` and `pupsource_bench_autoinc` there and drops them at the end.
+    #[arg(
+        long,
+        env = "PUPSOURCE_BENCH_MYSQL_URL",
+        default_value = "mysql://root@127.0.0.1:3306/test"
+    )]
+    mysql_url: String,
+    /// Skip the MySQL / MariaDB workloads.
+    #[arg(long)]
+    no_mysql: bool,
+    /// Events preloaded for the catch-up workloads on MySQL / MariaDB (default: as
+    /// `--catch-up-events`).
+    #[arg(long, value_name = "N")]
+    mysql_catch_up_events: Option<u64>,
     /// Directory for the SQLite files (recreated).
     #[arg(long, default_value = "target/bench-sqlite")]
     sqlite_dir: PathBuf,
@@ -100,6 +116,7 @@ pub(crate) struct Sizes {
 pub(crate) enum Side {
     Postgres { lib: PostgresStore, raw: sqlx::PgPool, url: String },
     Sqlite { lib: SqliteStore, raw: sqlx::SqlitePool, url: String },
+    MySql(mysql::Databases),
 }
 
 impl Side {
@@ -107,6 +124,7 @@ impl Side {
         match self {
             Side::Postgres { .. } => "PostgreSQL",
             Side::Sqlite { .. } => "SQLite",
+            Side::MySql(mysql) => mysql.name,
         }
     }
 
@@ -114,6 +132,7 @@ impl Side {
         match self {
             Side::Postgres { lib, .. } => lib.clone().into(),
             Side::Sqlite { lib, .. } => lib.clone().into(),
+            Side::MySql(mysql) => mysql.lib.clone().into(),
         }
     }
 
@@ -121,6 +140,7 @@ impl Side {
     pub(crate) fn url(&self) -> &str {
         match self {
             Side::Postgres { url, .. } | Side::Sqlite { url, .. } => url,
+            Side::MySql(mysql) => &mysql.url,
         }
     }
 }
@@ -180,6 +200,16 @@ async fn run(args: Args) -> BenchResult<()> {
     if !args.no_sqlite {
         let side = sqlite(&args.sqlite_dir).await?;
         workloads::all(&side, sizes, &args.only, &mut rows).await?;
+    }
+    if !args.no_mysql {
+        let sizes = match args.mysql_catch_up_events {
+            Some(events) if !args.smoke => Sizes { catch_up_events: events.max(1_000), ..sizes },
+            _ => sizes,
+        };
+        let side = mysql::side(&args.mysql_url).await?;
+        let result = workloads::all(&side, sizes, &args.only, &mut rows).await;
+        mysql::drop_databases(&args.mysql_url).await?;
+        result?;
     }
     let table = report::table(&rows);
     println!("{table}");

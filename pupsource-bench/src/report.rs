@@ -136,7 +136,14 @@ pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
          100 versions) against the hand-written read–fold–append loop; {append:.1} s each;\n\
          - peak RSS: the peak resident set (`VmHWM`) of a process of its own that only runs \
          the 8-partition catch-up of the whole log (the benchmark started again with \
-         `--runner-only URL`).\n\n\
+         `--runner-only URL`);\n\
+         - MySQL / MariaDB: databases of their own on one server (`READ COMMITTED`, as \
+         `MySqlStore::connect`); the append baseline takes its positions as pupsource does, \
+         from the counter row under its lock until commit (`BEGIN`, the head row, the counter's \
+         `UPDATE`, one multi-row `INSERT`, `COMMIT`). Each append workload has a second row \
+         against a baseline on the same tables but with `AUTO_INCREMENT` positions and no \
+         counter row: what gap-free order costs. The catch-up rows name their event count \
+         (`--mysql-catch-up-events`).\n\n\
          ## Machine\n\n{machine}\n\n\
          ## Command\n\n```text\n{command}\n```\n\n\
          ## Results\n\n{table}",

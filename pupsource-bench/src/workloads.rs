@@ -23,7 +23,7 @@ pub(crate) struct Deposited {
     pub(crate) memo: String,
 }
 
-fn deposit(i: u64) -> Deposited {
+pub(crate) fn deposit(i: u64) -> Deposited {
     Deposited { account: (i % AGGREGATES) as i64, amount: (i % 1000) as i64, memo: "m".repeat(140) }
 }
 
@@ -48,6 +48,7 @@ impl Handle<Deposited> for Balances {
     async fn handle(&self, event: Envelope<Deposited>, cx: &mut Context<'_>) -> HandlerResult {
         let sql = "INSERT INTO bench_balances (account, total) VALUES ($1, $2) \
                    ON CONFLICT (account) DO UPDATE SET total = bench_balances.total + excluded.total";
+        let sql = if cx.mysql().is_some() { crate::mysql::UPSERT } else { sql };
         pupsource::with_transaction!(cx.transaction(), |tx| {
             sqlx::query(sql)
                 .bind(event.account)
@@ -85,7 +86,12 @@ pub(crate) async fn all(
     rows: &mut Vec<Row>,
 ) -> BenchResult<()> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    if wanted("append") {
+    // MySQL: three-way rounds, with a second baseline (see `mysql.rs`).
+    let mysql_appends = wanted("append") && matches!(side, Side::MySql(_));
+    if mysql_appends {
+        crate::mysql::appends(side, sizes, rows).await?;
+    }
+    if wanted("append") && !mysql_appends {
         for writers in [1, 4, 16] {
             rows.push(appends(side, writers, 1, sizes.append_time, sizes.rounds).await?);
         }
@@ -216,12 +222,12 @@ fn with_batch_size(runner: Runner, batch_size: Option<usize>) -> Runner {
 }
 
 /// The lowest and the highest of `values`.
-fn spread(values: &[f64]) -> (f64, f64) {
+pub(crate) fn spread(values: &[f64]) -> (f64, f64) {
     values.iter().copied().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)))
 }
 
 /// The median of `values` (the mean of the middle two for an even count).
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_unstable_by(f64::total_cmp);
     match values.len() {
         0 => 0.0,
