@@ -277,3 +277,74 @@ async fn a_paused_worker_loses_its_lease_and_cannot_commit_after_resuming() {
         }
     }
 }
+
+/// Every table's name can be configured: a store with other names creates and uses its own
+/// tables (log counter, epochs and locks included) beside the default ones in one database,
+/// and a projection runs on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_table_names_are_used_for_every_table() {
+    let db = common::mysql().await;
+    let tables = pupsource::store::Tables::default()
+        .with_events("billing_events")
+        .and_then(|t| t.with_aggregate_heads("billing_heads"))
+        .and_then(|t| t.with_checkpoints("billing_checkpoints"))
+        .and_then(|t| t.with_dead_letters("billing_parked"))
+        .and_then(|t| t.with_workers("billing_workers"))
+        .and_then(|t| t.with_snapshots("billing_snapshots"))
+        .expect("valid names");
+    let billing = MySqlStore::with_tables(db.store.pool().clone(), tables);
+    billing.migrate().await.expect("migrate");
+    let order = StreamId::new("Billing", "Invoice", "i1");
+    billing
+        .append_and_commit(ExpectedVersion::NoStream, &[Event::new(&order, "Issued", json!({}))])
+        .await
+        .expect("append");
+    let counted = std::sync::Arc::new(Counted::default());
+    pupsource::Runner::new(billing.clone())
+        .projection(counted.clone())
+        .until_caught_up()
+        .run_until(std::future::pending())
+        .await
+        .expect("run");
+    assert_eq!(counted.handled.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let count = |table: &'static str| {
+        let pool = db.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+        }
+    };
+    assert_eq!(count("billing_events").await, 1);
+    assert_eq!(count("billing_heads").await, 1);
+    assert_eq!(count("billing_checkpoints").await, 1, "one partition's checkpoint");
+    assert_eq!(count("billing_events_log").await, 1);
+    assert_eq!(count("billing_checkpoints_epoch").await, 1);
+    assert_eq!(count("events").await, 0);
+    assert_eq!(count("checkpoints").await, 0);
+}
+
+/// A projection that counts what it handles.
+#[derive(Default)]
+struct Counted {
+    handled: std::sync::atomic::AtomicU64,
+}
+
+impl pupsource::Projection for Counted {
+    fn name(&self) -> &str {
+        "counted"
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _: &'a pupsource::PersistedEvent,
+        _: &'a mut pupsource::Context<'_>,
+    ) -> pupsource::projection::HandleFuture<'a> {
+        self.handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
