@@ -348,3 +348,28 @@ impl pupsource::Projection for Counted {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// Pages of the log stop at their byte budget (4 MiB) in the middle of a query's rows: 100
+/// events of 100 kB are read over several pages, the rest of each query's rows dropped unread,
+/// and every event is handled once, the connections reused after each dropped query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_are_read_in_pages_bounded_in_bytes() {
+    let db = common::mysql().await;
+    let blob = "x".repeat(100_000);
+    for n in 0..10 {
+        let stream = StreamId::new("T", "Blob", format!("b{n}"));
+        let events: Vec<Event> =
+            (0..10).map(|_| Event::new(&stream, "Big", json!({ "blob": blob }))).collect();
+        db.store.append_and_commit(ExpectedVersion::NoStream, &events).await.expect("append");
+    }
+    let counted = std::sync::Arc::new(Counted::default());
+    pupsource::Runner::new(db.store.clone())
+        .projection(counted.clone())
+        .until_caught_up()
+        .run_until(std::future::pending())
+        .await
+        .expect("run");
+    assert_eq!(counted.handled.load(std::sync::atomic::Ordering::SeqCst), 100);
+    let log = db.store.read_all(Position::START, 1_000, &Scope::all()).await.expect("read");
+    assert_eq!(log.len(), 100, "the pool's connections still answer");
+}
