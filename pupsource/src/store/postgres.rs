@@ -62,7 +62,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgListener, PgPoolOptions, PgTypeInfo};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -136,6 +139,44 @@ const FENCE: &str = "(SELECT COALESCE((SELECT min(x) FROM pg_snapshot_xip(snap) 
                         WHERE p.transaction = x::xid AND p.dbid <> db.oid)), \
     pg_snapshot_xmax(snap)) \
   FROM pg_current_snapshot() AS snap, pg_database AS db WHERE db.datname = current_database())";
+
+/// The `payload` or the `metadata` of every event of an append as one `json[]` parameter,
+/// each value written straight into the statement's buffer in the binary array format: no
+/// string per event, and no cast on the server (`json` is sent as its text).
+struct JsonColumn<'a> {
+    events: &'a [Event],
+    field: fn(&Event) -> &serde_json::Value,
+}
+
+/// `json`'s and `json[]`'s type ids, fixed in PostgreSQL's catalog.
+const JSON_OID: u32 = 114;
+const JSON_ARRAY_OID: u32 = 199;
+
+impl sqlx::Type<Postgres> for JsonColumn<'_> {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(JSON_ARRAY_OID))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for JsonColumn<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> std::result::Result<IsNull, BoxDynError> {
+        // One dimension, no NULL, the element type, the length, the lower bound 1.
+        for word in [1, 0, JSON_OID, u32::try_from(self.events.len())?, 1] {
+            buf.extend_from_slice(&word.to_be_bytes());
+        }
+        for event in self.events {
+            let start = buf.len();
+            buf.extend_from_slice(&[0; 4]);
+            serde_json::to_writer(&mut **buf, (self.field)(event))?;
+            let len = i32::try_from(buf.len() - start - 4)?;
+            buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(IsNull::No)
+    }
+}
 
 /// The event store on PostgreSQL. Cheap to clone: clones share the pool.
 ///
@@ -215,6 +256,11 @@ impl Sql {
              WHERE {key} AND h.version = $15 AND h.transaction_id <= pg_current_xact_id() \
              RETURNING version"
         );
+        // One row back, whatever the count: the stream's new version (`NULL`: the head refused
+        // the append, and no event was inserted), the transaction id, and the positions in
+        // insert order. The rows are inserted in event order (`ORDER BY u.ord`), and a
+        // statement takes its identity values in the order it inserts, so the positions
+        // ascend with the versions.
         let append = |head: &str| {
             Statement::new(
                 tables,
@@ -224,16 +270,16 @@ impl Sql {
                          aggregate_version, event_id, event_type, event_version, payload, metadata, \
                          causation_id, correlation_id, trace_id, partition_hash, created_at) \
                        SELECT $1, $2, $3, head.version - $5 + u.ord, u.event_id, u.event_type, \
-                         u.event_version, u.payload::json, u.metadata::json, u.causation_id, \
+                         u.event_version, u.payload, u.metadata, u.causation_id, \
                          u.correlation_id, u.trace_id, $4, u.created_at \
-                       FROM head, UNNEST($6::uuid[], $7::text[], $8::int4[], $9::text[], \
-                         $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[]) \
+                       FROM head, UNNEST($6::uuid[], $7::text[], $8::int4[], $9::json[], \
+                         $10::json[], $11::text[], $12::text[], $13::text[], $14::timestamptz[]) \
                          WITH ORDINALITY AS u(event_id, event_type, event_version, payload, metadata, \
                          causation_id, correlation_id, trace_id, created_at, ord) \
                        ORDER BY u.ord \
-                       RETURNING global_position, transaction_id, aggregate_version) \
-                     SELECT global_position, transaction_id::text::bigint AS transaction_id, \
-                       aggregate_version FROM inserted ORDER BY aggregate_version"
+                       RETURNING global_position) \
+                     SELECT (SELECT version FROM head), pg_current_xact_id()::text::bigint, \
+                       (SELECT array_agg(global_position) FROM inserted)"
                 ),
             )
         };
@@ -508,21 +554,17 @@ impl PostgresStore {
         let mut ids = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
         let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
         let mut causation = Vec::with_capacity(events.len());
         let mut correlation = Vec::with_capacity(events.len());
         let mut trace = Vec::with_capacity(events.len());
         let mut created = Vec::with_capacity(events.len());
         for event in events {
             ids.push(event.event_id);
-            types.push(event.event_type.clone());
+            types.push(event.event_type.as_str());
             versions.push(i32::try_from(event.event_version).unwrap_or(i32::MAX));
-            payloads.push(event.payload.to_string());
-            metadata.push(event.metadata.to_string());
-            causation.push(event.causation_id.clone());
-            correlation.push(event.correlation_id.clone());
-            trace.push(event.trace_id.clone());
+            causation.push(event.causation_id.as_deref());
+            correlation.push(event.correlation_id.as_deref());
+            trace.push(event.trace_id.as_deref());
             created.push(event.created_at);
         }
 
@@ -540,8 +582,8 @@ impl PostgresStore {
             .bind(ids)
             .bind(types)
             .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
+            .bind(JsonColumn { events, field: |event| &event.payload })
+            .bind(JsonColumn { events, field: |event| &event.metadata })
             .bind(causation)
             .bind(correlation)
             .bind(trace)
@@ -549,12 +591,10 @@ impl PostgresStore {
         if let Some(version) = expected_version.filter(|v| *v > 0) {
             query = query.bind(version);
         }
-        let rows = query.fetch_all(&mut *conn).await.map_err(|e| self.append_error(e, stream))?;
-        if !rows.is_empty() {
-            self.appended();
-        }
-
-        if rows.is_empty() {
+        let row = query.fetch_one(&mut *conn).await.map_err(|e| self.append_error(e, stream))?;
+        let (to_version, transaction_id, positions): (Option<i64>, i64, Option<Vec<i64>>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (Some(to_version), Some(mut positions)) = (to_version, positions) else {
             // The head refused the append: wrong version, or a younger transaction appended.
             let actual: Option<i64> = sqlx::query_scalar(self.inner.sql.head.sql())
                 .bind(&stream.context)
@@ -564,21 +604,17 @@ impl PostgresStore {
                 .await?;
             let actual = actual.map_or(0, |v| v.unsigned_abs());
             return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
-        }
-
-        let mut positions = Vec::with_capacity(rows.len());
-        let mut versions = Vec::with_capacity(rows.len());
-        for row in &rows {
-            positions.push(Position {
-                global_position: row.try_get(0)?,
-                transaction_id: row.try_get(1)?,
-            });
-            versions.push(row.try_get::<i64, _>(2)?.unsigned_abs());
-        }
+        };
+        self.appended();
+        positions.sort_unstable();
+        let to_version = to_version.unsigned_abs();
         Ok(AppendResult {
-            from_version: versions.first().copied().unwrap_or(0),
-            to_version: versions.last().copied().unwrap_or(0),
-            positions,
+            from_version: to_version + 1 - count.unsigned_abs(),
+            to_version,
+            positions: positions
+                .into_iter()
+                .map(|global_position| Position { global_position, transaction_id })
+                .collect(),
         })
     }
 
