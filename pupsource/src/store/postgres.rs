@@ -507,11 +507,17 @@ impl PostgresStore {
             tokio::time::sleep(HINT_INTERVAL).await;
             store.inner.hint_pending.store(false, Ordering::Release);
             let sent = match store.channel().await {
-                Ok(channel) => sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(channel)
-                    .execute(&store.inner.pool)
-                    .await
-                    .map(drop),
+                // A `NOTIFY` takes a transaction id, so its commit waits for a WAL flush of its
+                // own unless committed asynchronously: a hint lost in a server crash costs
+                // nothing (listeners lose their connection, and poll), a flush per hint
+                // competes with the appends' flushes.
+                Ok(channel) => sqlx::query(
+                    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')",
+                )
+                .bind(channel)
+                .execute(&store.inner.pool)
+                .await
+                .map(drop),
                 Err(err) => Err(err),
             };
             if let Err(err) = sent {
