@@ -54,7 +54,8 @@
 //! with [`Error::Concurrency`], so events of one stream are in version order in the log.
 //!
 //! # One statement per append
-//! The head update and the insert of every event (`UNNEST` of arrays) are one statement.
+//! The head update and the insert of every event are one statement: one event's columns bound
+//! as scalars, a batch's as arrays (`UNNEST`), each shape one prepared statement.
 
 use std::ops::RangeBounds;
 use std::str::FromStr;
@@ -62,7 +63,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgListener, PgPoolOptions, PgTypeInfo};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -138,6 +142,63 @@ const FENCE: &str = "(SELECT COALESCE((SELECT min(x) FROM pg_snapshot_xip(snap) 
     pg_snapshot_xmax(snap)) \
   FROM pg_current_snapshot() AS snap, pg_database AS db WHERE db.datname = current_database())";
 
+/// A `json` parameter, sent as its text in the binary format: written straight into the
+/// statement's buffer, no string of its own, and no cast on the server.
+struct Json<'a>(&'a serde_json::Value);
+
+/// The `payload` or the `metadata` of every event of a batch as one `json[]` parameter, in
+/// the binary array format, each value as in [`Json`].
+struct JsonColumn<'a> {
+    events: &'a [Event],
+    field: fn(&Event) -> &serde_json::Value,
+}
+
+/// `json`'s and `json[]`'s type ids, fixed in PostgreSQL's catalog.
+const JSON_OID: u32 = 114;
+const JSON_ARRAY_OID: u32 = 199;
+
+impl sqlx::Type<Postgres> for Json<'_> {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(JSON_OID))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for Json<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> std::result::Result<IsNull, BoxDynError> {
+        serde_json::to_writer(&mut **buf, self.0)?;
+        Ok(IsNull::No)
+    }
+}
+
+impl sqlx::Type<Postgres> for JsonColumn<'_> {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(JSON_ARRAY_OID))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for JsonColumn<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> std::result::Result<IsNull, BoxDynError> {
+        // One dimension, no NULL, the element type, the length, the lower bound 1.
+        for word in [1, 0, JSON_OID, u32::try_from(self.events.len())?, 1] {
+            buf.extend_from_slice(&word.to_be_bytes());
+        }
+        for event in self.events {
+            let start = buf.len();
+            buf.extend_from_slice(&[0; 4]);
+            serde_json::to_writer(&mut **buf, (self.field)(event))?;
+            let len = i32::try_from(buf.len() - start - 4)?;
+            buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(IsNull::No)
+    }
+}
+
 /// The event store on PostgreSQL. Cheap to clone: clones share the pool.
 ///
 /// ```no_run
@@ -168,9 +229,10 @@ struct Inner {
 
 /// The store's statements, rendered once with its table names.
 struct Sql {
-    append_any: Statement,
-    append_new: Statement,
-    append_exact: Statement,
+    /// An append by expected version (any, no stream, exact): one event, and a batch.
+    append_any: [Statement; 2],
+    append_new: [Statement; 2],
+    append_exact: [Statement; 2],
     head: Statement,
     read_all: Statement,
     read_stream: Statement,
@@ -216,27 +278,37 @@ impl Sql {
              WHERE {key} AND h.version = $15 AND h.transaction_id <= pg_current_xact_id() \
              RETURNING version"
         );
+        // One row back, whatever the count: the stream's new version (`NULL`: the head refused
+        // the append, and no event was inserted), the transaction id, and the positions in
+        // insert order. A batch's rows are inserted in event order (`ORDER BY u.ord`), and a
+        // statement takes its identity values in the order it inserts, so the positions
+        // ascend with the versions. One event is bound as scalars: no arrays to unnest.
+        let one = "SELECT $1, $2, $3, head.version, $6::uuid, $7::text, $8::int4, $9::json, \
+            $10::json, $11::text, $12::text, $13::text, $4, $14::timestamptz FROM head";
+        let batch = "SELECT $1, $2, $3, head.version - $5 + u.ord, u.event_id, u.event_type, \
+              u.event_version, u.payload, u.metadata, u.causation_id, u.correlation_id, \
+              u.trace_id, $4, u.created_at \
+            FROM head, UNNEST($6::uuid[], $7::text[], $8::int4[], $9::json[], $10::json[], \
+              $11::text[], $12::text[], $13::text[], $14::timestamptz[]) \
+              WITH ORDINALITY AS u(event_id, event_type, event_version, payload, metadata, \
+              causation_id, correlation_id, trace_id, created_at, ord) \
+            ORDER BY u.ord";
         let append = |head: &str| {
-            Statement::new(
-                tables,
-                &format!(
-                    "WITH head AS ({head}), inserted AS ( \
-                       INSERT INTO \"{{events}}\" (bounded_context, aggregate_type, aggregate_id, \
-                         aggregate_version, event_id, event_type, event_version, payload, metadata, \
-                         causation_id, correlation_id, trace_id, partition_hash, created_at) \
-                       SELECT $1, $2, $3, head.version - $5 + u.ord, u.event_id, u.event_type, \
-                         u.event_version, u.payload::json, u.metadata::json, u.causation_id, \
-                         u.correlation_id, u.trace_id, $4, u.created_at \
-                       FROM head, UNNEST($6::uuid[], $7::text[], $8::int4[], $9::text[], \
-                         $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[]) \
-                         WITH ORDINALITY AS u(event_id, event_type, event_version, payload, metadata, \
-                         causation_id, correlation_id, trace_id, created_at, ord) \
-                       ORDER BY u.ord \
-                       RETURNING global_position, transaction_id, aggregate_version) \
-                     SELECT global_position, transaction_id::text::bigint AS transaction_id, \
-                       aggregate_version FROM inserted ORDER BY aggregate_version"
-                ),
-            )
+            [one, batch].map(|rows| {
+                Statement::new(
+                    tables,
+                    &format!(
+                        "WITH head AS ({head}), inserted AS ( \
+                           INSERT INTO \"{{events}}\" (bounded_context, aggregate_type, \
+                             aggregate_id, aggregate_version, event_id, event_type, event_version, \
+                             payload, metadata, causation_id, correlation_id, trace_id, \
+                             partition_hash, created_at) \
+                           {rows} RETURNING global_position) \
+                         SELECT (SELECT version FROM head), pg_current_xact_id()::text::bigint, \
+                           (SELECT array_agg(global_position) FROM inserted)"
+                    ),
+                )
+            })
         };
         let render = |sql: &str| Statement::new(tables, sql);
         let cp_key = "projection = $1 AND partition_count = $2 AND partition = $3";
@@ -414,11 +486,17 @@ impl PostgresStore {
             tokio::time::sleep(HINT_INTERVAL).await;
             store.inner.hint_pending.store(false, Ordering::Release);
             let sent = match store.channel().await {
-                Ok(channel) => sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(channel)
-                    .execute(&store.inner.pool)
-                    .await
-                    .map(drop),
+                // A `NOTIFY` takes a transaction id, so its commit waits for a WAL flush of its
+                // own unless committed asynchronously: a hint lost in a server crash costs
+                // nothing (listeners lose their connection, and poll), a flush per hint
+                // competes with the appends' flushes.
+                Ok(channel) => sqlx::query(
+                    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')",
+                )
+                .bind(channel)
+                .execute(&store.inner.pool)
+                .await
+                .map(drop),
                 Err(err) => Err(err),
             };
             if let Err(err) = sent {
@@ -484,56 +562,66 @@ impl PostgresStore {
         next_version(expected.exact().unwrap_or(0), events.len())?;
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
 
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
-        let mut causation = Vec::with_capacity(events.len());
-        let mut correlation = Vec::with_capacity(events.len());
-        let mut trace = Vec::with_capacity(events.len());
-        let mut created = Vec::with_capacity(events.len());
-        for event in events {
-            ids.push(event.event_id);
-            types.push(event.event_type.clone());
-            versions.push(i32::try_from(event.event_version).unwrap_or(i32::MAX));
-            payloads.push(event.payload.to_string());
-            metadata.push(event.metadata.to_string());
-            causation.push(event.causation_id.clone());
-            correlation.push(event.correlation_id.clone());
-            trace.push(event.trace_id.clone());
-            created.push(event.created_at);
-        }
-
-        let sql = match expected_version {
+        let statements = match expected_version {
             None => &self.inner.sql.append_any,
             Some(0) => &self.inner.sql.append_new,
             Some(_) => &self.inner.sql.append_exact,
         };
-        let mut query = sqlx::query(sql.sql())
-            .bind(&stream.context)
-            .bind(&stream.aggregate_type)
-            .bind(&stream.aggregate_id)
-            .bind(hash_to_stored(partition_hash(&stream.aggregate_id)))
-            .bind(count)
-            .bind(ids)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
-            .bind(causation)
-            .bind(correlation)
-            .bind(trace)
-            .bind(created);
+        let query = |sql: &Statement| {
+            sqlx::query(sql.sql())
+                .bind(&stream.context)
+                .bind(&stream.aggregate_type)
+                .bind(&stream.aggregate_id)
+                .bind(hash_to_stored(partition_hash(&stream.aggregate_id)))
+                .bind(count)
+        };
+        let mut query = match events {
+            [event] => query(&statements[0])
+                .bind(event.event_id)
+                .bind(event.event_type.as_str())
+                .bind(i32::try_from(event.event_version).unwrap_or(i32::MAX))
+                .bind(Json(&event.payload))
+                .bind(Json(&event.metadata))
+                .bind(event.causation_id.as_deref())
+                .bind(event.correlation_id.as_deref())
+                .bind(event.trace_id.as_deref())
+                .bind(event.created_at),
+            _ => {
+                let mut ids = Vec::with_capacity(events.len());
+                let mut types = Vec::with_capacity(events.len());
+                let mut versions = Vec::with_capacity(events.len());
+                let mut causation = Vec::with_capacity(events.len());
+                let mut correlation = Vec::with_capacity(events.len());
+                let mut trace = Vec::with_capacity(events.len());
+                let mut created = Vec::with_capacity(events.len());
+                for event in events {
+                    ids.push(event.event_id);
+                    types.push(event.event_type.as_str());
+                    versions.push(i32::try_from(event.event_version).unwrap_or(i32::MAX));
+                    causation.push(event.causation_id.as_deref());
+                    correlation.push(event.correlation_id.as_deref());
+                    trace.push(event.trace_id.as_deref());
+                    created.push(event.created_at);
+                }
+                query(&statements[1])
+                    .bind(ids)
+                    .bind(types)
+                    .bind(versions)
+                    .bind(JsonColumn { events, field: |event| &event.payload })
+                    .bind(JsonColumn { events, field: |event| &event.metadata })
+                    .bind(causation)
+                    .bind(correlation)
+                    .bind(trace)
+                    .bind(created)
+            }
+        };
         if let Some(version) = expected_version.filter(|v| *v > 0) {
             query = query.bind(version);
         }
-        let rows = query.fetch_all(&mut *conn).await.map_err(|e| self.append_error(e, stream))?;
-        if !rows.is_empty() {
-            self.appended();
-        }
-
-        if rows.is_empty() {
+        let row = query.fetch_one(&mut *conn).await.map_err(|e| self.append_error(e, stream))?;
+        let (to_version, transaction_id, positions): (Option<i64>, i64, Option<Vec<i64>>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (Some(to_version), Some(mut positions)) = (to_version, positions) else {
             // The head refused the append: wrong version, or a younger transaction appended.
             let actual: Option<i64> = sqlx::query_scalar(self.inner.sql.head.sql())
                 .bind(&stream.context)
@@ -543,21 +631,17 @@ impl PostgresStore {
                 .await?;
             let actual = actual.map_or(0, |v| v.unsigned_abs());
             return Err(Error::Concurrency { stream: stream.clone(), expected, actual });
-        }
-
-        let mut positions = Vec::with_capacity(rows.len());
-        let mut versions = Vec::with_capacity(rows.len());
-        for row in &rows {
-            positions.push(Position {
-                global_position: row.try_get(0)?,
-                transaction_id: row.try_get(1)?,
-            });
-            versions.push(row.try_get::<i64, _>(2)?.unsigned_abs());
-        }
+        };
+        self.appended();
+        positions.sort_unstable();
+        let to_version = to_version.unsigned_abs();
         Ok(AppendResult {
-            from_version: versions.first().copied().unwrap_or(0),
-            to_version: versions.last().copied().unwrap_or(0),
-            positions,
+            from_version: to_version + 1 - count.unsigned_abs(),
+            to_version,
+            positions: positions
+                .into_iter()
+                .map(|global_position| Position { global_position, transaction_id })
+                .collect(),
         })
     }
 
