@@ -146,15 +146,20 @@ pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
          (`--mysql-catch-up-events`).\n\n\
          ## Machine\n\n{machine}\n\n\
          ## Command\n\n```text\n{command}\n```\n\n\
-         ## Results\n\n{table}",
+         ## Results\n\n{table}\n\n{breakdown}",
         append = sizes.append_time.as_secs_f64(),
         rounds = sizes.rounds,
         catch_up = sizes.catch_up_events,
         read_model = sizes.read_model_events,
         latency = sizes.latency_appends,
         machine = machine(),
+        breakdown = APPEND_BREAKDOWN.trim_end(),
     )
 }
+
+/// The hand-written breakdown of a PostgreSQL append's time (its commands are in it), copied
+/// into every written document.
+const APPEND_BREAKDOWN: &str = include_str!("../append-breakdown.md");
 
 #[cfg(test)]
 mod tests {
