@@ -146,13 +146,14 @@ pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
          (`--mysql-catch-up-events`).\n\n\
          ## Machine\n\n{machine}\n\n\
          ## Command\n\n```text\n{command}\n```\n\n\
-         ## Results\n\n{table}\n\n{breakdown}",
+         ## Results\n\n{table}\n\n{breakdown}\n",
         append = sizes.append_time.as_secs_f64(),
         rounds = sizes.rounds,
         catch_up = sizes.catch_up_events,
         read_model = sizes.read_model_events,
         latency = sizes.latency_appends,
         machine = machine(),
+        table = table.trim_end(),
         breakdown = APPEND_BREAKDOWN.trim_end(),
     )
 }
