@@ -403,7 +403,8 @@ pub enum ConnectFailure {
     /// The database named in the URL does not exist (PostgreSQL SQLSTATE `3D000`).
     #[error("database \"{0}\" does not exist")]
     NoSuchDatabase(String),
-    /// The server rejected the user's password (PostgreSQL SQLSTATE `28P01`).
+    /// The server rejected the user's password (PostgreSQL SQLSTATE `28P01`; MySQL errors 1045
+    /// and 1698, which also stand for an unknown user).
     #[error("password authentication failed")]
     PasswordRejected,
     /// The database refused for another reason, in its own words: e.g. a role that does not

@@ -98,8 +98,11 @@ const SETUP_IDLE_LIMIT: Duration = Duration::from_secs(10);
 pub(crate) mod codes {
     /// `ER_BAD_DB_ERROR`: unknown database.
     pub(crate) const BAD_DB: u16 = 1049;
-    /// `ER_ACCESS_DENIED_ERROR`.
+    /// `ER_ACCESS_DENIED_ERROR`: a wrong user name or password.
     pub(crate) const ACCESS_DENIED: u16 = 1045;
+    /// `ER_ACCESS_DENIED_NO_PASSWORD_ERROR`: the same, as the server reports it for some
+    /// authentication plugins (MariaDB answers an unknown user with either).
+    pub(crate) const ACCESS_DENIED_NO_PASSWORD: u16 = 1698;
     /// `ER_DATA_OUT_OF_RANGE`: a `BIGINT` would overflow.
     pub(crate) const OUT_OF_RANGE: u16 = 1690;
     /// `ER_LOCK_WAIT_TIMEOUT`.
@@ -127,7 +130,9 @@ fn connect_failure(err: sqlx::Error, options: &MySqlConnectOptions) -> ConnectFa
         Some(codes::BAD_DB) => {
             ConnectFailure::NoSuchDatabase(options.get_database().unwrap_or_default().to_owned())
         }
-        Some(codes::ACCESS_DENIED) => ConnectFailure::PasswordRejected,
+        Some(codes::ACCESS_DENIED | codes::ACCESS_DENIED_NO_PASSWORD) => {
+            ConnectFailure::PasswordRejected
+        }
         _ => ConnectFailure::from(err),
     }
 }
