@@ -448,10 +448,5 @@ async fn append_round(
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let events = (latencies.len() * per_append) as f64;
-    Ok((events / started.elapsed().as_secs_f64(), latencies))
+    crate::workloads::writers_rate(tasks, per_append, started).await
 }

@@ -205,6 +205,16 @@ async fn append_round(
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latencies)
         }));
     }
+    writers_rate(tasks, per_append, started).await
+}
+
+/// The writers' tasks of one append round, joined: events per second since `started`, and
+/// every append's latency.
+pub(crate) async fn writers_rate(
+    tasks: Vec<tokio::task::JoinHandle<BenchResult<Vec<Duration>>>>,
+    per_append: usize,
+    started: Instant,
+) -> BenchResult<(f64, Vec<Duration>)> {
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
