@@ -192,9 +192,58 @@ async fn custom_table_names_are_used_and_validated() {
     assert_eq!(count("billing_heads").await, 1);
     assert_eq!(count("events").await, 0);
 
+    // A set that shares the events table but not the checkpoints table gets its own tables:
+    // the schema version is recorded per set, not per events table.
+    let shared = Tables::default()
+        .with_events("billing_events")
+        .and_then(|t| t.with_aggregate_heads("billing_heads"))
+        .and_then(|t| t.with_checkpoints("billing_checkpoints"))
+        .expect("valid names");
+    PostgresStore::with_tables(db.schema.pool(2).await, shared).migrate().await.expect("migrate");
+    assert_eq!(count("billing_checkpoints").await, 0);
+
     let err = Tables::default().with_events("events; DROP TABLE events").expect_err("injection");
     assert_eq!(
         err.to_string(),
         "invalid table name `events; DROP TABLE events`: ';' is not allowed; use ASCII letters, digits and `_`"
     );
+}
+
+/// A process starting on an up-to-date schema must not queue for table locks: re-running the
+/// DDL took `ShareLock` on the events table and `AccessExclusiveLock` on the checkpoints and
+/// workers tables, so it waited for every open append and batch, blocked every later one, and
+/// deadlocked with running heartbeats (a fourth process failed to start that way in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_a_current_schema_waits_for_no_open_transaction() {
+    let db = common::postgres().await;
+    let store = &db.store;
+
+    // An append and a checkpoint/worker write, left open: row-exclusive locks on each table.
+    let mut open = store.begin().await.expect("begin");
+    store
+        .append(
+            &mut open,
+            ExpectedVersion::NoStream,
+            &[Event::new(&stream("o1"), "Placed", json!({}))],
+        )
+        .await
+        .expect("append");
+    sqlx::query("LOCK TABLE checkpoints, projection_workers, dead_letters IN ROW EXCLUSIVE MODE")
+        .execute(&mut *open)
+        .await
+        .expect("lock");
+
+    // A second process starts. The bound only turns a hang into a failure.
+    let starting = PostgresStore::new(db.schema.pool(2).await);
+    tokio::time::timeout(std::time::Duration::from_secs(60), starting.migrate())
+        .await
+        .expect("migrate must not wait for the open transaction")
+        .expect("migrate");
+
+    open.commit().await.expect("commit");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(starting.pool())
+        .await
+        .expect("count");
+    assert_eq!(events, 1);
 }

@@ -351,6 +351,11 @@ impl Tables {
         &self.snapshots
     }
 
+    /// The names of every table, as one key (identifiers hold no spaces).
+    pub(crate) fn key(&self) -> String {
+        self.render("{events} {aggregate_heads} {checkpoints} {dead_letters} {workers} {snapshots}")
+    }
+
     /// Replaces `{events}`, `{aggregate_heads}`, `{checkpoints}`, `{dead_letters}`,
     /// `{workers}` and `{snapshots}` in a SQL template by the validated names.
     pub(crate) fn render(&self, template: &str) -> String {

@@ -102,7 +102,15 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_fencing.sql"),
     include_str!("../../migrations/postgres/0005_snapshots.sql"),
     include_str!("../../migrations/postgres/0006_worker_process.sql"),
+    include_str!("../../migrations/postgres/0007_schema_version.sql"),
 ];
+
+/// The schema version [`MIGRATIONS`] bring a set of tables to, recorded in `{events}_schema`.
+const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// How often an upgrade of the schema is tried when it deadlocks with running processes
+/// (their heartbeats and batches lock the tables it alters, in another order).
+const UPGRADE_ATTEMPTS: u32 = 5;
 
 /// How long the transaction that creates a projection's checkpoint rows, under the
 /// projection's lock, may stay idle before the server ends it (a paused process must not hold
@@ -656,7 +664,54 @@ impl PostgresStore {
                 .execute(&mut **tx)
                 .await?;
         }
+        sqlx::query(AssertSqlSafe(self.inner.tables.render(
+            "INSERT INTO \"{events}_schema\" (tables, version) VALUES ($1, $2) \
+             ON CONFLICT (tables) DO UPDATE \
+               SET version = GREATEST(\"{events}_schema\".version, EXCLUDED.version)",
+        )))
+        .bind(self.inner.tables.key())
+        .bind(SCHEMA_VERSION)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
+    }
+
+    /// Whether the tables have had every migration of this version (or a later one's): one
+    /// read, no lock.
+    async fn schema_is_current(&self) -> Result<bool> {
+        let sql =
+            self.inner.tables.render("SELECT version FROM \"{events}_schema\" WHERE tables = $1");
+        let version = sqlx::query_scalar::<_, i32>(AssertSqlSafe(sql))
+            .bind(self.inner.tables.key())
+            .fetch_optional(&self.inner.pool)
+            .await;
+        match version {
+            Ok(version) => Ok(version >= Some(SCHEMA_VERSION)),
+            // 42P01 undefined_table: a new database, or one migrated before versions were
+            // recorded.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Applies the migrations in one transaction, tried again if it deadlocks with the
+    /// processes running on the schema it upgrades.
+    async fn upgrade_schema(&self) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.inner.pool.begin().await?;
+            let applied = match self.apply_migrations(&mut tx).await {
+                Ok(()) => tx.commit().await.map_err(Error::from),
+                Err(err) => Err(err),
+            };
+            match applied {
+                Err(err) if err.is_transient() && attempt < UPGRADE_ATTEMPTS => {
+                    tracing::debug!(target: "pupsource::store", error = %err, attempt, "schema upgrade failed; trying again");
+                    attempt += 1;
+                }
+                applied => return applied,
+            }
+        }
     }
 
     /// Maps an append's database error: the event-id constraint is a duplicate event.
@@ -1067,12 +1122,13 @@ impl EventStore for PostgresStore {
         EventDecoder::read_all(&rows)
     }
 
-    /// Also refuses a database restored from another cluster ([`Error::RestoredDatabase`]),
-    /// once its tables are migrated: see [`PostgresStore::repair_restore`].
+    /// On an up-to-date schema this is one read: no DDL, no lock, nobody waits. Also refuses
+    /// a database restored from another cluster ([`Error::RestoredDatabase`]), once its
+    /// tables are migrated: see [`PostgresStore::repair_restore`].
     async fn migrate(&self) -> Result<()> {
-        let mut tx = self.inner.pool.begin().await?;
-        self.apply_migrations(&mut tx).await?;
-        tx.commit().await?;
+        if !self.schema_is_current().await? {
+            self.upgrade_schema().await?;
+        }
         self.check_transaction_ids().await
     }
 }
