@@ -65,11 +65,11 @@ impl pupsource::Projection for Ledger {
 
     fn handle<'a>(
         &'a self,
-        event: &'a pupsource::PersistedEvent,
+        event: &'a pupsource::LogEvent,
         cx: &'a mut Context<'_>,
     ) -> pupsource::projection::HandleFuture<'a> {
         Box::pin(async move {
-            let decoded = Envelope::<Deposited>::decode(event)?;
+            let decoded = event.decode::<Deposited>()?;
             <Self as Handle<Deposited>>::handle(self, decoded, cx).await
         })
     }
@@ -375,7 +375,7 @@ impl pupsource::Projection for Recorder {
 
     fn handle<'a>(
         &'a self,
-        event: &'a pupsource::PersistedEvent,
+        event: &'a pupsource::LogEvent,
         cx: &'a mut Context<'_>,
     ) -> pupsource::projection::HandleFuture<'a> {
         Box::pin(async move {

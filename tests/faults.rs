@@ -21,7 +21,7 @@ use pupsource::partition::{partition_hash, partition_of};
 use pupsource::projection::{Context, HandleFuture, HandlerPanic, Projection};
 use pupsource::runner::{ErrorPolicy, RetryPolicy, Runner};
 use pupsource::{
-    Error, Event, EventStore, ExpectedVersion, PersistedEvent, SqliteStore, Store, StreamId,
+    Error, Event, EventStore, ExpectedVersion, LogEvent, SqliteStore, Store, StreamId,
 };
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -103,11 +103,7 @@ impl Recorder {
         self.handled.lock().expect("lock").len()
     }
 
-    async fn record(
-        &self,
-        event: &PersistedEvent,
-        cx: &mut Context<'_>,
-    ) -> pupsource::HandlerResult {
+    async fn record(&self, event: &LogEvent, cx: &mut Context<'_>) -> pupsource::HandlerResult {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
@@ -164,11 +160,7 @@ impl Projection for Recorder {
         self.partitions
     }
 
-    fn handle<'a>(
-        &'a self,
-        event: &'a PersistedEvent,
-        cx: &'a mut Context<'_>,
-    ) -> HandleFuture<'a> {
+    fn handle<'a>(&'a self, event: &'a LogEvent, cx: &'a mut Context<'_>) -> HandleFuture<'a> {
         Box::pin(self.record(event, cx))
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pupsource::projection::{Context, HandleFuture, Projection};
-use pupsource::{Event, EventStore, ExpectedVersion, PersistedEvent, Position, Runner, StreamId};
+use pupsource::{Event, EventStore, ExpectedVersion, LogEvent, Position, Runner, StreamId};
 use serde_json::json;
 
 /// Remembers the position of every event it handles.
@@ -33,7 +33,7 @@ impl Projection for Positions {
         "positions"
     }
 
-    fn handle<'a>(&'a self, event: &'a PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+    fn handle<'a>(&'a self, event: &'a LogEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
         self.0.lock().expect("lock").push(event.position);
         Box::pin(async { Ok(()) })
     }

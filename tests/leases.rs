@@ -416,7 +416,7 @@ impl pupsource::Projection for Idle {
 
     fn handle<'a>(
         &'a self,
-        _: &'a pupsource::PersistedEvent,
+        _: &'a pupsource::LogEvent,
         _: &'a mut pupsource::Context<'_>,
     ) -> pupsource::projection::HandleFuture<'a> {
         Box::pin(async { Ok(()) })

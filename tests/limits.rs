@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pupsource::projection::{Context, HandleFuture, Projection};
-use pupsource::{Error, InvalidInput, PersistedEvent, Runner};
+use pupsource::{Error, InvalidInput, LogEvent, Runner};
 
 /// A hand-written projection with any partition count.
 struct Parts(u32);
@@ -25,7 +25,7 @@ impl Projection for Parts {
         self.0
     }
 
-    fn handle<'a>(&'a self, _: &'a PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+    fn handle<'a>(&'a self, _: &'a LogEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
         Box::pin(async { Ok(()) })
     }
 }

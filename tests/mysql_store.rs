@@ -341,7 +341,7 @@ impl pupsource::Projection for Counted {
 
     fn handle<'a>(
         &'a self,
-        _: &'a pupsource::PersistedEvent,
+        _: &'a pupsource::LogEvent,
         _: &'a mut pupsource::Context<'_>,
     ) -> pupsource::projection::HandleFuture<'a> {
         self.handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use pupsource::partition::Partition;
 use pupsource::projection::{Context, HandleFuture, Projection};
 use pupsource::runner::{ErrorPolicy, RetryPolicy, Runner};
-use pupsource::{Error, Event, EventStore, ExpectedVersion, PersistedEvent, Store, StreamId};
+use pupsource::{Error, Event, EventStore, ExpectedVersion, LogEvent, Store, StreamId};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -71,7 +71,7 @@ impl Tally {
 
     async fn apply(
         &self,
-        event: &PersistedEvent,
+        event: &LogEvent,
         cx: &mut Context<'_>,
     ) -> Result<(), pupsource::projection::HandlerError> {
         let key = (event.stream.aggregate_id.clone(), event.aggregate_version);
@@ -146,11 +146,7 @@ impl Projection for Tally {
         self.partitions
     }
 
-    fn handle<'a>(
-        &'a self,
-        event: &'a PersistedEvent,
-        cx: &'a mut Context<'_>,
-    ) -> HandleFuture<'a> {
+    fn handle<'a>(&'a self, event: &'a LogEvent, cx: &'a mut Context<'_>) -> HandleFuture<'a> {
         Box::pin(self.apply(event, cx))
     }
 }
@@ -424,7 +420,7 @@ impl Projection for InMemory {
         "in_memory"
     }
 
-    fn handle<'a>(&'a self, _: &'a PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+    fn handle<'a>(&'a self, _: &'a LogEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }

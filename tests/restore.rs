@@ -18,8 +18,8 @@ use pupsource::projection::{Context, HandleFuture, Projection};
 use pupsource::runner::{ErrorPolicy, RetryPolicy};
 use pupsource::store::RestoreRepair;
 use pupsource::{
-    Error, Event, EventStore, ExpectedVersion, PersistedEvent, Position, PostgresStore, Runner,
-    Scope, StreamId,
+    Error, Event, EventStore, ExpectedVersion, LogEvent, PersistedEvent, Position, PostgresStore,
+    Runner, Scope, StreamId,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -109,11 +109,7 @@ impl Projection for ReadModel {
         2
     }
 
-    fn handle<'a>(
-        &'a self,
-        event: &'a PersistedEvent,
-        cx: &'a mut Context<'_>,
-    ) -> HandleFuture<'a> {
+    fn handle<'a>(&'a self, event: &'a LogEvent, cx: &'a mut Context<'_>) -> HandleFuture<'a> {
         Box::pin(async move {
             let run = self.run.load(Ordering::SeqCst);
             pupsource::with_transaction!(cx.transaction(), |c| {
@@ -141,7 +137,7 @@ impl Projection for Picky {
         1
     }
 
-    fn handle<'a>(&'a self, event: &'a PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+    fn handle<'a>(&'a self, event: &'a LogEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
         Box::pin(async move {
             if event.event_type == "Poison" {
                 return Err("poison".into());

@@ -71,7 +71,7 @@ impl pupsource::Projection for Arrivals {
 
     fn handle<'a>(
         &'a self,
-        event: &'a pupsource::PersistedEvent,
+        event: &'a pupsource::LogEvent,
         _: &'a mut Context<'_>,
     ) -> pupsource::projection::HandleFuture<'a> {
         let _ = self.0.send((event.event_id, Instant::now()));

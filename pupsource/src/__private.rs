@@ -9,6 +9,7 @@ pub use crate::limits::MAX_PARTITIONS;
 use crate::projection::{HandleFuture, HandlerResult};
 pub use crate::registry::Registration;
 pub use inventory;
+pub use serde;
 pub use serde_json;
 pub use std::boxed::Box;
 pub use std::sync::Arc;

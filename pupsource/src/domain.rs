@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{InvalidInput, Result};
-use crate::event::{Event, PersistedEvent, Position, StreamId};
+use crate::event::{Event, LogEvent, PersistedEvent, Position, StreamId};
 use crate::projection::{Context, HandlerResult};
 
 /// A typed domain event. Implement it with `#[derive(pupsource::DomainEvent)]`.
@@ -51,7 +51,12 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`DecodeError`] if the version is unknown or the payload does not match.
-    fn decode_payload(payload: &Value, version: u32) -> Result<Self, DecodeError>;
+    ///
+    /// `payload` is any serde_json deserializer: a stored [`Value`] (`&Value`), or JSON text
+    /// (`&mut serde_json::Deserializer`), which decodes straight into the type.
+    fn decode_payload<'de, D>(payload: D, version: u32) -> Result<Self, DecodeError>
+    where
+        D: serde::Deserializer<'de, Error = serde_json::Error>;
 
     /// The stream of the aggregate with this id.
     fn stream(aggregate_id: impl Into<String>) -> StreamId {
@@ -130,12 +135,25 @@ pub enum DecodeError {
 
 /// Deserializes a payload of exactly this version. Used by generated code.
 #[doc(hidden)]
-pub fn decode_exact<E: DomainEvent>(payload: &Value, version: u32) -> Result<E, DecodeError> {
+pub fn decode_exact<'de, E, D>(payload: D, version: u32) -> Result<E, DecodeError>
+where
+    E: DomainEvent,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
     E::deserialize(payload).map_err(|source| DecodeError::Payload {
         event_type: E::NAME,
         version,
         source,
     })
+}
+
+/// Decodes a payload of schema `version` from its JSON text, straight into `E` (no
+/// intermediate [`Value`]), upcasting older versions.
+fn decode_text<E: DomainEvent>(payload: &str, version: u32) -> Result<E, DecodeError> {
+    let mut text = serde_json::Deserializer::from_str(payload);
+    let event = E::decode_payload(&mut text, version)?;
+    text.end().map_err(|source| DecodeError::Payload { event_type: E::NAME, version, source })?;
+    Ok(event)
 }
 
 /// A decoded event with its stored context: position, stream, ids, metadata.
@@ -168,25 +186,60 @@ pub struct Envelope<E> {
     pub trace_id: Option<String>,
 }
 
-impl<E: DomainEvent> Envelope<E> {
-    /// Decodes a stored event.
-    ///
-    /// # Errors
-    /// [`DecodeError`] if it is another event, an unknown version, or does not match.
-    pub fn decode(event: &PersistedEvent) -> Result<Self, DecodeError> {
-        Ok(Envelope {
-            data: E::decode(event)?,
+/// The [`Envelope`] of `data` decoded from `event`, a [`PersistedEvent`] or a [`LogEvent`]
+/// (the same fields by name).
+macro_rules! envelope {
+    ($data:expr, $metadata:expr, $event:expr) => {{
+        let event = $event;
+        Envelope {
+            data: $data,
             stream: event.stream.clone(),
             event_id: event.event_id,
             aggregate_version: event.aggregate_version,
             position: event.position,
             event_version: event.event_version,
             created_at: event.created_at,
-            metadata: event.metadata.clone(),
+            metadata: $metadata,
             causation_id: event.causation_id.clone(),
             correlation_id: event.correlation_id.clone(),
             trace_id: event.trace_id.clone(),
-        })
+        }
+    }};
+}
+
+impl<E: DomainEvent> Envelope<E> {
+    /// Decodes a stored event.
+    ///
+    /// # Errors
+    /// [`DecodeError`] if it is another event, an unknown version, or does not match.
+    pub fn decode(event: &PersistedEvent) -> Result<Self, DecodeError> {
+        Ok(envelope!(E::decode(event)?, event.metadata.clone(), event))
+    }
+}
+
+impl LogEvent {
+    /// Whether the event is of `E`'s type (context and name).
+    pub fn is<E: DomainEvent>(&self) -> bool {
+        self.event_type == E::NAME && self.stream.context == E::CONTEXT
+    }
+
+    /// Decodes the event as `E`: its payload straight from the stored JSON text into the type
+    /// (upcast from an older schema version if need be), its metadata into a [`Value`].
+    ///
+    /// # Errors
+    /// [`DecodeError`] if it is another event, an unknown version, or does not match.
+    pub fn decode<E: DomainEvent>(&self) -> Result<Envelope<E>, DecodeError> {
+        if !self.is::<E>() {
+            return Err(DecodeError::WrongType {
+                expected: E::NAME,
+                found: self.event_type.clone(),
+            });
+        }
+        let data = decode_text::<E>(self.payload_json(), self.event_version)?;
+        let metadata = serde_json::from_str(self.metadata_json()).map_err(|source| {
+            DecodeError::Payload { event_type: E::NAME, version: self.event_version, source }
+        })?;
+        Ok(envelope!(data, metadata, self))
     }
 }
 

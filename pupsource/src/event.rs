@@ -218,6 +218,125 @@ impl std::ops::Deref for PersistedEvent {
     }
 }
 
+/// An event as the runner hands it to a [`Projection`](crate::Projection): every stored column,
+/// with the payload and metadata still the JSON text the store returned.
+///
+/// A typed projection decodes only the payload, straight from the text into its event type
+/// ([`LogEvent::decode`]); a raw one gets the [`PersistedEvent`] ([`LogEvent::to_persisted`]),
+/// whose payload and metadata are [`Value`]s.
+///
+/// ```
+/// use pupsource::{Event, LogEvent, PersistedEvent, Position, StreamId};
+/// use serde_json::json;
+///
+/// let event = Event::new(&StreamId::new("Sales", "Order", "o1"), "Placed", json!({ "total": 5 }));
+/// let stored = PersistedEvent { event, position: Position::START, aggregate_version: 1, partition_hash: 0 };
+/// let logged = LogEvent::from(stored.clone());
+/// assert_eq!(logged.payload_json(), r#"{"total":5}"#);
+/// assert_eq!(logged.to_persisted()?, stored);
+/// # Ok::<(), pupsource::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEvent {
+    /// The stream the event belongs to.
+    pub stream: StreamId,
+    /// Unique id of the event.
+    pub event_id: Uuid,
+    /// The event's type name.
+    pub event_type: String,
+    /// The schema version of the payload.
+    pub event_version: u32,
+    /// The payload's JSON text.
+    pub(crate) payload: String,
+    /// The metadata's JSON text.
+    pub(crate) metadata: String,
+    /// Id of the event or command that caused this one.
+    pub causation_id: Option<String>,
+    /// Id correlating the events of one business flow.
+    pub correlation_id: Option<String>,
+    /// Id of the distributed trace that produced the event.
+    pub trace_id: Option<String>,
+    /// When the event happened.
+    pub created_at: OffsetDateTime,
+    /// Its place in the global log.
+    pub position: Position,
+    /// Its version in the aggregate's stream (1 for the first event).
+    pub aggregate_version: u64,
+    /// SipHash-1-3 of the aggregate id, see [`crate::partition`].
+    pub partition_hash: u64,
+}
+
+impl LogEvent {
+    /// The payload as stored: JSON text.
+    pub fn payload_json(&self) -> &str {
+        &self.payload
+    }
+
+    /// The metadata as stored: JSON text.
+    pub fn metadata_json(&self) -> &str {
+        &self.metadata
+    }
+
+    /// The event with its payload and metadata decoded into [`Value`]s.
+    ///
+    /// # Errors
+    /// [`Error::Decode`](crate::Error::Decode) if either is not JSON (the store only holds
+    /// JSON, so this means the row was changed behind the store's back).
+    pub fn to_persisted(&self) -> Result<PersistedEvent> {
+        self.clone().into_persisted()
+    }
+
+    /// [`LogEvent::to_persisted`], consuming the event.
+    pub(crate) fn into_persisted(self) -> Result<PersistedEvent> {
+        let position = self.position;
+        let json = |what: &str, text: &str| {
+            serde_json::from_str(text).map_err(|e| crate::Error::Decode {
+                position: position.global_position,
+                reason: format!("{what}: {e}"),
+            })
+        };
+        let event = Event {
+            payload: json("payload", &self.payload)?,
+            metadata: json("metadata", &self.metadata)?,
+            stream: self.stream,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            causation_id: self.causation_id,
+            correlation_id: self.correlation_id,
+            trace_id: self.trace_id,
+            created_at: self.created_at,
+        };
+        Ok(PersistedEvent {
+            event,
+            position,
+            aggregate_version: self.aggregate_version,
+            partition_hash: self.partition_hash,
+        })
+    }
+}
+
+impl From<PersistedEvent> for LogEvent {
+    fn from(stored: PersistedEvent) -> Self {
+        let PersistedEvent { event, position, aggregate_version, partition_hash } = stored;
+        LogEvent {
+            stream: event.stream,
+            event_id: event.event_id,
+            event_type: event.event_type,
+            event_version: event.event_version,
+            payload: event.payload.to_string(),
+            metadata: event.metadata.to_string(),
+            causation_id: event.causation_id,
+            correlation_id: event.correlation_id,
+            trace_id: event.trace_id,
+            created_at: event.created_at,
+            position,
+            aggregate_version,
+            partition_hash,
+        }
+    }
+}
+
 /// The history of one aggregate, in version order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stream {

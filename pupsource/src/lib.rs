@@ -25,7 +25,7 @@ mod version;
 pub use aggregate::{Aggregate, AggregateStore, Apply, Change};
 pub use domain::{DecodeError, DomainEvent, Envelope, Handle, HandleRaw};
 pub use error::{ConnectFailure, ConstraintKind, Error, FieldProblem, InvalidInput, Result};
-pub use event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
+pub use event::{AppendResult, Event, LogEvent, PersistedEvent, Position, Stream, StreamId};
 pub use projection::{Context, HandlerError, HandlerResult, Projection};
 #[cfg(feature = "cli")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cli")))]

@@ -1,7 +1,8 @@
 //! Projections: what turns events into read models.
 //!
 //! A [`Projection`] has a name, a partition count and a [`Scope`], and handles one
-//! [`PersistedEvent`] at a time through [`Projection::handle`]. One instance is shared by every
+//! [`LogEvent`] at a time through [`Projection::handle`] (its payload still JSON text, which a
+//! typed projection decodes straight into its event type). One instance is shared by every
 //! partition, hence `Send + Sync + 'static`. Events of one aggregate always go to the same
 //! partition, in version order.
 //!
@@ -16,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::event::{PersistedEvent, Position};
+use crate::event::{LogEvent, Position};
 use crate::partition::Partition;
 use crate::store::Scope;
 
@@ -60,7 +61,7 @@ pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use pupsource::projection::{Context, HandleFuture, Projection};
-/// use pupsource::PersistedEvent;
+/// use pupsource::LogEvent;
 ///
 /// #[derive(Default)]
 /// struct CountEvents(AtomicU64);
@@ -70,7 +71,7 @@ pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 
 ///         "count_events"
 ///     }
 ///
-///     fn handle<'a>(&'a self, _event: &'a PersistedEvent, _cx: &'a mut Context<'_>) -> HandleFuture<'a> {
+///     fn handle<'a>(&'a self, _event: &'a LogEvent, _cx: &'a mut Context<'_>) -> HandleFuture<'a> {
 ///         Box::pin(async move {
 ///             self.0.fetch_add(1, Ordering::Relaxed);
 ///             Ok(())
@@ -99,8 +100,10 @@ pub trait Projection: sealed::Typed + Send + Sync + 'static {
     /// Handles one event. An error (or a panic, which the runner catches and reports as a
     /// [`HandlerPanic`]) is retried with backoff, then halts the partition or parks the event,
     /// as the runner's [`ErrorPolicy`](crate::runner::ErrorPolicy) says.
-    fn handle<'a>(&'a self, event: &'a PersistedEvent, cx: &'a mut Context<'_>)
-    -> HandleFuture<'a>;
+    ///
+    /// The event's payload is the stored JSON text: [`LogEvent::decode`] decodes it into a
+    /// typed event, [`LogEvent::to_persisted`] into a [`PersistedEvent`](crate::PersistedEvent).
+    fn handle<'a>(&'a self, event: &'a LogEvent, cx: &'a mut Context<'_>) -> HandleFuture<'a>;
 
     /// Clears the projection's read model before a rebuild, in the transaction that also
     /// deletes its checkpoints (default: nothing to clear).

@@ -41,12 +41,18 @@ pub(super) fn tokens(event: &Event) -> TokenStream {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
 
-                fn decode_payload(
-                    payload: &#runtime::__private::serde_json::Value,
+                fn decode_payload<'de, D>(
+                    payload: D,
                     version: u32,
-                ) -> ::core::result::Result<Self, #runtime::DecodeError> {
+                ) -> ::core::result::Result<Self, #runtime::DecodeError>
+                where
+                    D: #runtime::__private::serde::Deserializer<
+                        'de,
+                        Error = #runtime::__private::serde_json::Error,
+                    >,
+                {
                     if version == #version {
-                        return #runtime::__private::decode_exact::<Self>(payload, version);
+                        return #runtime::__private::decode_exact::<Self, D>(payload, version);
                     }
                     #upcast
                     ::core::result::Result::Err(#runtime::DecodeError::UnknownVersion {

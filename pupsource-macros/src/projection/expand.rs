@@ -23,8 +23,8 @@ pub(super) fn tokens(projection: &Projection) -> TokenStream {
                     <Self as #runtime::Handle<#event>>::handle(self, envelope, cx)
                 };
                 quote! {
-                    if <#event as #runtime::DomainEvent>::matches(event) {
-                        let envelope = #runtime::Envelope::<#event>::decode(event)?;
+                    if event.is::<#event>() {
+                        let envelope = event.decode::<#event>()?;
                         return #call.await;
                     }
                 }
@@ -38,9 +38,15 @@ pub(super) fn tokens(projection: &Projection) -> TokenStream {
                     .aggregate_types(<[&str]>::iter(&[#(#aggregates),*]).copied())
             };
             let call = quote_spanned! {ident.span()=>
-                <Self as #runtime::HandleRaw>::handle(self, event, cx)
+                <Self as #runtime::HandleRaw>::handle(self, &event, cx)
             };
-            (scope, quote! { #call.await })
+            (
+                scope,
+                quote! {
+                    let event = event.to_persisted()?;
+                    #call.await
+                },
+            )
         }
     };
     let build = match new {
@@ -107,7 +113,7 @@ pub(super) fn tokens(projection: &Projection) -> TokenStream {
 
                 fn handle<'a>(
                     &'a self,
-                    event: &'a #runtime::PersistedEvent,
+                    event: &'a #runtime::LogEvent,
                     cx: &'a mut #runtime::Context<'_>,
                 ) -> #runtime::projection::HandleFuture<'a> {
                     #runtime::__private::Box::pin(async move { #dispatch })

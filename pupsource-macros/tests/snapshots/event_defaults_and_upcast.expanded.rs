@@ -5,12 +5,18 @@ const _: () = {
         const AGGREGATE: &'static str = "User";
         const NAME: &'static str = "UserCreated";
         const VERSION: u32 = 2u32;
-        fn decode_payload(
-            payload: &::pupsource::__private::serde_json::Value,
+        fn decode_payload<'de, D>(
+            payload: D,
             version: u32,
-        ) -> ::core::result::Result<Self, ::pupsource::DecodeError> {
+        ) -> ::core::result::Result<Self, ::pupsource::DecodeError>
+        where
+            D: ::pupsource::__private::serde::Deserializer<
+                'de,
+                Error = ::pupsource::__private::serde_json::Error,
+            >,
+        {
             if version == 2u32 {
-                return ::pupsource::__private::decode_exact::<Self>(payload, version);
+                return ::pupsource::__private::decode_exact::<Self, D>(payload, version);
             }
             if version < 2u32 {
                 return <V1 as ::pupsource::DomainEvent>::decode_payload(payload, version)

@@ -26,17 +26,17 @@ const _: () = {
         }
         fn handle<'a>(
             &'a self,
-            event: &'a ::pupsource::PersistedEvent,
+            event: &'a ::pupsource::LogEvent,
             cx: &'a mut ::pupsource::Context<'_>,
         ) -> ::pupsource::projection::HandleFuture<'a> {
             ::pupsource::__private::Box::pin(async move {
-                if <A as ::pupsource::DomainEvent>::matches(event) {
-                    let envelope = ::pupsource::Envelope::<A>::decode(event)?;
+                if event.is::<A>() {
+                    let envelope = event.decode::<A>()?;
                     return <Self as ::pupsource::Handle<A>>::handle(self, envelope, cx)
                         .await;
                 }
-                if <b::B as ::pupsource::DomainEvent>::matches(event) {
-                    let envelope = ::pupsource::Envelope::<b::B>::decode(event)?;
+                if event.is::<b::B>() {
+                    let envelope = event.decode::<b::B>()?;
                     return <Self as ::pupsource::Handle<
                         b::B,
                     >>::handle(self, envelope, cx)

@@ -17,11 +17,12 @@ const _: () = {
         }
         fn handle<'a>(
             &'a self,
-            event: &'a app::pupsource::PersistedEvent,
+            event: &'a app::pupsource::LogEvent,
             cx: &'a mut app::pupsource::Context<'_>,
         ) -> app::pupsource::projection::HandleFuture<'a> {
             app::pupsource::__private::Box::pin(async move {
-                <Self as app::pupsource::HandleRaw>::handle(self, event, cx).await
+                let event = event.to_persisted()?;
+                <Self as app::pupsource::HandleRaw>::handle(self, &event, cx).await
             })
         }
         fn reset<'a>(

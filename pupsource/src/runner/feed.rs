@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{PersistedEvent, Position};
+use crate::event::{LogEvent, Position};
 use crate::partition::partition_of;
 
 /// How much each slot may hold.
@@ -56,7 +56,7 @@ struct State {
 }
 
 struct Slot {
-    events: VecDeque<(PersistedEvent, usize)>,
+    events: VecDeque<(LogEvent, usize)>,
     bytes: usize,
     /// Everything of this partition up to here is in `events` or was taken.
     through: Position,
@@ -87,7 +87,7 @@ impl Slot {
 pub(crate) enum Take {
     /// Events of its partition in log order (possibly none), and everything of its partition
     /// up to `through` has now been taken.
-    Events { events: Vec<PersistedEvent>, through: Position },
+    Events { events: Vec<LogEvent>, through: Position },
     /// The slot is detached: read the log alone, after what was taken, up to `read_through`.
     ReadAlone { read_through: Position },
     /// Nothing more will come.
@@ -148,12 +148,12 @@ impl Feed {
     /// cancelled first (nothing was placed).
     pub(crate) async fn offer(
         &self,
-        page: Vec<(PersistedEvent, usize)>,
+        page: Vec<(LogEvent, usize)>,
         through: Position,
         full: bool,
         cancel: &CancellationToken,
     ) -> bool {
-        let mut split: BTreeMap<u32, Vec<(PersistedEvent, usize)>> = BTreeMap::new();
+        let mut split: BTreeMap<u32, Vec<(LogEvent, usize)>> = BTreeMap::new();
         for (event, size) in page {
             let partition = partition_of(event.partition_hash, self.partition_count);
             split.entry(partition).or_default().push((event, size));
@@ -255,7 +255,7 @@ impl Feed {
                 if queued && (!behind || slot.ripe(self.limits)) {
                     slot.wanted = false;
                     let n = slot.events.len().min(max.max(1));
-                    let events: Vec<PersistedEvent> = slot
+                    let events: Vec<LogEvent> = slot
                         .events
                         .drain(..n)
                         .map(|(event, size)| {
@@ -321,7 +321,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::{Event, StreamId};
+    use crate::event::{Event, PersistedEvent, StreamId};
     use crate::partition::partition_hash;
 
     /// Events at `positions`, all of aggregate `id`, each weighing `size` bytes.
@@ -329,17 +329,17 @@ mod tests {
         id: &str,
         positions: impl IntoIterator<Item = i64>,
         size: usize,
-    ) -> Vec<(PersistedEvent, usize)> {
+    ) -> Vec<(LogEvent, usize)> {
         let stream = StreamId::new("Test", "Thing", id);
         positions
             .into_iter()
             .map(|p| {
-                let event = PersistedEvent {
+                let event = LogEvent::from(PersistedEvent {
                     event: Event::new(&stream, "Step", json!({})),
                     position: Position { transaction_id: 0, global_position: p },
                     aggregate_version: u64::try_from(p).unwrap_or(0),
                     partition_hash: partition_hash(id),
-                };
+                });
                 (event, size)
             })
             .collect()

@@ -58,7 +58,7 @@ pub use crate::store::{Fence, ParkedEvent};
 pub use status::{PartitionStatus, ProjectionStatus, Status};
 
 use crate::error::{Error, FieldProblem, InvalidInput, Result};
-use crate::event::Position;
+use crate::event::{LogEvent, Position};
 use crate::limits::{self, MAX_PARTITIONS};
 use crate::partition::{Partition, partition_of};
 use crate::projection::{Context, Projection};
@@ -787,7 +787,7 @@ impl Runner {
             // Read before the batch takes a connection: a `sqlite::memory:` pool has only one.
             let event = self.backend.read_event(parked.position.global_position).await?;
             let mut batch = self.backend.begin_batch(None).await?;
-            if let Some(event) = event {
+            if let Some(event) = event.map(LogEvent::from) {
                 let partition =
                     Partition { index: partition_of(event.partition_hash, count), count };
                 let mut cx = Context::new(name, partition, event.position, batch.transaction());

@@ -41,7 +41,7 @@ use crate::backoff::{Backoff, Outage, retry_transient, sleep_or_cancel};
 use crate::checkpoint::CheckpointState;
 use crate::domain::DecodeError;
 use crate::error::{Error, Result};
-use crate::event::{PersistedEvent, Position, StreamId};
+use crate::event::{LogEvent, Position, StreamId};
 use crate::partition::Partition;
 use crate::partition::partition_of;
 use crate::projection::{Context, HandlerError, HandlerPanic, HandlerResult, Lease};
@@ -66,9 +66,9 @@ enum Step {
 /// One transaction of a worker.
 enum Work<'a> {
     /// Handle these events (those not yet committed) and move the checkpoint to `through`.
-    Batch(&'a [PersistedEvent], Position),
+    Batch(&'a [LogEvent], Position),
     /// Park an event whose handler kept failing, with the last error and the attempts made.
-    Park(&'a PersistedEvent, &'a str, u32),
+    Park(&'a LogEvent, &'a str, u32),
 }
 
 /// How a transaction of a worker ended.
@@ -182,7 +182,7 @@ impl Worker {
                 _ => target,
             };
             let count = self.run.partition_count;
-            let mine: Vec<PersistedEvent> = page
+            let mine: Vec<LogEvent> = page
                 .events
                 .into_iter()
                 .map(|(event, _)| event)
@@ -202,7 +202,7 @@ impl Worker {
 
     /// Handles `events` (in log order) in as many transactions as it takes, and moves the
     /// checkpoint to `through`.
-    async fn process(&mut self, events: &[PersistedEvent], through: Position) -> Result<Flow> {
+    async fn process(&mut self, events: &[LogEvent], through: Position) -> Result<Flow> {
         if through <= self.checkpoint {
             return Ok(Flow::Done);
         }
@@ -247,7 +247,7 @@ impl Worker {
         .await
     }
 
-    async fn process_alone(&mut self, event: &PersistedEvent) -> Result<Flow> {
+    async fn process_alone(&mut self, event: &LogEvent) -> Result<Flow> {
         let retry = self.run.settings.retry;
         let mut attempt = 0;
         loop {
@@ -403,7 +403,7 @@ impl Worker {
     }
 
     /// Whether an event is handled, parked behind an earlier one, or was handled already.
-    fn step(&self, event: &PersistedEvent) -> Step {
+    fn step(&self, event: &LogEvent) -> Step {
         if self.state.handled_by_old_layout(event.position, event.partition_hash) {
             Step::Skip
         } else if self.parked.contains(&event.stream) {
@@ -417,7 +417,7 @@ impl Worker {
     /// and becomes its error.
     async fn call(
         &self,
-        event: &PersistedEvent,
+        event: &LogEvent,
         tx: &mut dyn Batch,
     ) -> Result<bool, (&'static str, HandlerError)> {
         let mut cx = Context::new(&self.run.name, self.partition, event.position, tx.transaction())

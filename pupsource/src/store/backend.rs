@@ -19,7 +19,7 @@ use super::row::{EventDecoder, StoredRow};
 use super::{CheckpointRead, EventStore, Scope};
 use crate::checkpoint::{CheckpointRow, CheckpointState};
 use crate::error::Result;
-use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
+use crate::event::{AppendResult, Event, LogEvent, PersistedEvent, Position, Stream, StreamId};
 use crate::partition::Partition;
 use crate::projection::{Lease, Transaction};
 use crate::version::ExpectedVersion;
@@ -235,7 +235,7 @@ pub(crate) trait Batch: Send {
     async fn park(
         &mut self,
         projection: &str,
-        event: &PersistedEvent,
+        event: &LogEvent,
         error: Option<&str>,
         attempts: u32,
     ) -> Result<()>;
@@ -332,7 +332,7 @@ impl dyn Batch {
 /// what is readable.
 #[derive(Debug, Default)]
 pub(crate) struct Page {
-    pub(crate) events: Vec<(PersistedEvent, usize)>,
+    pub(crate) events: Vec<(LogEvent, usize)>,
     /// What the events weigh in memory, in all.
     pub(crate) bytes: usize,
     pub(crate) full: bool,

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::ops::{Bound, RangeBounds};
 
 use crate::error::{InvalidInput, Result};
-use crate::event::{AppendResult, Event, PersistedEvent, Position, Stream, StreamId};
+use crate::event::{AppendResult, Event, LogEvent, PersistedEvent, Position, Stream, StreamId};
 use crate::partition::Partition;
 use crate::projection::Lease;
 use crate::version::ExpectedVersion;
@@ -467,11 +467,11 @@ pub(crate) fn from_unix_micros(micros: i64) -> Option<time::OffsetDateTime> {
 
 /// Roughly what an event read from the log costs in memory: its JSON texts and names, and a
 /// fixed part for the rest.
-pub(crate) fn approximate_size(event: &Event, payload_text: usize, metadata_text: usize) -> usize {
+pub(crate) fn approximate_size(event: &LogEvent) -> usize {
     const FIXED: usize = 256;
     FIXED
-        + payload_text
-        + metadata_text
+        + event.payload_json().len()
+        + event.metadata_json().len()
         + event.stream.context.len()
         + event.stream.aggregate_type.len()
         + event.stream.aggregate_id.len()

@@ -54,7 +54,7 @@ use super::{
 use crate::checkpoint::CheckpointRow;
 use crate::error::{ConnectFailure, ConstraintKind, Error, Result};
 use crate::event::{
-    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
+    AppendResult, Event, LogEvent, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
 use crate::partition::{Partition, partition_hash};
 use crate::projection::{Lease, Transaction};
@@ -815,7 +815,7 @@ impl Batch for MySqlBatch {
     async fn park(
         &mut self,
         projection: &str,
-        event: &PersistedEvent,
+        event: &LogEvent,
         error: Option<&str>,
         attempts: u32,
     ) -> Result<()> {

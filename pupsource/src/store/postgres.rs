@@ -84,7 +84,7 @@ use crate::backoff::{Backoff, Outage, sleep_or_cancel};
 use crate::checkpoint::CheckpointRow;
 use crate::error::{ConnectFailure, ConstraintKind, Error, Result};
 use crate::event::{
-    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
+    AppendResult, Event, LogEvent, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
 use crate::partition::Partition;
 use crate::partition::partition_hash;
@@ -1026,7 +1026,7 @@ impl Batch for PgBatch {
     async fn park(
         &mut self,
         projection: &str,
-        event: &PersistedEvent,
+        event: &LogEvent,
         error: Option<&str>,
         attempts: u32,
     ) -> Result<()> {

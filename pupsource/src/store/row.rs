@@ -16,7 +16,7 @@ use super::lease::{Holder, WorkerStatus};
 use super::{CheckpointRead, approximate_size, hash_from_stored};
 use crate::checkpoint::CheckpointRow;
 use crate::error::{Error, Result};
-use crate::event::{Event, PersistedEvent, Position, StreamId};
+use crate::event::{LogEvent, PersistedEvent, Position, StreamId};
 use crate::partition::Partition;
 use crate::process::Process;
 
@@ -33,8 +33,8 @@ pub(crate) trait StoredRow {
     fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>>;
     /// A UUID column.
     fn uuid(&self, index: usize) -> Result<Uuid>;
-    /// A JSON column and the length of its text.
-    fn json(&self, index: usize) -> Result<(serde_json::Value, usize)>;
+    /// A JSON column's text, as stored.
+    fn json(&self, index: usize) -> Result<String>;
 }
 
 /// Getters by column name, for rows read once (status, checkpoints, leases).
@@ -236,7 +236,7 @@ impl EventColumns {
     }
 
     /// The event of `row`, and roughly what it costs in memory.
-    pub(crate) fn read(&self, row: &impl StoredRow) -> Result<(PersistedEvent, usize)> {
+    pub(crate) fn read(&self, row: &impl StoredRow) -> Result<(LogEvent, usize)> {
         let global_position = row.int(self.global_position)?;
         let bad = |what: &str, e: &dyn std::fmt::Display| Error::Decode {
             position: global_position,
@@ -245,10 +245,8 @@ impl EventColumns {
         let text = |index: usize| -> Result<String> {
             row.opt_text(index)?.ok_or_else(|| bad("column", &"unexpected NULL"))
         };
-        let (payload, payload_len) = row.json(self.payload).map_err(|e| bad("payload", &e))?;
-        let (metadata, metadata_len) = row.json(self.metadata).map_err(|e| bad("metadata", &e))?;
         let event_version = row.int(self.event_version)?;
-        let event = Event {
+        let event = LogEvent {
             stream: StreamId {
                 context: text(self.bounded_context)?,
                 aggregate_type: text(self.aggregate_type)?,
@@ -257,8 +255,8 @@ impl EventColumns {
             event_id: row.uuid(self.event_id)?,
             event_type: text(self.event_type)?,
             event_version: u32::try_from(event_version).map_err(|e| bad("event_version", &e))?,
-            payload,
-            metadata,
+            payload: row.json(self.payload).map_err(|e| bad("payload", &e))?,
+            metadata: row.json(self.metadata).map_err(|e| bad("metadata", &e))?,
             causation_id: row.opt_text(self.causation_id)?,
             correlation_id: row.opt_text(self.correlation_id)?,
             trace_id: row.opt_text(self.trace_id)?,
@@ -266,14 +264,11 @@ impl EventColumns {
                 .opt_time(self.created_at)
                 .map_err(|e| bad("created_at", &e))?
                 .ok_or_else(|| bad("created_at", &"unexpected NULL"))?,
-        };
-        let size = approximate_size(&event, payload_len, metadata_len);
-        let event = PersistedEvent {
-            event,
             position: Position { transaction_id: row.int(self.transaction_id)?, global_position },
             aggregate_version: row.int(self.aggregate_version)?.unsigned_abs(),
             partition_hash: hash_from_stored(row.int(self.partition_hash)?),
         };
+        let size = approximate_size(&event);
         Ok((event, size))
     }
 }
@@ -284,7 +279,7 @@ pub(crate) struct EventDecoder(Option<EventColumns>);
 
 impl EventDecoder {
     /// The event of `row`, and roughly what it costs in memory.
-    pub(crate) fn read(&mut self, row: &impl StoredRow) -> Result<(PersistedEvent, usize)> {
+    pub(crate) fn read(&mut self, row: &impl StoredRow) -> Result<(LogEvent, usize)> {
         let columns = match self.0 {
             Some(columns) => columns,
             None => *self.0.insert(EventColumns::of(row)?),
@@ -294,13 +289,13 @@ impl EventDecoder {
 
     /// The event of a single row.
     pub(crate) fn read_one(row: &impl StoredRow) -> Result<PersistedEvent> {
-        EventColumns::of(row)?.read(row).map(|(event, _)| event)
+        EventColumns::of(row)?.read(row)?.0.into_persisted()
     }
 
     /// The events of `rows`.
     pub(crate) fn read_all(rows: &[impl StoredRow]) -> Result<Vec<PersistedEvent>> {
         let mut decoder = EventDecoder::default();
-        rows.iter().map(|row| decoder.read(row).map(|(event, _)| event)).collect()
+        rows.iter().map(|row| decoder.read(row)?.0.into_persisted()).collect()
     }
 }
 
@@ -337,20 +332,11 @@ mod postgres {
             Ok(self.try_get(index)?)
         }
 
-        fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
-            let len = self.try_get_raw(index)?.as_bytes().map_or(0, <[u8]>::len);
-            Ok((self.try_get(index)?, len))
+        /// `json`, whose binary form is its text (`jsonb`'s would start with a version byte).
+        fn json(&self, index: usize) -> Result<String> {
+            Ok(self.try_get_unchecked::<&str, _>(index)?.to_owned())
         }
     }
-}
-
-/// A JSON column stored as text (SQLite, MySQL), and the length of its text.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
-fn json_text(text: &str, index: usize) -> Result<(serde_json::Value, usize)> {
-    let value = serde_json::from_str(text).map_err(|e| {
-        Error::Database(sqlx::Error::ColumnDecode { index: index.to_string(), source: Box::new(e) })
-    })?;
-    Ok((value, text.len()))
 }
 
 /// A time stored as microseconds since the Unix epoch, UTC (SQLite, MySQL's event times).
@@ -397,8 +383,8 @@ mod sqlite {
         }
 
         /// JSON stored as text.
-        fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
-            json_text(self.try_get(index)?, index)
+        fn json(&self, index: usize) -> Result<String> {
+            Ok(self.try_get(index)?)
         }
     }
 }
@@ -442,8 +428,8 @@ mod mysql {
         }
 
         /// JSON stored as text.
-        fn json(&self, index: usize) -> Result<(serde_json::Value, usize)> {
-            json_text(self.try_get(index)?, index)
+        fn json(&self, index: usize) -> Result<String> {
+            Ok(self.try_get(index)?)
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::backoff::Backoff;
 use crate::checkpoint::CheckpointRow;
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendResult, Event, PersistedEvent, Position, Stream, StreamId, validate_append,
+    AppendResult, Event, LogEvent, PersistedEvent, Position, Stream, StreamId, validate_append,
 };
 use crate::partition::Partition;
 use crate::partition::partition_hash;
@@ -749,7 +749,7 @@ impl Batch for SqliteBatch {
     async fn park(
         &mut self,
         projection: &str,
-        event: &PersistedEvent,
+        event: &LogEvent,
         error: Option<&str>,
         attempts: u32,
     ) -> Result<()> {
