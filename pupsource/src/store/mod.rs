@@ -380,7 +380,6 @@ impl Statement {
     }
 
     /// The statement's text, e.g. to append to.
-    #[cfg(any(feature = "sqlite", feature = "mysql"))]
     pub(crate) fn text(&self) -> &str {
         &self.0
     }

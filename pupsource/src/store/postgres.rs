@@ -400,16 +400,17 @@ impl Sql {
             append_new: append(&new),
             append_exact: append(&exact),
             head: render(&format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}")),
+            // The page's `LIMIT` is appended: `$6`, or a literal (`Self::read_page`).
             read_all: render(&format!(
                 // `e.transaction_id`, qualified: unqualified, ORDER BY would name the
                 // output column (the `::bigint` cast) and sort instead of using the index.
                 "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" AS e \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                        AND transaction_id < {FENCE} \
-                       AND ($4::text[] IS NULL OR bounded_context = ANY($4)) \
-                       AND ($5::text[] IS NULL OR aggregate_type = ANY($5)) \
-                       AND ($6::text[] IS NULL OR event_type = ANY($6)) \
-                     ORDER BY e.transaction_id, e.global_position LIMIT $3"
+                       AND ($3::text[] IS NULL OR bounded_context = ANY($3)) \
+                       AND ($4::text[] IS NULL OR aggregate_type = ANY($4)) \
+                       AND ($5::text[] IS NULL OR event_type = ANY($5)) \
+                     ORDER BY e.transaction_id, e.global_position LIMIT "
             )),
             read_stream: render(&format!(
                 "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" WHERE {key} \
@@ -536,24 +537,36 @@ impl PostgresStore {
 
     /// The query of a page of the log: events after `after` in `scope`, in log order, below
     /// the fence.
+    /// A page of the log after `after` in `scope`. `LIMIT` as a literal (`fixed_limit`):
+    /// a prepared statement per page size, whose cached generic plan knows the limit and
+    /// keeps to the index, so that the runner's pages are not planned anew each time. As a
+    /// parameter (any limit, [`EventStore::read_all`]): not a persistent statement, so each
+    /// page is planned with its actual parameters (a cached generic plan cannot see the
+    /// `LIMIT`, assumes a tenth of the table and, on a large log, prefers a parallel scan and
+    /// sort to the index).
     fn log_query(
         &self,
         after: Position,
         limit: usize,
         scope: &Scope,
+        fixed_limit: bool,
     ) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        // Not a persistent (named) statement: PostgreSQL then plans each page with its actual
-        // parameters. A cached generic plan cannot see the `LIMIT`, assumes a tenth of the
-        // table and, on a large log, prefers a parallel scan and sort to the index.
-        sqlx::query(self.inner.sql.read_all.sql())
-            .persistent(false)
+        let sql = self.inner.sql.read_all.text();
+        let query = match fixed_limit {
+            true => sqlx::query(AssertSqlSafe(format!("{sql}{limit}"))),
+            false => sqlx::query(AssertSqlSafe(format!("{sql}$6"))).persistent(false),
+        };
+        let query = query
             .bind(after.transaction_id)
             .bind(after.global_position)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(list(&scope.contexts))
             .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types))
+            .bind(list(&scope.event_types));
+        match fixed_limit {
+            true => query,
+            false => query.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
+        }
     }
 
     /// Appends `events` with one statement on `conn`: in the caller's transaction, or in a
@@ -803,7 +816,7 @@ impl Backend for PostgresStore {
         scope: &Scope,
     ) -> Result<Page> {
         scope.validate()?;
-        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
+        let rows = self.log_query(after, limit, scope, true).fetch(&self.inner.pool);
         Page::collect(rows, limit, max_bytes).await
     }
 
@@ -1118,7 +1131,7 @@ impl EventStore for PostgresStore {
         scope: &Scope,
     ) -> Result<Vec<PersistedEvent>> {
         scope.validate()?;
-        let rows = self.log_query(after, limit, scope).fetch_all(&self.inner.pool).await?;
+        let rows = self.log_query(after, limit, scope, false).fetch_all(&self.inner.pool).await?;
         EventDecoder::read_all(&rows)
     }
 
