@@ -319,7 +319,7 @@ impl Idle {
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use pupsource::projection::{Context, HandleFuture, Projection};
 /// use pupsource::runner::Runner;
-/// use pupsource::{Event, EventStore, ExpectedVersion, PersistedEvent, SqliteStore, StreamId};
+/// use pupsource::{Event, EventStore, ExpectedVersion, LogEvent, SqliteStore, StreamId};
 ///
 /// #[derive(Default)]
 /// struct CountEvents(AtomicU64);
@@ -327,7 +327,7 @@ impl Idle {
 /// impl Projection for CountEvents {
 ///     fn name(&self) -> &str { "count_events" }
 ///     fn partitions(&self) -> u32 { 4 }
-///     fn handle<'a>(&'a self, _: &'a PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+///     fn handle<'a>(&'a self, _: &'a LogEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
 ///         Box::pin(async move { self.0.fetch_add(1, Ordering::Relaxed); Ok(()) })
 ///     }
 /// }
@@ -699,7 +699,7 @@ impl Runner {
     /// # struct Noop;
     /// # impl Projection for Noop {
     /// #     fn name(&self) -> &str { "noop" }
-    /// #     fn handle<'a>(&'a self, _: &'a pupsource::PersistedEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+    /// #     fn handle<'a>(&'a self, _: &'a pupsource::LogEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
     /// #         Box::pin(async { Ok(()) })
     /// #     }
     /// # }

@@ -71,7 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/mysql/0004_snapshots.sql"),
 ];
 
-/// Columns of a [`PersistedEvent`], read by name (`store/row.rs`).
+/// Columns of a [`LogEvent`], read by name (`store/row.rs`).
 const EVENT_COLUMNS: &str = "global_position, CAST(0 AS SIGNED) AS transaction_id, \
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \

@@ -120,7 +120,7 @@ const SETUP_IDLE_LIMIT: Duration = Duration::from_secs(10);
 /// At most one cross-process `NOTIFY` hint per this interval per process.
 const HINT_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Columns of a [`PersistedEvent`], read by name (`store/row.rs`).
+/// Columns of a [`LogEvent`], read by name (`store/row.rs`).
 const EVENT_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \

@@ -61,7 +61,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("{workers}", "pid", "INTEGER"),
 ];
 
-/// Columns of a [`PersistedEvent`], read by name (`store/row.rs`); SQLite has no
+/// Columns of a [`LogEvent`], read by name (`store/row.rs`); SQLite has no
 /// transaction ids: position order is commit order.
 const EVENT_COLUMNS: &str = "global_position, 0 AS transaction_id, bounded_context, aggregate_type, aggregate_id, \
     aggregate_version, event_id, event_type, event_version, payload, metadata, causation_id, \
