@@ -891,3 +891,65 @@ async fn append_in_another_process_wakes_the_runner_through_notify() {
         .expect("woken by NOTIFY, not by the poll");
     running.stop().await.expect("run");
 }
+
+/// Schema version 1 of `Renamed`, still in the log.
+#[derive(serde::Serialize, serde::Deserialize, pupsource::DomainEvent)]
+#[event(context = "Shop", aggregate = "Item", name = "Renamed")]
+struct RenamedV1 {
+    name: String,
+}
+
+/// The current version: a v1 payload is decoded as `RenamedV1` and upcast.
+#[derive(serde::Serialize, serde::Deserialize, pupsource::DomainEvent)]
+#[event(context = "Shop", aggregate = "Item", version = 2, upcast_from = RenamedV1)]
+struct Renamed {
+    first: String,
+    last: String,
+}
+
+impl From<RenamedV1> for Renamed {
+    fn from(old: RenamedV1) -> Self {
+        let (first, last) = old.name.split_once(' ').unwrap_or((&old.name, ""));
+        Renamed { first: first.to_owned(), last: last.to_owned() }
+    }
+}
+
+/// Records each decoded event: its stored version, its fields, a metadata field.
+#[pupsource::projection(events(Renamed))]
+#[derive(Default)]
+struct Names(Mutex<Vec<String>>);
+
+impl pupsource::Handle<Renamed> for Names {
+    async fn handle(
+        &self,
+        event: pupsource::Envelope<Renamed>,
+        _: &mut Context<'_>,
+    ) -> pupsource::HandlerResult {
+        let line = format!(
+            "v{} {}/{} by {}",
+            event.event_version, event.first, event.last, event.metadata["by"]
+        );
+        self.0.lock().expect("lock").push(line);
+        Ok(())
+    }
+}
+
+/// A typed projection decodes each payload from the stored JSON text straight into its type,
+/// upcasting an older schema version, with the metadata decoded beside it.
+#[tokio::test]
+async fn typed_projections_decode_stored_text_and_upcast_old_versions() {
+    use pupsource::DomainEvent as _;
+    let store = common::sqlite_memory().await;
+    let old = RenamedV1 { name: "Ada Lovelace".into() }.to_event("i1").expect("v1");
+    let new = Renamed { first: "Grace".into(), last: "Hopper".into() }.to_event("i1").expect("v2");
+    let events = [old, new].map(|e| e.with_metadata(json!({ "by": "clerk" })));
+    store.append_and_commit(ExpectedVersion::NoStream, &events).await.expect("append");
+
+    let names = Arc::new(Names::default());
+    let runner = Runner::new(store).projection(names.clone()).until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("run");
+    assert_eq!(
+        *names.0.lock().expect("lock"),
+        ["v1 Ada/Lovelace by \"clerk\"", "v2 Grace/Hopper by \"clerk\""]
+    );
+}
