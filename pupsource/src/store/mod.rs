@@ -352,6 +352,7 @@ impl Tables {
     }
 
     /// The names of every table, as one key (identifiers hold no spaces).
+    #[cfg(feature = "postgres")]
     pub(crate) fn key(&self) -> String {
         self.render("{events} {aggregate_heads} {checkpoints} {dead_letters} {workers} {snapshots}")
     }
