@@ -237,12 +237,6 @@ async fn a_process_waiting_for_a_live_workers_partitions_says_who_holds_them_unt
     let Setup { _place, url, pool, store: _, dir } = setup().await;
     let p1 = Worker::start(dir.path(), &url, "p1", "10m", 2);
     until_holding_all(&pool, "p1").await;
-    let until: time::OffsetDateTime = sqlx::query_scalar(
-        "SELECT max(lease_until) FROM checkpoints WHERE projection = 'scaling' AND owner = 'p1'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("p1's leases");
 
     let p2 = Worker::start(dir.path(), &url, "p2", "10m", 2);
     let stderr = p2.stderr.clone();
@@ -252,6 +246,14 @@ async fn a_process_waiting_for_a_live_workers_partitions_says_who_holds_them_unt
         async move { line }
     })
     .await;
+    // Read once p2 has spoken: p1's first heartbeats may still have renewed its leases after
+    // it held every partition (its next one is 10 minutes away).
+    let until: time::OffsetDateTime = sqlx::query_scalar(
+        "SELECT max(lease_until) FROM checkpoints WHERE projection = 'scaling' AND owner = 'p1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("p1's leases");
     assert!(
         said.ends_with(&format!(
             "partitions held by another worker: waiting until it gives them back or its lease \
