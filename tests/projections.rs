@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use pupsource::partition::Partition;
 use pupsource::projection::{Context, HandleFuture, Projection};
 use pupsource::runner::{ErrorPolicy, RetryPolicy, Runner};
-use pupsource::{Error, Event, EventStore, ExpectedVersion, LogEvent, Store, StreamId};
+use pupsource::{
+    Error, Event, EventStore, ExpectedVersion, LogEvent, Position, Scope, Store, StreamId,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -932,6 +934,32 @@ impl pupsource::Handle<Renamed> for Names {
         self.0.lock().expect("lock").push(line);
         Ok(())
     }
+}
+
+/// A payload stored by another writer with a repeated key (PostgreSQL's `json` and SQLite keep
+/// the text as written) decodes in a typed projection as it does from a stored value: the
+/// last of the repeated keys wins, and the handler is not failed for it.
+#[tokio::test]
+async fn a_payload_with_a_repeated_key_decodes_as_its_stored_value_does() {
+    use pupsource::DomainEvent as _;
+    let store = common::sqlite_memory().await;
+    let event =
+        Renamed { first: "Grace".into(), last: "Hopper".into() }.to_event("i1").expect("v2");
+    store.append_and_commit(ExpectedVersion::NoStream, &[event]).await.expect("append");
+    let repeated = r#"{"first":"Grace","last":"Jones","last":"Hopper"}"#;
+    let updated = sqlx::query("UPDATE events SET payload = ?1")
+        .bind(repeated)
+        .execute(store.pool())
+        .await
+        .expect("rewrite the payload");
+    assert_eq!(updated.rows_affected(), 1);
+    let stored = store.read_all(Position::START, 10, &Scope::all()).await.expect("read");
+    assert_eq!(Renamed::decode(&stored[0]).expect("decode the stored value").last, "Hopper");
+
+    let names = Arc::new(Names::default());
+    let runner = Runner::new(store).projection(names.clone()).until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("run");
+    assert_eq!(*names.0.lock().expect("lock"), ["v2 Grace/Hopper by null"]);
 }
 
 /// A typed projection decodes each payload from the stored JSON text straight into its type,

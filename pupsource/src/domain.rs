@@ -149,11 +149,29 @@ where
 
 /// Decodes a payload of schema `version` from its JSON text, straight into `E` (no
 /// intermediate [`Value`]), upcasting older versions.
+///
+/// The result is the one of [`DomainEvent::decode`] on the stored event: text that the
+/// direct path refuses but a [`Value`] accepts (an object that repeats a key, which
+/// PostgreSQL's `json` and SQLite keep as written, and a writer other than pupsource may
+/// have stored) is decoded through a [`Value`], where the last of the repeated keys wins.
+/// Only a payload that fails the direct path pays for the second attempt.
 fn decode_text<E: DomainEvent>(payload: &str, version: u32) -> Result<E, DecodeError> {
     let mut text = serde_json::Deserializer::from_str(payload);
-    let event = E::decode_payload(&mut text, version)?;
-    text.end().map_err(|source| DecodeError::Payload { event_type: E::NAME, version, source })?;
-    Ok(event)
+    let direct = E::decode_payload(&mut text, version).and_then(|event| {
+        text.end().map_err(|source| DecodeError::Payload {
+            event_type: E::NAME,
+            version,
+            source,
+        })?;
+        Ok(event)
+    });
+    match direct {
+        Err(DecodeError::Payload { .. }) => serde_json::from_str::<Value>(payload)
+            .ok()
+            .and_then(|value| E::decode_payload(&value, version).ok())
+            .map_or(direct, Ok),
+        direct => direct,
+    }
 }
 
 /// A decoded event with its stored context: position, stream, ids, metadata.
