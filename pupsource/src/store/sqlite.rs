@@ -80,10 +80,12 @@ const MAX_PARAMS: usize = 32_766;
 /// How long a writer waits for the write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Rows a connection's SQLite thread may read ahead of the task that consumes them. A page's
-/// rows fit (see [`SqliteStore::read_page`]), so the thread reads a page without waiting on
-/// its reader: with sqlx's default of 50 the two threads took turns at every row once the
-/// buffer filled, two context switches per event.
+/// Rows a connection's SQLite thread (of a store opened with [`SqliteStore::connect`]) may
+/// read ahead of the task that consumes them. A page of the runner's default size (1,000
+/// events) fits, so the thread reads it without waiting on its reader: with sqlx's default
+/// of 50 the two threads took turns at every row once the buffer filled, two context
+/// switches per event. What is read ahead is bounded in bytes by the page's row limit (see
+/// [`SqliteStore::read_page`]).
 const ROW_BUFFER: usize = 1024;
 
 /// What a page reader assumes of an event's size until it has seen a page: pages start small
