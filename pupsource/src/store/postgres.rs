@@ -120,8 +120,9 @@ const SETUP_IDLE_LIMIT: Duration = Duration::from_secs(10);
 /// At most one cross-process `NOTIFY` hint per this interval per process.
 const HINT_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Columns of a [`LogEvent`], read by name (`store/row.rs`).
-const EVENT_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
+/// Columns of a [`LogEvent`], read by name (`store/row.rs`). The transaction id is read as
+/// it is stored (`xid8`), whose binary form is an `int8`'s: no cast to text and back per row.
+const EVENT_COLUMNS: &str = "global_position, transaction_id, \
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \
     created_at";
@@ -400,10 +401,10 @@ impl Sql {
             append_new: append(&new),
             append_exact: append(&exact),
             head: render(&format!("SELECT version FROM \"{{aggregate_heads}}\" WHERE {key}")),
-            // The page's `LIMIT` is appended: `$6`, or a literal (`Self::read_page`).
+            // The page's `LIMIT` is appended, a literal (`Self::log_query`).
             read_all: render(&format!(
-                // `e.transaction_id`, qualified: unqualified, ORDER BY would name the
-                // output column (the `::bigint` cast) and sort instead of using the index.
+                // `e.transaction_id`, qualified: the table's column (the index's order),
+                // whatever the output columns are.
                 "SELECT {EVENT_COLUMNS} FROM \"{{events}}\" AS e \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                        AND transaction_id < {FENCE} \
@@ -536,37 +537,27 @@ impl PostgresStore {
     }
 
     /// The query of a page of the log: events after `after` in `scope`, in log order, below
-    /// the fence.
-    /// A page of the log after `after` in `scope`. `LIMIT` as a literal (`fixed_limit`):
-    /// a prepared statement per page size, whose cached generic plan knows the limit and
-    /// keeps to the index, so that the runner's pages are not planned anew each time. As a
-    /// parameter (any limit, [`EventStore::read_all`]): not a persistent statement, so each
-    /// page is planned with its actual parameters (a cached generic plan cannot see the
-    /// `LIMIT`, assumes a tenth of the table and, on a large log, prefers a parallel scan and
-    /// sort to the index).
+    /// the fence, with its `LIMIT` as a literal: a prepared statement per page size (sqlx's
+    /// statement cache keeps the most recent), whose cached generic plan knows the limit and
+    /// keeps to the index, so that the runner's pages are not planned anew each time (a
+    /// generic plan with the limit as a parameter cannot see it, assumes a tenth of the
+    /// table and, on a large log, prefers a parallel scan and sort to the index). Named, as
+    /// every statement that reads the `xid8` transaction id must be: sqlx looks up a type it
+    /// does not know with a query of its own, which would replace an unnamed statement.
     fn log_query(
         &self,
         after: Position,
         limit: usize,
         scope: &Scope,
-        fixed_limit: bool,
     ) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let sql = self.inner.sql.read_all.text();
-        let query = match fixed_limit {
-            true => sqlx::query(AssertSqlSafe(format!("{sql}{limit}"))),
-            false => sqlx::query(AssertSqlSafe(format!("{sql}$6"))).persistent(false),
-        };
-        let query = query
+        sqlx::query(AssertSqlSafe(format!("{sql}{limit}")))
             .bind(after.transaction_id)
             .bind(after.global_position)
             .bind(list(&scope.contexts))
             .bind(list(&scope.aggregate_types))
-            .bind(list(&scope.event_types));
-        match fixed_limit {
-            true => query,
-            false => query.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
-        }
+            .bind(list(&scope.event_types))
     }
 
     /// Appends `events` with one statement on `conn`: in the caller's transaction, or in a
@@ -816,7 +807,7 @@ impl Backend for PostgresStore {
         scope: &Scope,
     ) -> Result<Page> {
         scope.validate()?;
-        let rows = self.log_query(after, limit, scope, true).fetch(&self.inner.pool);
+        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
         Page::collect(rows, limit, max_bytes).await
     }
 
@@ -1131,7 +1122,7 @@ impl EventStore for PostgresStore {
         scope: &Scope,
     ) -> Result<Vec<PersistedEvent>> {
         scope.validate()?;
-        let rows = self.log_query(after, limit, scope, false).fetch_all(&self.inner.pool).await?;
+        let rows = self.log_query(after, limit, scope).fetch_all(&self.inner.pool).await?;
         EventDecoder::read_all(&rows)
     }
 

@@ -302,7 +302,7 @@ impl EventDecoder {
 #[cfg(feature = "postgres")]
 mod postgres {
     use sqlx::postgres::PgRow;
-    use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+    use sqlx::{Column as _, Row as _};
 
     use super::*;
 
@@ -311,13 +311,12 @@ mod postgres {
             Ok(self.try_column(column)?.ordinal())
         }
 
+        /// `int2`, `int4`, `int8` or `xid8` (a transaction id): in binary form each is a
+        /// big-endian integer as wide as its type, which sqlx's `i64` decodes whatever the
+        /// width. Unchecked: `xid8` is not a type sqlx knows, and every caller reads an
+        /// integer column of pupsource's own statements.
         fn int(&self, index: usize) -> Result<i64> {
-            let raw = self.try_get_raw(index)?;
-            Ok(match raw.type_info().name() {
-                "INT2" => i64::from(self.try_get::<i16, _>(index)?),
-                "INT4" => i64::from(self.try_get::<i32, _>(index)?),
-                _ => self.try_get::<i64, _>(index)?,
-            })
+            Ok(self.try_get_unchecked::<i64, _>(index)?)
         }
 
         fn opt_text(&self, index: usize) -> Result<Option<String>> {
