@@ -894,6 +894,49 @@ async fn append_in_another_process_wakes_the_runner_through_notify() {
     running.stop().await.expect("run");
 }
 
+/// PostgreSQL integers are decoded without sqlx's type check per value; the type of each
+/// integer column is checked once per query instead. A column changed behind the store's back
+/// to a type that is not an integer (here `attempts`, to text: `2` is stored as the byte
+/// `'2'`) fails the read and names the column, rather than reading a wrong number (50).
+#[tokio::test]
+async fn an_integer_column_changed_to_another_type_fails_the_read_and_names_it() {
+    let db = common::postgres().await;
+    let store: Store = db.store.clone().into();
+    create_read_model(&store).await;
+    let stream = StreamId::new("Test", "Thing", "a");
+    store
+        .append_and_commit(ExpectedVersion::NoStream, &[Event::new(&stream, "Step", json!({}))])
+        .await
+        .expect("append");
+    let tally = Tally::new("typed", 1);
+    tally.fail("a", 1, u32::MAX);
+    let runner = Runner::new(store)
+        .projection(tally)
+        .retry(quick_retry(2))
+        .on_error(ErrorPolicy::Park)
+        .until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("the event is parked");
+    let attempts: Vec<u32> =
+        runner.parked("typed").await.expect("parked").iter().map(|p| p.attempts).collect();
+    assert_eq!(attempts, [2]);
+
+    let pool = db.schema.pool(1).await;
+    sqlx::query("ALTER TABLE dead_letters ALTER COLUMN attempts TYPE text")
+        .execute(&pool)
+        .await
+        .expect("alter");
+    // Read through connections of their own: the runner's hold the statement prepared for
+    // the old type, which PostgreSQL refuses to run now ("cached plan must not change result
+    // type").
+    let fresh = Runner::new(pupsource::PostgresStore::new(pool)).projection(Tally::new("typed", 1));
+    let err = fresh.parked("typed").await.expect_err("attempts is no integer column now");
+    assert_eq!(
+        err.to_string(),
+        "database error: error occurred while decoding column attempts: expected an integer \
+         type (INT2, INT4, INT8, XID8), found TEXT"
+    );
+}
+
 /// Schema version 1 of `Renamed`, still in the log.
 #[derive(serde::Serialize, serde::Deserialize, pupsource::DomainEvent)]
 #[event(context = "Shop", aggregate = "Item", name = "Renamed")]

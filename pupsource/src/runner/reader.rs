@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::event::Position;
 use crate::partition::Partition;
 use crate::projection::Lease;
+use crate::store::backend::Page;
 
 /// The first wait after activity; doubled on every empty poll up to the poll interval.
 const FIRST_IDLE_WAIT: Duration = Duration::from_millis(1);
@@ -153,17 +154,13 @@ async fn follow_log(
         .map(|held| held.is_none_or(|held| !held))
     };
     let mut after = start;
+    let mut page_size = PageSize::default();
     let mut wakeups = store.wakeups();
     let mut idle_wait = FIRST_IDLE_WAIT;
     let telemetry = ReaderMetrics::new(&run.name);
     while !cancel.is_cancelled() {
         wakeups.borrow_and_update();
-        run.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
-        let Some(page) = retry_transient(cancel, "read the log", || {
-            store.read_page(after, run.page_events, run.page_bytes, scope)
-        })
-        .await?
-        else {
+        let Some(page) = run.read_page(&mut page_size, cancel, after).await? else {
             break;
         };
         telemetry.page(page.bytes);
@@ -203,7 +200,66 @@ async fn follow_log(
     Ok(())
 }
 
+/// What event size a reader of the log (the projection's reader, or a worker that reads
+/// alone) assumes when it asks for a page: the size of the largest event of its last page.
+///
+/// A page asks for no more rows than its byte budget fits at that size. The page stops at its
+/// budget whatever it asked for, but what the database reads ahead of the page (SQLite's
+/// connection thread: up to a page's worth of rows) is in memory until the query is dropped:
+/// so what is read past the budget stays about as large as the budget itself, whatever the
+/// payloads. Each reader keeps its own, so that one reading small events does not make
+/// another ask for a full page of large ones.
+#[derive(Debug)]
+pub(crate) struct PageSize {
+    largest_event: usize,
+}
+
+impl PageSize {
+    /// What a reader assumes until it has seen a page: pages start small and grow to the page
+    /// limit as the sizes become known.
+    const FIRST_GUESS: usize = 64 << 10;
+
+    /// The rows to ask for in a page of at most `events` events and `bytes` bytes.
+    fn rows(&self, events: usize, bytes: usize) -> usize {
+        events.min(bytes / self.largest_event.max(1)).max(1)
+    }
+
+    /// Learns the sizes of a page read.
+    fn saw(&mut self, page: &Page) {
+        if page.largest > 0 {
+            self.largest_event = page.largest;
+        }
+    }
+}
+
+impl Default for PageSize {
+    fn default() -> Self {
+        PageSize { largest_event: Self::FIRST_GUESS }
+    }
+}
+
 impl ProjectionRun {
+    /// Reads the page of the log after `after` in the projection's scope, as many rows as
+    /// `size` fits in the page's byte budget, retrying transient failures; `None` if cancelled
+    /// meanwhile.
+    pub(crate) async fn read_page(
+        &self,
+        size: &mut PageSize,
+        cancel: &CancellationToken,
+        after: Position,
+    ) -> Result<Option<Page>> {
+        self.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
+        let rows = size.rows(self.page_events, self.page_bytes);
+        let page = retry_transient(cancel, "read the log", || {
+            self.store.read_page(after, rows, self.page_bytes, &self.scope)
+        })
+        .await?;
+        if let Some(page) = &page {
+            size.saw(page);
+        }
+        Ok(page)
+    }
+
     /// How much each of `running` partitions may have queued: a page's events (at least two
     /// batches), and its share of the bytes a projection may hold in flight.
     fn slot_limits(&self, running: usize) -> SlotLimits {
@@ -212,5 +268,53 @@ impl ProjectionRun {
             events: self.page_events.max(2 * self.settings.batch_size),
             bytes: (super::IN_FLIGHT_BYTES / running).max(super::PAGE_BYTES / 4),
         }
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::store::backend::Backend as _;
+    use crate::{Event, EventStore, ExpectedVersion, Scope, SqliteStore, StreamId};
+
+    /// A page asks for no more rows than its byte budget fits at the size of the reader's last
+    /// page's largest event: few rows after large events, the page's event limit again once
+    /// the events are small.
+    #[tokio::test]
+    async fn a_page_asks_for_the_rows_its_byte_budget_fits() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        EventStore::migrate(&store).await.expect("migrate");
+        let (big, small) = (StreamId::new("T", "Blob", "big"), StreamId::new("T", "Blob", "small"));
+        let blob = serde_json::json!({ "blob": "x".repeat(100_000) });
+        let bigs: Vec<Event> = (0..6).map(|_| Event::new(&big, "Big", blob.clone())).collect();
+        let smalls: Vec<Event> =
+            (0..100).map(|i| Event::new(&small, "Small", serde_json::json!({ "i": i }))).collect();
+        for events in [bigs, smalls] {
+            EventStore::append_and_commit(&store, ExpectedVersion::NoStream, &events)
+                .await
+                .expect("append");
+        }
+        let (all, budget) = (Scope::all(), 300_000);
+        let (mut size, mut after, mut pages) = (PageSize::default(), Position::START, Vec::new());
+        loop {
+            let rows = size.rows(1_000, budget);
+            let page = store.read_page(after, rows, budget, &all).await.expect("page");
+            size.saw(&page);
+            pages.push((rows, page.events.len(), page.full));
+            let Some((last, _)) = page.events.last() else { break };
+            after = last.position;
+        }
+        // 300 kB at the first guess (64 KiB) is 4 rows, of which 3 reach the budget; then 2
+        // rows of 100 kB fit: the last 2 large events, then the last one and the first small
+        // one, then 2 small ones; a page of small events only asks for the page limit again.
+        let expected = [
+            (4, 3, true),
+            (2, 2, true),
+            (2, 2, true),
+            (2, 2, true),
+            (1_000, 97, false),
+            (1_000, 0, false),
+        ];
+        assert_eq!(pages, expected);
     }
 }

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::feed::{Feed, Take};
+use super::reader::PageSize;
 use super::telemetry::PartitionMetrics;
 use super::{BATCH_TIME_BUDGET, ErrorPolicy, ProjectionRun, TAKE_EVENTS};
 use crate::backoff::{Backoff, Outage, retry_transient, sleep_or_cancel};
@@ -101,6 +102,8 @@ pub(crate) struct Worker {
     parked: HashSet<StreamId>,
     cancel: CancellationToken,
     telemetry: PartitionMetrics,
+    /// The rows a page asks for when the worker reads the log alone.
+    page_size: PageSize,
 }
 
 impl Worker {
@@ -127,6 +130,7 @@ impl Worker {
             state,
             parked,
             cancel,
+            page_size: PageSize::default(),
         }
     }
 
@@ -165,16 +169,10 @@ impl Worker {
     /// has caught up.
     async fn read_alone(&mut self, target: Position) -> Result<Flow> {
         if self.through < target {
-            let (after, limit, bytes) = (self.through, self.run.page_events, self.run.page_bytes);
-            let (run, cancel) = (Arc::clone(&self.run), self.cancel.clone());
-            let Some(page) = retry_transient(&cancel, "read the log", || {
-                run.store.read_page(after, limit, bytes, &run.scope)
-            })
-            .await?
-            else {
+            let read = self.run.read_page(&mut self.page_size, &self.cancel, self.through);
+            let Some(page) = read.await? else {
                 return Ok(Flow::Cancelled);
             };
-            self.run.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
             let last = page.events.last().map(|(e, _)| e.position);
             // Everything up to `target` was read, unless the page stopped at its limit first.
             let through = match last {

@@ -335,6 +335,8 @@ pub(crate) struct Page {
     pub(crate) events: Vec<(LogEvent, usize)>,
     /// What the events weigh in memory, in all.
     pub(crate) bytes: usize,
+    /// What the heaviest of them weighs; 0 for an empty page.
+    pub(crate) largest: usize,
     pub(crate) full: bool,
 }
 
@@ -354,6 +356,7 @@ impl Page {
             let (event, size) = decoder.read(&row)?;
             page.events.push((event, size));
             page.bytes = page.bytes.saturating_add(size);
+            page.largest = page.largest.max(size);
             if page.bytes >= max_bytes {
                 break;
             }

@@ -71,8 +71,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/mysql/0004_snapshots.sql"),
 ];
 
-/// Columns of a [`LogEvent`], read by name (`store/row.rs`).
-const EVENT_COLUMNS: &str = "global_position, CAST(0 AS SIGNED) AS transaction_id, \
+/// Columns of a [`LogEvent`], read by name (`store/row.rs`); MySQL has no transaction ids:
+/// position order is commit order.
+const EVENT_COLUMNS: &str = "global_position, \
     bounded_context, aggregate_type, aggregate_id, aggregate_version, event_id, event_type, \
     event_version, payload, metadata, causation_id, correlation_id, trace_id, partition_hash, \
     created_at";

@@ -23,9 +23,20 @@ use crate::process::Process;
 /// One row as a backend stores it; every getter takes the column's index, found by name with
 /// [`StoredRow::index`].
 pub(crate) trait StoredRow {
+    /// Whether the backend orders commits by transaction id (PostgreSQL), so that an event row
+    /// carries one; elsewhere position order is commit order, and an event's transaction id is
+    /// 0 without a column to read.
+    const TRANSACTION_IDS: bool = false;
+
     /// The index of the column named `column`.
     fn index(&self, column: &str) -> Result<usize>;
-    /// An integer column of any width.
+    /// The index of the column named `column`, which must be an integer column: where
+    /// [`StoredRow::int`] decodes without checking the column's type, this checks it, once per
+    /// query.
+    fn int_index(&self, column: &str) -> Result<usize> {
+        self.index(column)
+    }
+    /// An integer column of any width, found with [`StoredRow::int_index`].
     fn int(&self, index: usize) -> Result<i64>;
     /// A text column, `None` for `NULL`.
     fn opt_text(&self, index: usize) -> Result<Option<String>>;
@@ -40,7 +51,7 @@ pub(crate) trait StoredRow {
 /// Getters by column name, for rows read once (status, checkpoints, leases).
 trait ByName: StoredRow {
     fn int_of(&self, column: &str) -> Result<i64> {
-        self.int(self.index(column)?)
+        self.int(self.int_index(column)?)
     }
 
     fn count_of(&self, column: &str) -> Result<u32> {
@@ -195,7 +206,8 @@ pub(crate) fn holders(rows: &[impl StoredRow]) -> Result<Vec<Holder>> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EventColumns {
     global_position: usize,
-    transaction_id: usize,
+    /// `None` where the backend has no transaction ids ([`StoredRow::TRANSACTION_IDS`]).
+    transaction_id: Option<usize>,
     bounded_context: usize,
     aggregate_type: usize,
     aggregate_id: usize,
@@ -205,32 +217,48 @@ pub(crate) struct EventColumns {
     event_version: usize,
     payload: usize,
     metadata: usize,
-    causation_id: usize,
-    correlation_id: usize,
-    trace_id: usize,
+    ids: IdColumns,
     partition_hash: usize,
     created_at: usize,
 }
 
+/// Where the causation, correlation and trace ids of an event are in a query's rows.
+#[derive(Debug, Clone, Copy)]
+enum IdColumns {
+    /// One column each.
+    Apart { causation: usize, correlation: usize, trace: usize },
+    /// One column named `ids`: `NULL` when all three are (most events), else a JSON array of
+    /// the three. SQLite reads it so: sqlx copies every column of every row, a memory
+    /// allocation each, even for a `NULL`.
+    Packed(usize),
+}
+
 impl EventColumns {
     /// The columns of `row`'s query, by name.
-    pub(crate) fn of(row: &impl StoredRow) -> Result<Self> {
+    pub(crate) fn of<R: StoredRow>(row: &R) -> Result<Self> {
         Ok(EventColumns {
-            global_position: row.index("global_position")?,
-            transaction_id: row.index("transaction_id")?,
+            global_position: row.int_index("global_position")?,
+            transaction_id: R::TRANSACTION_IDS
+                .then(|| row.int_index("transaction_id"))
+                .transpose()?,
             bounded_context: row.index("bounded_context")?,
             aggregate_type: row.index("aggregate_type")?,
             aggregate_id: row.index("aggregate_id")?,
-            aggregate_version: row.index("aggregate_version")?,
+            aggregate_version: row.int_index("aggregate_version")?,
             event_id: row.index("event_id")?,
             event_type: row.index("event_type")?,
-            event_version: row.index("event_version")?,
+            event_version: row.int_index("event_version")?,
             payload: row.index("payload")?,
             metadata: row.index("metadata")?,
-            causation_id: row.index("causation_id")?,
-            correlation_id: row.index("correlation_id")?,
-            trace_id: row.index("trace_id")?,
-            partition_hash: row.index("partition_hash")?,
+            ids: match row.index("ids") {
+                Ok(packed) => IdColumns::Packed(packed),
+                Err(_) => IdColumns::Apart {
+                    causation: row.index("causation_id")?,
+                    correlation: row.index("correlation_id")?,
+                    trace: row.index("trace_id")?,
+                },
+            },
+            partition_hash: row.int_index("partition_hash")?,
             created_at: row.index("created_at")?,
         })
     }
@@ -246,6 +274,15 @@ impl EventColumns {
             row.opt_text(index)?.ok_or_else(|| bad("column", &"unexpected NULL"))
         };
         let event_version = row.int(self.event_version)?;
+        let (causation_id, correlation_id, trace_id) = match self.ids {
+            IdColumns::Apart { causation, correlation, trace } => {
+                (row.opt_text(causation)?, row.opt_text(correlation)?, row.opt_text(trace)?)
+            }
+            IdColumns::Packed(ids) => match row.opt_text(ids)? {
+                None => (None, None, None),
+                Some(ids) => serde_json::from_str(&ids).map_err(|e| bad("ids", &e))?,
+            },
+        };
         let event = LogEvent {
             stream: StreamId {
                 context: text(self.bounded_context)?,
@@ -257,14 +294,17 @@ impl EventColumns {
             event_version: u32::try_from(event_version).map_err(|e| bad("event_version", &e))?,
             payload: row.json(self.payload).map_err(|e| bad("payload", &e))?,
             metadata: row.json(self.metadata).map_err(|e| bad("metadata", &e))?,
-            causation_id: row.opt_text(self.causation_id)?,
-            correlation_id: row.opt_text(self.correlation_id)?,
-            trace_id: row.opt_text(self.trace_id)?,
+            causation_id,
+            correlation_id,
+            trace_id,
             created_at: row
                 .opt_time(self.created_at)
                 .map_err(|e| bad("created_at", &e))?
                 .ok_or_else(|| bad("created_at", &"unexpected NULL"))?,
-            position: Position { transaction_id: row.int(self.transaction_id)?, global_position },
+            position: Position {
+                transaction_id: self.transaction_id.map_or(Ok(0), |index| row.int(index))?,
+                global_position,
+            },
             aggregate_version: row.int(self.aggregate_version)?.unsigned_abs(),
             partition_hash: hash_from_stored(row.int(self.partition_hash)?),
         };
@@ -302,19 +342,38 @@ impl EventDecoder {
 #[cfg(feature = "postgres")]
 mod postgres {
     use sqlx::postgres::PgRow;
-    use sqlx::{Column as _, Row as _};
+    use sqlx::{Column as _, Row as _, TypeInfo as _};
 
     use super::*;
 
     impl StoredRow for PgRow {
+        const TRANSACTION_IDS: bool = true;
+
         fn index(&self, column: &str) -> Result<usize> {
             Ok(self.try_column(column)?.ordinal())
         }
 
-        /// `int2`, `int4`, `int8` or `xid8` (a transaction id): in binary form each is a
-        /// big-endian integer as wide as its type, which sqlx's `i64` decodes whatever the
-        /// width. Unchecked: `xid8` is not a type sqlx knows, and every caller reads an
-        /// integer column of pupsource's own statements.
+        /// `int2`, `int4`, `int8` or `xid8` (a transaction id, a type sqlx does not know).
+        fn int_index(&self, column: &str) -> Result<usize> {
+            const INTEGERS: [&str; 4] = ["INT2", "INT4", "INT8", "XID8"];
+            let found = self.try_column(column)?;
+            let type_name = found.type_info().name();
+            match INTEGERS.iter().any(|int| type_name.eq_ignore_ascii_case(int)) {
+                true => Ok(found.ordinal()),
+                false => Err(Error::Database(sqlx::Error::ColumnDecode {
+                    index: column.to_owned(),
+                    source: format!(
+                        "expected an integer type ({}), found {type_name}",
+                        INTEGERS.join(", ")
+                    )
+                    .into(),
+                })),
+            }
+        }
+
+        /// In binary form each type of [`StoredRow::int_index`] is a big-endian integer as wide
+        /// as its type, which sqlx's `i64` decodes whatever the width: unchecked here, as
+        /// `int_index` checked the column's type.
         fn int(&self, index: usize) -> Result<i64> {
             Ok(self.try_get_unchecked::<i64, _>(index)?)
         }

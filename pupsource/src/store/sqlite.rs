@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::ops::RangeBounds;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -62,11 +61,14 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("{workers}", "pid", "INTEGER"),
 ];
 
-/// Columns of a [`LogEvent`], read by name (`store/row.rs`); SQLite has no
-/// transaction ids: position order is commit order.
-const EVENT_COLUMNS: &str = "global_position, 0 AS transaction_id, bounded_context, aggregate_type, aggregate_id, \
-    aggregate_version, event_id, event_type, event_version, payload, metadata, causation_id, \
-    correlation_id, trace_id, partition_hash, created_at";
+/// Columns of a [`LogEvent`], read by name (`store/row.rs`). SQLite has no transaction ids
+/// (position order is commit order), and the three ids, `NULL` in most events, are read as
+/// one column `ids`: sqlx copies each column of each row, an allocation even for a `NULL`.
+const EVENT_COLUMNS: &str = "global_position, bounded_context, aggregate_type, aggregate_id, \
+    aggregate_version, event_id, event_type, event_version, payload, metadata, \
+    CASE WHEN causation_id IS NULL AND correlation_id IS NULL AND trace_id IS NULL THEN NULL \
+      ELSE json_array(causation_id, correlation_id, trace_id) END AS ids, \
+    partition_hash, created_at";
 
 /// The `VALUES` tuple of one inserted event row, in the column order of `insert_events`.
 const EVENT_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -84,13 +86,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// read ahead of the task that consumes them. A page of the runner's default size (1,000
 /// events) fits, so the thread reads it without waiting on its reader: with sqlx's default
 /// of 50 the two threads took turns at every row once the buffer filled, two context
-/// switches per event. What is read ahead is bounded in bytes by the page's row limit (see
-/// [`SqliteStore::read_page`]).
+/// switches per event. What is read ahead is bounded in bytes by the row limit the runner
+/// gives each page: no more rows than its byte budget fits (`runner/reader.rs`, `PageSize`).
 const ROW_BUFFER: usize = 1024;
-
-/// What a page reader assumes of an event's size until it has seen a page: pages start small
-/// and grow to the byte budget as the sizes become known.
-const FIRST_EVENT_SIZE_GUESS: usize = 64 << 10;
 
 /// The store's statements, rendered once with its table names.
 pub(super) struct Sql {
@@ -291,9 +289,6 @@ struct Inner {
     /// the write lock: partitions queue here in turn instead of polling the lock in the busy
     /// handler, which sleeps up to 100 ms between tries.
     batch_turn: Arc<tokio::sync::Mutex<()>>,
-    /// The largest event of the last page read (in [`approximate_size`](super::approximate_size)
-    /// bytes): the next page asks for no more rows than that size fits in its byte budget.
-    largest_event: AtomicUsize,
 }
 
 impl SqliteStore {
@@ -310,7 +305,6 @@ impl SqliteStore {
             tables,
             wake: watch::Sender::new(0),
             batch_turn: Arc::default(),
-            largest_event: AtomicUsize::new(FIRST_EVENT_SIZE_GUESS),
         };
         SqliteStore { inner: Arc::new(inner) }
     }
@@ -581,18 +575,8 @@ impl Backend for SqliteStore {
         scope: &Scope,
     ) -> Result<Page> {
         scope.validate()?;
-        // The rows SQLite reads ahead of `collect` (up to `ROW_BUFFER`) are in memory until
-        // the query is dropped: ask for no more than the byte budget fits at the size of the
-        // last page's largest event, so that what is read past the budget stays about as
-        // large as the budget itself, whatever the payloads.
-        let largest = self.inner.largest_event.load(Ordering::Relaxed).max(1);
-        let limit = limit.min(max_bytes / largest).max(1);
         let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
-        let page = Page::collect(rows, limit, max_bytes).await?;
-        if let Some(largest) = page.events.iter().map(|(_, size)| *size).max() {
-            self.inner.largest_event.store(largest, Ordering::Relaxed);
-        }
-        Ok(page)
+        Page::collect(rows, limit, max_bytes).await
     }
 
     async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
@@ -1016,38 +1000,5 @@ mod tests {
         let after = Position { transaction_id: 0, global_position: 15 };
         let rest = store.read_page(after, 10, usize::MAX, &all).await.expect("page");
         assert_eq!((rest.events.len(), rest.full), (5, false), "the end of the log");
-    }
-
-    /// A page asks for no more rows than its byte budget fits at the size of the last page's
-    /// largest event (SQLite reads ahead of the reader what it is asked for): few rows after
-    /// large events, the page's event limit again once the events are small.
-    #[tokio::test]
-    async fn a_page_asks_for_the_rows_its_byte_budget_fits() {
-        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
-        EventStore::migrate(&store).await.expect("migrate");
-        let (big, small) = (StreamId::new("T", "Blob", "big"), StreamId::new("T", "Blob", "small"));
-        let blob = serde_json::json!({ "blob": "x".repeat(100_000) });
-        let bigs: Vec<Event> = (0..6).map(|_| Event::new(&big, "Big", blob.clone())).collect();
-        let smalls: Vec<Event> =
-            (0..100).map(|i| Event::new(&small, "Small", serde_json::json!({ "i": i }))).collect();
-        for events in [bigs, smalls] {
-            EventStore::append_and_commit(&store, ExpectedVersion::NoStream, &events)
-                .await
-                .expect("append");
-        }
-        let all = Scope::all();
-        let mut after = Position::START;
-        let mut pages = Vec::new();
-        loop {
-            let page = store.read_page(after, 1_000, 300_000, &all).await.expect("page");
-            pages.push((page.events.len(), page.full));
-            let Some((last, _)) = page.events.last() else { break };
-            after = last.position;
-        }
-        // 300 kB at the first guess (64 KiB) is 4 rows, of which 3 reach the budget; then 2
-        // rows of 100 kB fit: the last 2 large events, then the last one and the first small
-        // one, then 2 small ones; a page of small events only asks for the page limit again.
-        let expected = [(3, true), (2, true), (2, true), (2, true), (97, false), (0, false)];
-        assert_eq!(pages, expected);
     }
 }
