@@ -102,6 +102,28 @@ pub(crate) async fn truncate(side: &Side) -> BenchResult<()> {
     Ok(())
 }
 
+/// Empties the read model (`bench_balances`, which [`truncate`] created) of both sides.
+pub(crate) async fn clear_read_model(side: &Side) -> BenchResult<()> {
+    match side {
+        Side::Postgres { lib, raw, .. } => {
+            for pool in [lib.pool(), raw] {
+                sqlx::raw_sql("TRUNCATE bench_balances").execute(pool).await?;
+            }
+        }
+        Side::Sqlite { lib, raw, .. } => {
+            for pool in [lib.pool(), raw] {
+                sqlx::raw_sql("DELETE FROM bench_balances").execute(pool).await?;
+            }
+        }
+        Side::MySql(mysql) => {
+            for pool in [mysql.lib.pool(), &mysql.raw] {
+                sqlx::raw_sql("TRUNCATE TABLE bench_balances").execute(pool).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Loads `count` events of `event_type` (about 200-byte payloads, round-robin over
 /// [`AGGREGATES`] accounts) into both sides, in server-side bulk statements of 100,000 rows.
 pub(crate) async fn preload(side: &Side, count: u64, event_type: &str) -> BenchResult<()> {

@@ -127,7 +127,9 @@ pub(crate) fn document(table: &str, command: &str, sizes: Sizes) -> String {
          reference row times the same scan reading every column of the events (what a handler \
          receives) into pupsource's own event type;\n\
          - catch-up with a SQL read model: {read_model} events, one upsert per event through \
-         the batch transaction (baseline: the same upserts and a checkpoint write per page of 100);\n\
+         the batch transaction (baseline: the same upserts and a checkpoint write per page of \
+         100); {rounds} rounds of pupsource and the baseline in turn, as for appends, each from \
+         an empty read model and the start of the log; rate and ratio are medians of the rounds;\n\
          - idle latency: {latency} single-event appends 5 ms apart to a running, idle runner; \
          time from the append's commit to the handler's call;\n\
          - aggregates: loads per second of one aggregate of 10,001 events, folded whole and \

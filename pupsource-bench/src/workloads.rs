@@ -388,33 +388,52 @@ pub(crate) async fn runner_only(url: &str) -> BenchResult<u64> {
     Ok(kib * 1024)
 }
 
-/// Catch-up with one upsert per event through the batch transaction.
+/// Catch-up with one upsert per event through the batch transaction, `rounds` times through
+/// pupsource and as often through the baseline, in turn (each round starts with the side the
+/// previous one ended with), each run from an empty read model and the start of the log.
+/// Rates and ratio are medians of the rounds.
 async fn read_model(side: &Side, sizes: Sizes) -> BenchResult<Row> {
     let events = sizes.read_model_events;
     baseline::truncate(side).await?;
     baseline::preload(side, events, Deposited::NAME).await?;
-    let started = Instant::now();
-    let handled = baseline::read_model(side).await?;
-    let raw = handled as f64 / started.elapsed().as_secs_f64();
-
-    let runner =
-        with_batch_size(Runner::new(side.store()).projection(Arc::new(Balances)), sizes.batch_size)
-            .until_caught_up();
-    let started = Instant::now();
-    runner.run_until(std::future::pending()).await?;
-    let lib = events as f64 / started.elapsed().as_secs_f64();
-    if runner.metrics().events_handled() != events || handled != events {
-        return Err("the read-model workloads did not handle every event".into());
+    let (mut lib_rates, mut raw_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..sizes.rounds {
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let mut rates = [0.0; 2];
+        for lib in order {
+            baseline::clear_read_model(side).await?;
+            let handled = if lib {
+                let runner = Runner::new(side.store()).projection(Arc::new(Balances));
+                let runner = with_batch_size(runner, sizes.batch_size).until_caught_up();
+                runner.rebuild("balances").await?;
+                let started = Instant::now();
+                runner.run_until(std::future::pending()).await?;
+                rates[0] = events as f64 / started.elapsed().as_secs_f64();
+                runner.metrics().events_handled()
+            } else {
+                let started = Instant::now();
+                let handled = baseline::read_model(side).await?;
+                rates[1] = handled as f64 / started.elapsed().as_secs_f64();
+                handled
+            };
+            if handled != events {
+                return Err(format!("a read-model run handled {handled} of {events} events").into());
+            }
+        }
+        lib_rates.push(rates[0]);
+        raw_rates.push(rates[1]);
+        ratios.push(rates[0] / rates[1].max(f64::MIN_POSITIVE));
     }
+    let spread = spread(&ratios);
     Ok(Row {
         backend: side.name(),
         workload: format!(
             "catch-up {events} events, SQL read model (upsert per event), 1 partition"
         ),
         unit: "events/s",
-        lib,
-        raw: Some(raw),
-        ratio: None,
+        lib: median(&mut lib_rates),
+        raw: Some(median(&mut raw_rates)),
+        ratio: Some((median(&mut ratios), spread)).filter(|_| sizes.rounds > 1),
         lib_latency: None,
         raw_latency: None,
     })
