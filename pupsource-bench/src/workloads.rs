@@ -126,12 +126,11 @@ async fn appends(
     rounds: u32,
 ) -> BenchResult<Row> {
     baseline::truncate(side).await?;
-    let (mut lib_rates, mut raw_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rounds_run = Rounds::default();
     let (mut lib_latencies, mut raw_latencies) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         let mut rates = [0.0; 2];
-        for lib in order {
+        for lib in Rounds::order(round) {
             let (rate, mut latencies) =
                 append_round(side, writers, per_append, time, lib, round).await?;
             rates[usize::from(!lib)] = rate;
@@ -141,11 +140,8 @@ async fn appends(
                 raw_latencies.append(&mut latencies)
             }
         }
-        lib_rates.push(rates[0]);
-        raw_rates.push(rates[1]);
-        ratios.push(rates[0] / rates[1].max(f64::MIN_POSITIVE));
+        rounds_run.record(rates);
     }
-    let spread = spread(&ratios);
     let workload = if per_append == 1 {
         format!("append, 1 event/tx, {writers} writer{}", if writers == 1 { "" } else { "s" })
     } else {
@@ -154,16 +150,53 @@ async fn appends(
             if writers == 1 { "" } else { "s" }
         )
     };
-    Ok(Row {
-        backend: side.name(),
-        workload,
-        unit: "events/s",
-        lib: median(&mut lib_rates),
-        raw: Some(median(&mut raw_rates)),
-        ratio: Some((median(&mut ratios), spread)).filter(|_| rounds > 1),
-        lib_latency: Latency::of(&mut lib_latencies),
-        raw_latency: Latency::of(&mut raw_latencies),
-    })
+    let latencies = (Latency::of(&mut lib_latencies), Latency::of(&mut raw_latencies));
+    Ok(rounds_run.row(side, workload, latencies))
+}
+
+/// The rates of pupsource and of the baseline in rounds run in turn, each round starting
+/// with the side the previous one ended with.
+#[derive(Default)]
+struct Rounds {
+    lib: Vec<f64>,
+    raw: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+impl Rounds {
+    /// The sides of round `round` in the order they run: `true` for pupsource.
+    fn order(round: u32) -> [bool; 2] {
+        if round.is_multiple_of(2) { [true, false] } else { [false, true] }
+    }
+
+    /// Records a round's rates: pupsource's, then the baseline's.
+    fn record(&mut self, [lib, raw]: [f64; 2]) {
+        self.lib.push(lib);
+        self.raw.push(raw);
+        self.ratios.push(lib / raw.max(f64::MIN_POSITIVE));
+    }
+
+    /// The row of `workload` in events per second: the medians of the rounds' rates, and of
+    /// their ratios with the spread when there were several rounds.
+    fn row(
+        mut self,
+        side: &Side,
+        workload: String,
+        (lib_latency, raw_latency): (Option<Latency>, Option<Latency>),
+    ) -> Row {
+        let spread = spread(&self.ratios);
+        let several = self.ratios.len() > 1;
+        Row {
+            backend: side.name(),
+            workload,
+            unit: "events/s",
+            lib: median(&mut self.lib),
+            raw: Some(median(&mut self.raw)),
+            ratio: Some((median(&mut self.ratios), spread)).filter(|_| several),
+            lib_latency,
+            raw_latency,
+        }
+    }
 }
 
 /// One side's round of [`appends`]: events per second and the latency of each append.
@@ -396,11 +429,10 @@ async fn read_model(side: &Side, sizes: Sizes) -> BenchResult<Row> {
     let events = sizes.read_model_events;
     baseline::truncate(side).await?;
     baseline::preload(side, events, Deposited::NAME).await?;
-    let (mut lib_rates, mut raw_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rounds = Rounds::default();
     for round in 0..sizes.rounds {
-        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
         let mut rates = [0.0; 2];
-        for lib in order {
+        for lib in Rounds::order(round) {
             baseline::clear_read_model(side).await?;
             let handled = if lib {
                 let runner = Runner::new(side.store()).projection(Arc::new(Balances));
@@ -420,23 +452,11 @@ async fn read_model(side: &Side, sizes: Sizes) -> BenchResult<Row> {
                 return Err(format!("a read-model run handled {handled} of {events} events").into());
             }
         }
-        lib_rates.push(rates[0]);
-        raw_rates.push(rates[1]);
-        ratios.push(rates[0] / rates[1].max(f64::MIN_POSITIVE));
+        rounds.record(rates);
     }
-    let spread = spread(&ratios);
-    Ok(Row {
-        backend: side.name(),
-        workload: format!(
-            "catch-up {events} events, SQL read model (upsert per event), 1 partition"
-        ),
-        unit: "events/s",
-        lib: median(&mut lib_rates),
-        raw: Some(median(&mut raw_rates)),
-        ratio: Some((median(&mut ratios), spread)).filter(|_| sizes.rounds > 1),
-        lib_latency: None,
-        raw_latency: None,
-    })
+    let workload =
+        format!("catch-up {events} events, SQL read model (upsert per event), 1 partition");
+    Ok(rounds.row(side, workload, (None, None)))
 }
 
 /// Appends spaced 5 ms apart to an idle, running runner: commit → handler latency.

@@ -211,6 +211,7 @@ async fn follow_log(
 /// another ask for a full page of large ones.
 #[derive(Debug)]
 pub(crate) struct PageSize {
+    /// Never 0: an empty page teaches nothing.
     largest_event: usize,
 }
 
@@ -221,7 +222,7 @@ impl PageSize {
 
     /// The rows to ask for in a page of at most `events` events and `bytes` bytes.
     fn rows(&self, events: usize, bytes: usize) -> usize {
-        events.min(bytes / self.largest_event.max(1)).max(1)
+        events.min(bytes / self.largest_event).max(1)
     }
 
     /// Learns the sizes of a page read.
