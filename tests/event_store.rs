@@ -18,6 +18,7 @@ use common::{log_of_at_least, whole_log};
 
 on_every_backend!(
     every_field_round_trips,
+    a_batch_keeps_each_events_fields_whether_shared_or_not,
     empty_optional_ids_stay_empty_strings,
     expected_version_mismatch_is_a_concurrency_error_and_writes_nothing,
     exact_zero_is_no_stream_and_any_appends_anywhere,
@@ -70,6 +71,40 @@ async fn every_field_round_trips<S: EventStore>(store: S) {
 
     let log = log_of_at_least(&store, 1).await;
     assert_eq!(log, read);
+}
+
+/// Two batches: in the first every optional field is the same for all events (a store may
+/// send such a column once), in the second each differs from its neighbour in turn.
+async fn a_batch_keeps_each_events_fields_whether_shared_or_not<S: EventStore>(store: S) {
+    let at = datetime!(2025-06-01 12:00:00.5 UTC);
+    let event = |stream: &StreamId, n: i32| Event::new(stream, "Noted", json!({ "n": n }));
+    let shared_stream = user("shared");
+    let shared: Vec<Event> = (0..3)
+        .map(|n| {
+            event(&shared_stream, n)
+                .with_event_version(2)
+                .with_metadata(json!({ "by": "ops" }))
+                .with_causation_id("cmd-7")
+                .with_correlation_id("flow-7")
+                .with_trace_id("trace-7")
+                .with_created_at(at)
+        })
+        .collect();
+    let mixed_stream = user("mixed");
+    let mut mixed: Vec<Event> = (0..4).map(|n| event(&mixed_stream, n)).collect();
+    mixed[0].event_type = "Other".to_owned();
+    mixed[1].event_version = 5;
+    mixed[1].metadata = json!({ "k": [1, 2] });
+    mixed[2].causation_id = Some("c".to_owned());
+    mixed[2].correlation_id = Some(String::new());
+    mixed[3].trace_id = Some("t".to_owned());
+    mixed[3].created_at = at;
+    for events in [&shared, &mixed] {
+        store.append_and_commit(ExpectedVersion::NoStream, events).await.expect("append");
+        let stored = store.read_stream(&events[0].stream, ..).await.expect("read").events;
+        let stored: Vec<&Event> = stored.iter().map(|stored| &stored.event).collect();
+        assert_eq!(stored, events.iter().collect::<Vec<_>>());
+    }
 }
 
 async fn empty_optional_ids_stay_empty_strings<S: EventStore>(store: S) {

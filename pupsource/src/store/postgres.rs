@@ -208,6 +208,23 @@ impl sqlx::Encode<'_, Postgres> for JsonColumn<'_> {
     }
 }
 
+/// `events`, or only the first of them when `field` is the same for every one: a batch's
+/// column of one value stands for every event (the batch statement reads it so).
+fn shared<'a, T: PartialEq>(events: &'a [Event], field: impl Fn(&'a Event) -> T) -> &'a [Event] {
+    match events.split_first() {
+        Some((first, rest)) if rest.iter().all(|event| field(event) == field(first)) => {
+            std::slice::from_ref(first)
+        }
+        _ => events,
+    }
+}
+
+/// A batch's column: `field` of every event, or its one value when every event has the same
+/// ([`shared`]).
+fn column<'a, T: PartialEq>(events: &'a [Event], field: impl Fn(&'a Event) -> T) -> Vec<T> {
+    shared(events, &field).iter().map(field).collect()
+}
+
 /// The event store on PostgreSQL. Cheap to clone: clones share the pool.
 ///
 /// ```no_run
@@ -294,16 +311,33 @@ impl Sql {
         // ascend with the versions. One event is bound as scalars: no arrays to unnest.
         let one = "SELECT $1, $2, $3, head.version, $6::uuid, $7::text, $8::int4, $9::json, \
             $10::json, $11::text, $12::text, $13::text, $4, $14::timestamptz FROM head";
-        let batch = "SELECT $1, $2, $3, head.version - $5 + u.ord, u.event_id, u.event_type, \
-              u.event_version, u.payload, u.metadata, u.causation_id, u.correlation_id, \
-              u.trace_id, $4, u.created_at \
-            FROM head, UNNEST($6::uuid[], $7::text[], $8::int4[], $9::json[], $10::json[], \
-              $11::text[], $12::text[], $13::text[], $14::timestamptz[]) \
-              WITH ORDINALITY AS u(event_id, event_type, event_version, payload, metadata, \
-              causation_id, correlation_id, trace_id, created_at, ord) \
-            ORDER BY u.ord";
+        // A batch's columns other than the id and the payload are usually the same for every
+        // event (one command's type, metadata and ids): such a column is bound as an array of
+        // one value (`shared`), which stands for every event, and is not unnested per event.
+        let one_or_each = |n: u8, column: &str, array: &str| {
+            format!(
+                "CASE WHEN cardinality(${n}::{array}) = 1 THEN (${n}::{array})[1] \
+                 ELSE u.{column} END"
+            )
+        };
+        let batch = format!(
+            "SELECT $1, $2, $3, head.version - $5 + u.ord, u.event_id, {}, {}, u.payload, {}, \
+               {}, {}, {}, $4, {} \
+             FROM head, UNNEST($6::uuid[], $7::text[], $8::int4[], $9::json[], $10::json[], \
+               $11::text[], $12::text[], $13::text[], $14::timestamptz[]) \
+               WITH ORDINALITY AS u(event_id, event_type, event_version, payload, metadata, \
+               causation_id, correlation_id, trace_id, created_at, ord) \
+             ORDER BY u.ord",
+            one_or_each(7, "event_type", "text[]"),
+            one_or_each(8, "event_version", "int4[]"),
+            one_or_each(10, "metadata", "json[]"),
+            one_or_each(11, "causation_id", "text[]"),
+            one_or_each(12, "correlation_id", "text[]"),
+            one_or_each(13, "trace_id", "text[]"),
+            one_or_each(14, "created_at", "timestamptz[]"),
+        );
         let append = |head: &str| {
-            [one, batch].map(|rows| {
+            [one, batch.as_str()].map(|rows| {
                 Statement::new(
                     tables,
                     &format!(
@@ -599,32 +633,21 @@ impl PostgresStore {
                 .bind(event.trace_id.as_deref())
                 .bind(event.created_at),
             _ => {
-                let mut ids = Vec::with_capacity(events.len());
-                let mut types = Vec::with_capacity(events.len());
-                let mut versions = Vec::with_capacity(events.len());
-                let mut causation = Vec::with_capacity(events.len());
-                let mut correlation = Vec::with_capacity(events.len());
-                let mut trace = Vec::with_capacity(events.len());
-                let mut created = Vec::with_capacity(events.len());
-                for event in events {
-                    ids.push(event.event_id);
-                    types.push(event.event_type.as_str());
-                    versions.push(i32::try_from(event.event_version).unwrap_or(i32::MAX));
-                    causation.push(event.causation_id.as_deref());
-                    correlation.push(event.correlation_id.as_deref());
-                    trace.push(event.trace_id.as_deref());
-                    created.push(event.created_at);
-                }
+                let version =
+                    |event: &Event| i32::try_from(event.event_version).unwrap_or(i32::MAX);
                 query(&statements[1])
-                    .bind(ids)
-                    .bind(types)
-                    .bind(versions)
+                    .bind(events.iter().map(|event| event.event_id).collect::<Vec<_>>())
+                    .bind(column(events, |event| event.event_type.as_str()))
+                    .bind(column(events, version))
                     .bind(JsonColumn { events, field: |event| &event.payload })
-                    .bind(JsonColumn { events, field: |event| &event.metadata })
-                    .bind(causation)
-                    .bind(correlation)
-                    .bind(trace)
-                    .bind(created)
+                    .bind(JsonColumn {
+                        events: shared(events, |event| &event.metadata),
+                        field: |event| &event.metadata,
+                    })
+                    .bind(column(events, |event| event.causation_id.as_deref()))
+                    .bind(column(events, |event| event.correlation_id.as_deref()))
+                    .bind(column(events, |event| event.trace_id.as_deref()))
+                    .bind(column(events, |event| event.created_at))
             }
         };
         if let Some(version) = expected_version.filter(|v| *v > 0) {
