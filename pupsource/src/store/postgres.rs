@@ -621,34 +621,31 @@ impl PostgresStore {
                 .bind(hash_to_stored(partition_hash(&stream.aggregate_id)))
                 .bind(count)
         };
+        let schema_version = |event: &Event| i32::try_from(event.event_version).unwrap_or(i32::MAX);
         let mut query = match events {
             [event] => query(&statements[0])
                 .bind(event.event_id)
                 .bind(event.event_type.as_str())
-                .bind(i32::try_from(event.event_version).unwrap_or(i32::MAX))
+                .bind(schema_version(event))
                 .bind(Json(&event.payload))
                 .bind(Json(&event.metadata))
                 .bind(event.causation_id.as_deref())
                 .bind(event.correlation_id.as_deref())
                 .bind(event.trace_id.as_deref())
                 .bind(event.created_at),
-            _ => {
-                let version =
-                    |event: &Event| i32::try_from(event.event_version).unwrap_or(i32::MAX);
-                query(&statements[1])
-                    .bind(events.iter().map(|event| event.event_id).collect::<Vec<_>>())
-                    .bind(column(events, |event| event.event_type.as_str()))
-                    .bind(column(events, version))
-                    .bind(JsonColumn { events, field: |event| &event.payload })
-                    .bind(JsonColumn {
-                        events: shared(events, |event| &event.metadata),
-                        field: |event| &event.metadata,
-                    })
-                    .bind(column(events, |event| event.causation_id.as_deref()))
-                    .bind(column(events, |event| event.correlation_id.as_deref()))
-                    .bind(column(events, |event| event.trace_id.as_deref()))
-                    .bind(column(events, |event| event.created_at))
-            }
+            _ => query(&statements[1])
+                .bind(events.iter().map(|event| event.event_id).collect::<Vec<_>>())
+                .bind(column(events, |event| event.event_type.as_str()))
+                .bind(column(events, schema_version))
+                .bind(JsonColumn { events, field: |event| &event.payload })
+                .bind(JsonColumn {
+                    events: shared(events, |event| &event.metadata),
+                    field: |event| &event.metadata,
+                })
+                .bind(column(events, |event| event.causation_id.as_deref()))
+                .bind(column(events, |event| event.correlation_id.as_deref()))
+                .bind(column(events, |event| event.trace_id.as_deref()))
+                .bind(column(events, |event| event.created_at)),
         };
         if let Some(version) = expected_version.filter(|v| *v > 0) {
             query = query.bind(version);

@@ -28,6 +28,10 @@ pub(crate) trait StoredRow {
     /// 0 without a column to read.
     const TRANSACTION_IDS: bool = false;
 
+    /// Whether event rows carry the causation, correlation and trace ids packed in one column
+    /// `ids` ([`IdColumns::Packed`], SQLite) rather than one column each.
+    const PACKED_IDS: bool = false;
+
     /// The index of the column named `column`.
     fn index(&self, column: &str) -> Result<usize>;
     /// The index of the column named `column`, which must be an integer column: where
@@ -250,9 +254,9 @@ impl EventColumns {
             event_version: row.int_index("event_version")?,
             payload: row.index("payload")?,
             metadata: row.index("metadata")?,
-            ids: match row.index("ids") {
-                Ok(packed) => IdColumns::Packed(packed),
-                Err(_) => IdColumns::Apart {
+            ids: match R::PACKED_IDS {
+                true => IdColumns::Packed(row.index("ids")?),
+                false => IdColumns::Apart {
                     causation: row.index("causation_id")?,
                     correlation: row.index("correlation_id")?,
                     trace: row.index("trace_id")?,
@@ -416,6 +420,8 @@ mod sqlite {
     use super::*;
 
     impl StoredRow for SqliteRow {
+        const PACKED_IDS: bool = true;
+
         fn index(&self, column: &str) -> Result<usize> {
             Ok(self.try_column(column)?.ordinal())
         }
