@@ -247,3 +247,29 @@ async fn migrating_a_current_schema_waits_for_no_open_transaction() {
         .expect("count");
     assert_eq!(events, 1);
 }
+
+/// Event rows are decoded without sqlx's type check per value; each column's type is checked
+/// once per query instead. A text column changed behind the store's back to `bytea` (whose
+/// bytes are the same text) fails the read and names the column, rather than being read as
+/// text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_column_changed_to_another_type_fails_the_read_and_names_it() {
+    let db = common::postgres().await;
+    let event = Event::new(&stream("t"), "Placed", json!({})).with_trace_id("trace-1");
+    db.store.append_and_commit(ExpectedVersion::NoStream, &[event]).await.expect("append");
+    let pool = db.schema.pool(1).await;
+    sqlx::query(
+        "ALTER TABLE events ALTER COLUMN trace_id TYPE bytea USING convert_to(trace_id, 'UTF8')",
+    )
+    .execute(&pool)
+    .await
+    .expect("alter");
+    // A store of its own: the test's store holds the statement prepared for the old type.
+    let store = PostgresStore::new(pool);
+    let err = store.read_all(Position::START, 10, &Scope::all()).await.expect_err("bytea");
+    assert_eq!(
+        err.to_string(),
+        "database error: error occurred while decoding column trace_id: expected a text type \
+         (TEXT, VARCHAR), found BYTEA"
+    );
+}

@@ -32,15 +32,10 @@ pub(crate) trait StoredRow {
     /// `ids` ([`IdColumns::Packed`], SQLite) rather than one column each.
     const PACKED_IDS: bool = false;
 
-    /// The index of the column named `column`.
-    fn index(&self, column: &str) -> Result<usize>;
-    /// The index of the column named `column`, which must be an integer column: where
-    /// [`StoredRow::int`] decodes without checking the column's type, this checks it, once per
-    /// query.
-    fn int_index(&self, column: &str) -> Result<usize> {
-        self.index(column)
-    }
-    /// An integer column of any width, found with [`StoredRow::int_index`].
+    /// The index of the column named `column`, which holds `kind`: a backend whose getters
+    /// do not check each value's type checks the column's here, once per query.
+    fn index(&self, column: &str, kind: Stored) -> Result<usize>;
+    /// An integer column of any width.
     fn int(&self, index: usize) -> Result<i64>;
     /// A text column, `None` for `NULL`.
     fn opt_text(&self, index: usize) -> Result<Option<String>>;
@@ -52,10 +47,25 @@ pub(crate) trait StoredRow {
     fn json(&self, index: usize) -> Result<String>;
 }
 
+/// What a column holds, as the getters of [`StoredRow`] read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// [`StoredRow::int`].
+    Int,
+    /// [`StoredRow::opt_text`].
+    Text,
+    /// [`StoredRow::opt_time`].
+    Time,
+    /// [`StoredRow::uuid`].
+    Uuid,
+    /// [`StoredRow::json`].
+    Json,
+}
+
 /// Getters by column name, for rows read once (status, checkpoints, leases).
 trait ByName: StoredRow {
     fn int_of(&self, column: &str) -> Result<i64> {
-        self.int(self.int_index(column)?)
+        self.int(self.index(column, Stored::Int)?)
     }
 
     fn count_of(&self, column: &str) -> Result<u32> {
@@ -67,11 +77,11 @@ trait ByName: StoredRow {
     }
 
     fn opt_text_of(&self, column: &str) -> Result<Option<String>> {
-        self.opt_text(self.index(column)?)
+        self.opt_text(self.index(column, Stored::Text)?)
     }
 
     fn time_of(&self, column: &str) -> Result<OffsetDateTime> {
-        self.opt_time(self.index(column)?)?.ok_or_else(|| null(column))
+        self.opt_time(self.index(column, Stored::Time)?)?.ok_or_else(|| null(column))
     }
 
     fn position_of(&self) -> Result<Position> {
@@ -126,7 +136,7 @@ impl CheckpointInfo {
             Some(owner) => Some(LeaseInfo {
                 owner,
                 epoch: row.int_of("epoch")?.unsigned_abs(),
-                until: row.opt_time(row.index("lease_until")?)?,
+                until: row.opt_time(row.index("lease_until", Stored::Time)?)?,
             }),
             None => None,
         };
@@ -241,29 +251,29 @@ impl EventColumns {
     /// The columns of `row`'s query, by name.
     pub(crate) fn of<R: StoredRow>(row: &R) -> Result<Self> {
         Ok(EventColumns {
-            global_position: row.int_index("global_position")?,
+            global_position: row.index("global_position", Stored::Int)?,
             transaction_id: R::TRANSACTION_IDS
-                .then(|| row.int_index("transaction_id"))
+                .then(|| row.index("transaction_id", Stored::Int))
                 .transpose()?,
-            bounded_context: row.index("bounded_context")?,
-            aggregate_type: row.index("aggregate_type")?,
-            aggregate_id: row.index("aggregate_id")?,
-            aggregate_version: row.int_index("aggregate_version")?,
-            event_id: row.index("event_id")?,
-            event_type: row.index("event_type")?,
-            event_version: row.int_index("event_version")?,
-            payload: row.index("payload")?,
-            metadata: row.index("metadata")?,
+            bounded_context: row.index("bounded_context", Stored::Text)?,
+            aggregate_type: row.index("aggregate_type", Stored::Text)?,
+            aggregate_id: row.index("aggregate_id", Stored::Text)?,
+            aggregate_version: row.index("aggregate_version", Stored::Int)?,
+            event_id: row.index("event_id", Stored::Uuid)?,
+            event_type: row.index("event_type", Stored::Text)?,
+            event_version: row.index("event_version", Stored::Int)?,
+            payload: row.index("payload", Stored::Json)?,
+            metadata: row.index("metadata", Stored::Json)?,
             ids: match R::PACKED_IDS {
-                true => IdColumns::Packed(row.index("ids")?),
+                true => IdColumns::Packed(row.index("ids", Stored::Text)?),
                 false => IdColumns::Apart {
-                    causation: row.index("causation_id")?,
-                    correlation: row.index("correlation_id")?,
-                    trace: row.index("trace_id")?,
+                    causation: row.index("causation_id", Stored::Text)?,
+                    correlation: row.index("correlation_id", Stored::Text)?,
+                    trace: row.index("trace_id", Stored::Text)?,
                 },
             },
-            partition_hash: row.int_index("partition_hash")?,
-            created_at: row.index("created_at")?,
+            partition_hash: row.index("partition_hash", Stored::Int)?,
+            created_at: row.index("created_at", Stored::Time)?,
         })
     }
 
@@ -353,45 +363,45 @@ mod postgres {
     impl StoredRow for PgRow {
         const TRANSACTION_IDS: bool = true;
 
-        fn index(&self, column: &str) -> Result<usize> {
-            Ok(self.try_column(column)?.ordinal())
-        }
-
-        /// `int2`, `int4`, `int8` or `xid8` (a transaction id, a type sqlx does not know).
-        fn int_index(&self, column: &str) -> Result<usize> {
-            const INTEGERS: [&str; 4] = ["INT2", "INT4", "INT8", "XID8"];
+        /// Checks the column's type, so that the getters need not check each value's.
+        fn index(&self, column: &str, kind: Stored) -> Result<usize> {
+            let (what, types): (&str, &[&str]) = match kind {
+                // A transaction id is `xid8`, a type sqlx does not know.
+                Stored::Int => ("an integer type", &["INT2", "INT4", "INT8", "XID8"]),
+                Stored::Text => ("a text type", &["TEXT", "VARCHAR"]),
+                Stored::Time => ("a time type", &["TIMESTAMPTZ"]),
+                Stored::Uuid => ("a UUID type", &["UUID"]),
+                Stored::Json => ("a JSON type", &["JSON"]),
+            };
             let found = self.try_column(column)?;
             let type_name = found.type_info().name();
-            match INTEGERS.iter().any(|int| type_name.eq_ignore_ascii_case(int)) {
+            match types.iter().any(|name| type_name.eq_ignore_ascii_case(name)) {
                 true => Ok(found.ordinal()),
                 false => Err(Error::Database(sqlx::Error::ColumnDecode {
                     index: column.to_owned(),
-                    source: format!(
-                        "expected an integer type ({}), found {type_name}",
-                        INTEGERS.join(", ")
-                    )
-                    .into(),
+                    source: format!("expected {what} ({}), found {type_name}", types.join(", "))
+                        .into(),
                 })),
             }
         }
 
-        /// In binary form each type of [`StoredRow::int_index`] is a big-endian integer as wide
-        /// as its type, which sqlx's `i64` decodes whatever the width: unchecked here, as
-        /// `int_index` checked the column's type.
+        /// In binary form each integer type of [`StoredRow::index`] is a big-endian integer as
+        /// wide as its type, which sqlx's `i64` decodes whatever the width. The getters do not
+        /// check types: `index` checked the column's.
         fn int(&self, index: usize) -> Result<i64> {
             Ok(self.try_get_unchecked::<i64, _>(index)?)
         }
 
         fn opt_text(&self, index: usize) -> Result<Option<String>> {
-            Ok(self.try_get(index)?)
+            Ok(self.try_get_unchecked(index)?)
         }
 
         fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>> {
-            Ok(self.try_get(index)?)
+            Ok(self.try_get_unchecked(index)?)
         }
 
         fn uuid(&self, index: usize) -> Result<Uuid> {
-            Ok(self.try_get(index)?)
+            Ok(self.try_get_unchecked(index)?)
         }
 
         /// `json`, whose binary form is its text (`jsonb`'s would start with a version byte).
@@ -422,7 +432,8 @@ mod sqlite {
     impl StoredRow for SqliteRow {
         const PACKED_IDS: bool = true;
 
-        fn index(&self, column: &str) -> Result<usize> {
+        /// The getters check each value's type.
+        fn index(&self, column: &str, _: Stored) -> Result<usize> {
             Ok(self.try_column(column)?.ordinal())
         }
 
@@ -461,7 +472,8 @@ mod mysql {
     use super::*;
 
     impl StoredRow for MySqlRow {
-        fn index(&self, column: &str) -> Result<usize> {
+        /// The getters check each value's type.
+        fn index(&self, column: &str, _: Stored) -> Result<usize> {
             Ok(self.try_column(column)?.ordinal())
         }
 
