@@ -32,6 +32,7 @@ on_backends!([postgres, sqlite_file, mysql], {
     append_in_this_process_wakes_the_runner_at_once,
     status_reports_checkpoints_lag_and_errors,
     failing_partition_halts_alone_and_the_run_reports_it,
+    a_reader_whose_workers_fall_behind_reads_on_from_where_it_was,
 });
 
 /// A SQL read model: events per stream, the last version seen per stream (an event out of
@@ -411,6 +412,96 @@ async fn one_reader_per_projection_reads_the_log_once<S: EventStore + Into<Store
     // Each event was read from the log once, not once per partition.
     assert_eq!(runner.metrics().events_read(), 2_000);
     assert_eq!(runner.metrics().events_handled(), 2_000);
+}
+
+/// Handles every event of the log in memory, recording its position; its first event waits
+/// until `gate` is opened.
+#[derive(Default)]
+struct Gated {
+    gate: Notify,
+    handled: Mutex<Vec<Position>>,
+}
+
+impl Projection for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    fn handle<'a>(&'a self, event: &'a LogEvent, _: &'a mut Context<'_>) -> HandleFuture<'a> {
+        Box::pin(async move {
+            if self.handled.lock().expect("lock").is_empty() {
+                self.gate.notified().await;
+            }
+            self.handled.lock().expect("lock").push(event.position);
+            Ok(())
+        })
+    }
+}
+
+/// Catches up with 5,000 events (in pages of at most 1,000), checks that every event was
+/// handled once, and returns how many queries the reader sent.
+async fn catch_up_queries<S: EventStore + Into<Store>>(store: S) -> u64 {
+    append_workload(&store, "q", 50, 100, 100).await;
+    let in_memory = Arc::new(InMemory::default());
+    let runner =
+        Runner::new(store.into()).projection(in_memory.clone()).partitions(8).until_caught_up();
+    runner.run_until(std::future::pending()).await.expect("run");
+    assert_eq!(in_memory.0.load(Ordering::Relaxed), 5_000);
+    assert_eq!(runner.metrics().events_read(), 5_000);
+    runner.metrics().log_reads()
+}
+
+/// On a server, one query serves up to ten of the reader's pages: a catch-up of 5,000 events
+/// sends about two (the first page is small until the reader knows the events' size), where a
+/// query per page sends six.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_query_serves_several_pages_on_postgresql() {
+    let db = common::postgres().await;
+    let queries = catch_up_queries(db.store.clone()).await;
+    assert!(queries <= 3, "{queries} queries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_query_serves_several_pages_on_mysql() {
+    let db = common::mysql().await;
+    let queries = catch_up_queries(db.store.clone()).await;
+    assert!(queries <= 3, "{queries} queries");
+}
+
+/// SQLite reads in the process: the reader queries the log for each page (the sixth finds the
+/// rest of the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queries_the_log_for_each_page() {
+    let (store, _dir) = common::sqlite_file().await;
+    assert_eq!(catch_up_queries(store).await, 6);
+}
+
+/// 5,000 events, one partition, and a handler that holds its first event: the reader fills
+/// the partition's queue and must wait for room, which closes its query on a server; once the
+/// handler goes on, the reader reads on from the last event it handed out. Every event is
+/// handled once, in log order.
+async fn a_reader_whose_workers_fall_behind_reads_on_from_where_it_was<
+    S: EventStore + Into<Store>,
+>(
+    store: S,
+) {
+    append_workload(&store, "b", 50, 100, 100).await;
+    let gated = Arc::new(Gated::default());
+    let runner = Runner::new(store.into()).projection(gated.clone()).until_caught_up();
+    let metrics = runner.metrics();
+    let run = tokio::spawn(async move { runner.run_until(std::future::pending()).await });
+    // The first pages hold 64 and 576 events (the first asks for what 4 MiB holds at 64 KiB
+    // an event), then 1,000: once 1,640 events were read, the queue of 1,000 is full (or, if
+    // the handler took the first two pages at once, fills with the next page).
+    common::eventually("the reader waits for room", Duration::from_secs(30), || async {
+        (metrics.events_read() >= 1_640).then_some(())
+    })
+    .await;
+    gated.gate.notify_one();
+    run.await.expect("run task").expect("run");
+    let handled = gated.handled.lock().expect("lock").clone();
+    assert_eq!(handled.len(), 5_000);
+    assert!(handled.windows(2).all(|w| w[0] < w[1]), "in log order, each once");
 }
 
 /// Counts its events in memory: never asks for the transaction.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::Position;
 use crate::partition::Partition;
 use crate::projection::Lease;
-use crate::store::backend::Page;
+use crate::store::backend::{LogRows, Page};
 
 /// The first wait after activity; doubled on every empty poll up to the poll interval.
 const FIRST_IDLE_WAIT: Duration = Duration::from_millis(1);
@@ -155,12 +156,14 @@ async fn follow_log(
     };
     let mut after = start;
     let mut page_size = PageSize::default();
+    let (mut query, pages) = (None, store.pages_per_query());
     let mut wakeups = store.wakeups();
     let mut idle_wait = FIRST_IDLE_WAIT;
     let telemetry = ReaderMetrics::new(&run.name);
     while !cancel.is_cancelled() {
         wakeups.borrow_and_update();
-        let Some(page) = run.read_page(&mut page_size, cancel, after).await? else {
+        let Some(page) = run.next_page(&mut page_size, &mut query, pages, cancel, after).await?
+        else {
             break;
         };
         telemetry.page(page.bytes);
@@ -189,7 +192,17 @@ async fn follow_log(
         idle_wait = FIRST_IDLE_WAIT;
         run.metrics.events_read.fetch_add(page.events.len() as u64, Ordering::Relaxed);
         let full = page.full;
-        if !feed.offer(page.events, last, full, cancel).await {
+        let offer = feed.offer(page.events, last, full, cancel);
+        let mut offer = std::pin::pin!(offer);
+        let placed = match offer.as_mut().now_or_never() {
+            Some(placed) => placed,
+            None => {
+                // No room yet: no statement stays open while the workers catch up.
+                query = None;
+                offer.await
+            }
+        };
+        if !placed {
             break;
         }
         after = last;
@@ -239,6 +252,36 @@ impl Default for PageSize {
     }
 }
 
+/// The reader's query on the log, kept open from page to page while the workers keep up (it is
+/// closed as soon as a page must wait for room): one statement, planned once, serves several
+/// pages, and the database sends the next rows while the reader hands out the last ones.
+struct OpenQuery<'a> {
+    rows: LogRows<'a>,
+    /// The rows it may still return.
+    left: usize,
+}
+
+impl OpenQuery<'_> {
+    /// The fewest rows a page must ask for for its query to serve several pages: a database
+    /// may read this many rows of a query ahead of the reader (SQLite's connection thread
+    /// sends rows through a channel of 50), so a query for more rows than a page of large
+    /// events fits could hold more than the page's byte budget in memory.
+    const READ_AHEAD: usize = 50;
+
+    /// The most rows a query serving several pages asks for: a query closed early is read to
+    /// its end by the connection (what the server already sends), in vain.
+    const MAX_ROWS: usize = 10_000;
+
+    /// How many rows a query opened for pages of `rows` rows asks for, when one query may
+    /// serve `pages` pages.
+    fn limit(rows: usize, pages: usize) -> usize {
+        match rows >= Self::READ_AHEAD {
+            true => rows.saturating_mul(pages).min(Self::MAX_ROWS).max(rows),
+            false => rows,
+        }
+    }
+}
+
 impl ProjectionRun {
     /// Reads the page of the log after `after` in the projection's scope, as many rows as
     /// `size` fits in the page's byte budget, retrying transient failures; `None` if cancelled
@@ -249,16 +292,46 @@ impl ProjectionRun {
         cancel: &CancellationToken,
         after: Position,
     ) -> Result<Option<Page>> {
-        self.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
+        self.next_page(size, &mut None, 1, cancel, after).await
+    }
+
+    /// Like [`ProjectionRun::read_page`], from the open `query` if there is one, else from a
+    /// new query for up to `pages` pages. The query is left in `query` for the next page if
+    /// it may return more rows; a failure closes it.
+    async fn next_page<'a>(
+        &'a self,
+        size: &mut PageSize,
+        query: &mut Option<OpenQuery<'a>>,
+        pages: usize,
+        cancel: &CancellationToken,
+        after: Position,
+    ) -> Result<Option<Page>> {
         let rows = size.rows(self.page_events, self.page_bytes);
-        let page = retry_transient(cancel, "read the log", || {
-            self.store.read_page(after, rows, self.page_bytes, &self.scope)
+        let read = retry_transient(cancel, "read the log", || {
+            let open = query.take();
+            async move {
+                let mut open = match open {
+                    Some(open) => open,
+                    None => {
+                        self.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
+                        let left = OpenQuery::limit(rows, pages);
+                        OpenQuery { rows: self.store.read_log(after, left, &self.scope)?, left }
+                    }
+                };
+                let page = Page::take(&mut open.rows, rows.min(open.left), self.page_bytes).await?;
+                open.left -= page.events.len();
+                // A page that is not full ended its query.
+                let open = (page.full && open.left > 0).then_some(open);
+                Ok((page, open))
+            }
         })
         .await?;
-        if let Some(page) = &page {
-            size.saw(page);
-        }
-        Ok(page)
+        let Some((page, open)) = read else {
+            return Ok(None);
+        };
+        *query = open;
+        size.saw(&page);
+        Ok(Some(page))
     }
 
     /// How much each of `running` partitions may have queued: a page's events (at least two
@@ -277,6 +350,18 @@ mod tests {
     use super::*;
     use crate::store::backend::Backend as _;
     use crate::{Event, EventStore, ExpectedVersion, Scope, SqliteStore, StreamId};
+
+    /// A query serves up to `pages` pages of at least 50 rows, and no more than 10,000 rows
+    /// unless one page holds more.
+    #[test]
+    fn a_query_asks_for_several_pages_of_small_events_only() {
+        let limits: Vec<usize> =
+            [(64, 10), (1_000, 10), (5_000, 10), (20_000, 10), (49, 10), (1_000, 1)]
+                .into_iter()
+                .map(|(rows, pages)| OpenQuery::limit(rows, pages))
+                .collect();
+        assert_eq!(limits, [640, 10_000, 10_000, 20_000, 49, 1_000]);
+    }
 
     /// A page asks for no more rows than its byte budget fits at the size of the reader's last
     /// page's largest event: few rows after large events, the page's event limit again once

@@ -10,6 +10,8 @@ use std::fmt;
 use std::ops::Bound;
 use std::time::Duration;
 
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -53,15 +55,37 @@ pub(crate) trait Backend: Appends + Leases + fmt::Debug + Send + Sync + 'static 
         Ok(RestoreRepair::default())
     }
 
+    /// The events after `after` in log order that match `scope`, at most `limit` of them: one
+    /// query, whose rows are decoded as they are taken and never buffered whole (each event
+    /// with roughly what it costs in memory).
+    fn read_log<'a>(
+        &'a self,
+        after: Position,
+        limit: usize,
+        scope: &'a Scope,
+    ) -> Result<LogRows<'a>>;
+
+    /// How many pages of the runner's reader one query on the log may serve: a server sends
+    /// the next rows while the reader hands out the last ones, and plans one statement for
+    /// all of them.
+    fn pages_per_query(&self) -> usize {
+        10
+    }
+
     /// Up to `limit` events after `after` in log order that match `scope`, stopping early once
-    /// they take `max_bytes` in memory.
+    /// they take `max_bytes` in memory (the unit tests' page; the runner's reader reads pages
+    /// with [`Backend::read_log`] and [`Page::take`]).
+    #[cfg(all(test, feature = "sqlite"))]
     async fn read_page(
         &self,
         after: Position,
         limit: usize,
         max_bytes: usize,
         scope: &Scope,
-    ) -> Result<Page>;
+    ) -> Result<Page> {
+        let mut rows = self.read_log(after, limit, scope)?;
+        Page::take(&mut rows, limit, max_bytes).await
+    }
 
     /// The stored event at `global_position`.
     async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>>;
@@ -340,28 +364,36 @@ pub(crate) struct Page {
     pub(crate) full: bool,
 }
 
+/// The events of one query on the log, decoded as they are taken ([`Backend::read_log`]).
+pub(crate) type LogRows<'a> = BoxStream<'a, Result<(LogEvent, usize)>>;
+
+/// Decodes the event rows of one query on the log as they are taken.
+pub(crate) fn log_rows<'a, R: StoredRow + Send + 'a>(
+    rows: BoxStream<'a, std::result::Result<R, sqlx::Error>>,
+) -> LogRows<'a> {
+    let mut decoder = EventDecoder::default();
+    rows.map(move |row| decoder.read(&row?)).boxed()
+}
+
 impl Page {
-    /// Takes rows from `rows` until `limit` events were read (the query's `LIMIT`) or they
-    /// take `max_bytes`; the rest of the query is never buffered.
-    pub(crate) async fn collect<R: StoredRow>(
-        rows: impl futures_util::Stream<Item = std::result::Result<R, sqlx::Error>>,
+    /// Takes events from `rows` until `limit` were taken or they take `max_bytes`, or the
+    /// query ends; the rest of the query is left in `rows`, never buffered. `full` if it
+    /// stopped at `limit` or `max_bytes`.
+    pub(crate) async fn take(
+        rows: &mut LogRows<'_>,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Page> {
-        use futures_util::TryStreamExt as _;
-        let mut rows = std::pin::pin!(rows);
         let mut page = Page::default();
-        let mut decoder = EventDecoder::default();
-        while let Some(row) = rows.try_next().await? {
-            let (event, size) = decoder.read(&row)?;
+        while page.events.len() < limit && page.bytes < max_bytes {
+            let Some((event, size)) = rows.try_next().await? else {
+                return Ok(page);
+            };
             page.events.push((event, size));
             page.bytes = page.bytes.saturating_add(size);
             page.largest = page.largest.max(size);
-            if page.bytes >= max_bytes {
-                break;
-            }
         }
-        page.full = page.events.len() >= limit || page.bytes >= max_bytes;
+        page.full = true;
         Ok(page)
     }
 }

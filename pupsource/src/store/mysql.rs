@@ -45,7 +45,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use super::any::{Server, check_server};
-use super::backend::{Backend, Batch, CheckpointInfo, Page, ParkedEvent};
+use super::backend::{Backend, Batch, CheckpointInfo, LogRows, ParkedEvent, log_rows};
 use super::row::EventDecoder;
 use super::{
     CheckpointRead, ConnectOptions, EventStore, Scope, Statement, Tables, hash_to_stored,
@@ -621,16 +621,14 @@ impl Backend for MySqlStore {
         self.inner.wake.subscribe()
     }
 
-    async fn read_page(
-        &self,
+    fn read_log<'a>(
+        &'a self,
         after: Position,
         limit: usize,
-        max_bytes: usize,
-        scope: &Scope,
-    ) -> Result<Page> {
+        scope: &'a Scope,
+    ) -> Result<LogRows<'a>> {
         scope.validate()?;
-        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
-        Page::collect(rows, limit, max_bytes).await
+        Ok(log_rows(self.log_query(after, limit, scope).fetch(&self.inner.pool)))
     }
 
     async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {

@@ -74,7 +74,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ConnectOptions;
 use super::any::{Server, check_server};
-use super::backend::{Backend, Batch, CheckpointInfo, Fence, Page, ParkedEvent, RestoreRepair};
+use super::backend::{
+    Backend, Batch, CheckpointInfo, Fence, LogRows, ParkedEvent, RestoreRepair, log_rows,
+};
 use super::row::EventDecoder;
 use super::{
     CheckpointRead, EventStore, Scope, Statement, Tables, hash_to_stored, next_version,
@@ -817,18 +819,14 @@ impl Backend for PostgresStore {
         self.repair_restore().await
     }
 
-    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
-    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
-    async fn read_page(
-        &self,
+    fn read_log<'a>(
+        &'a self,
         after: Position,
         limit: usize,
-        max_bytes: usize,
-        scope: &Scope,
-    ) -> Result<Page> {
+        scope: &'a Scope,
+    ) -> Result<LogRows<'a>> {
         scope.validate()?;
-        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
-        Page::collect(rows, limit, max_bytes).await
+        Ok(log_rows(self.log_query(after, limit, scope).fetch(&self.inner.pool)))
     }
 
     async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {

@@ -20,7 +20,7 @@ use sqlx::{Arguments as _, AssertSqlSafe, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use super::backend::{Backend, Batch, CheckpointInfo, Page, ParkedEvent};
+use super::backend::{Backend, Batch, CheckpointInfo, LogRows, ParkedEvent, log_rows};
 use super::row::EventDecoder;
 use super::{
     CheckpointRead, EventStore, Scope, Statement, Tables, from_unix_micros, hash_to_stored,
@@ -565,18 +565,20 @@ impl Backend for SqliteStore {
         self.inner.wake.subscribe()
     }
 
-    /// Reads up to `limit` events after `after` in log order that match `scope`, and stops
-    /// early once they take `max_bytes` in memory (rows are streamed, never buffered whole).
-    async fn read_page(
-        &self,
+    /// One: SQLite reads in this process, so an open query has no server to work ahead, and
+    /// pages from queries left open were slower to catch up with (`pupsource-bench`).
+    fn pages_per_query(&self) -> usize {
+        1
+    }
+
+    fn read_log<'a>(
+        &'a self,
         after: Position,
         limit: usize,
-        max_bytes: usize,
-        scope: &Scope,
-    ) -> Result<Page> {
+        scope: &'a Scope,
+    ) -> Result<LogRows<'a>> {
         scope.validate()?;
-        let rows = self.log_query(after, limit, scope).fetch(&self.inner.pool);
-        Page::collect(rows, limit, max_bytes).await
+        Ok(log_rows(self.log_query(after, limit, scope).fetch(&self.inner.pool)))
     }
 
     async fn read_event(&self, global_position: i64) -> Result<Option<PersistedEvent>> {
