@@ -477,8 +477,9 @@ async fn sqlite_queries_the_log_for_each_page() {
 }
 
 /// 5,000 events, one partition, and a handler that holds its first event: the reader fills
-/// the partition's queue and must wait for room, which closes its query on a server; once the
-/// handler goes on, the reader reads on from the last event it handed out. Every event is
+/// the partition's queue and waits for room. On a server, a query kept open from page to page
+/// is closed once a page has waited with it open for a second; once the handler goes on, the
+/// reader reads on from the last event it handed out, with a new query. Every event is
 /// handled once, in log order.
 async fn a_reader_whose_workers_fall_behind_reads_on_from_where_it_was<
     S: EventStore + Into<Store>,
@@ -491,17 +492,22 @@ async fn a_reader_whose_workers_fall_behind_reads_on_from_where_it_was<
     let metrics = runner.metrics();
     let run = tokio::spawn(async move { runner.run_until(std::future::pending()).await });
     // The first pages hold 64 and 576 events (the first asks for what 4 MiB holds at 64 KiB
-    // an event), then 1,000: once 1,640 events were read, the queue of 1,000 is full (or, if
-    // the handler took the first two pages at once, fills with the next page).
+    // an event, and is its query's whole limit of 640), then 1,000 from a second query: once
+    // 1,640 events were read, the queue of 1,000 is full (or, if the handler took the first
+    // two pages at once, fills with the next page).
     common::eventually("the reader waits for room", Duration::from_secs(30), || async {
         (metrics.events_read() >= 1_640).then_some(())
     })
     .await;
+    // What is tested is the reader's time limit: the handler holds on past it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     gated.gate.notify_one();
     run.await.expect("run task").expect("run");
     let handled = gated.handled.lock().expect("lock").clone();
     assert_eq!(handled.len(), 5_000);
     assert!(handled.windows(2).all(|w| w[0] < w[1]), "in log order, each once");
+    // Two queries for 5,000 events, unless the second was closed while it waited.
+    assert!(metrics.log_reads() >= 3, "{} queries", metrics.log_reads());
 }
 
 /// Counts its events in memory: never asks for the transaction.

@@ -6,7 +6,9 @@
 //! however far behind the projection is, and every worker also learns "you have everything up
 //! to here", which lets a partition that received nothing advance its checkpoint too. A
 //! partition waiting out a handler's retries is detached from the feed (the others keep their
-//! pace) and catches up by reading alone (see the `feed` module).
+//! pace) and catches up by reading alone (see the `feed` module). On PostgreSQL and MySQL one
+//! query of the reader serves up to ten pages, so the server sends the next rows while the
+//! reader hands out the last; a page that waits for room closes a query open for over a second.
 //!
 //! Each *worker* handles a batch of events in one transaction and writes its checkpoint in it,
 //! as a compare-and-set on its lease and on where the batch started (layout changes are handled

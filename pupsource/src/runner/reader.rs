@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -194,13 +193,17 @@ async fn follow_log(
         let full = page.full;
         let offer = feed.offer(page.events, last, full, cancel);
         let mut offer = std::pin::pin!(offer);
-        let placed = match offer.as_mut().now_or_never() {
-            Some(placed) => placed,
-            None => {
-                // No room yet: no statement stays open while the workers catch up.
-                query = None;
-                offer.await
-            }
+        let placed = match query.as_ref().map(|open| open.opened + OpenQuery::HOLD) {
+            None => offer.await,
+            Some(deadline) => tokio::select! {
+                biased;
+                placed = offer.as_mut() => placed,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    // The workers are behind: no statement stays open while they catch up.
+                    query = None;
+                    offer.await
+                }
+            },
         };
         if !placed {
             break;
@@ -252,30 +255,34 @@ impl Default for PageSize {
     }
 }
 
-/// The reader's query on the log, kept open from page to page while the workers keep up (it is
-/// closed as soon as a page must wait for room): one statement, planned once, serves several
-/// pages, and the database sends the next rows while the reader hands out the last ones.
+/// The reader's query on the log, kept open from page to page: one statement, planned once,
+/// serves several pages, and the database sends the next rows while the reader hands out the
+/// last ones. A page still waiting for room once its query has been open for
+/// [`OpenQuery::HOLD`] closes it, so that no statement stays open long while the workers catch
+/// up.
 struct OpenQuery<'a> {
     rows: LogRows<'a>,
     /// The rows it may still return.
     left: usize,
+    opened: Instant,
 }
 
 impl OpenQuery<'_> {
-    /// The fewest rows a page must ask for for its query to serve several pages: a database
-    /// may read this many rows of a query ahead of the reader (SQLite's connection thread
-    /// sends rows through a channel of 50), so a query for more rows than a page of large
-    /// events fits could hold more than the page's byte budget in memory.
-    const READ_AHEAD: usize = 50;
+    /// How long a query may have been open before a page waiting for room closes it.
+    const HOLD: Duration = Duration::from_secs(1);
 
-    /// The most rows a query serving several pages asks for: a query closed early is read to
-    /// its end by the connection (what the server already sends), in vain.
+    /// The fewest rows a page must ask for for its query to serve several pages, and the
+    /// most rows such a query asks for. A query closed early (the connection reads what the
+    /// server already sends to its end, in vain) then costs at most 10,000 small events, or
+    /// one page of large ones (a page of fewer than 50 rows holds events of 80 KiB or more).
+    const MIN_ROWS: usize = 50;
+    /// See [`OpenQuery::MIN_ROWS`].
     const MAX_ROWS: usize = 10_000;
 
     /// How many rows a query opened for pages of `rows` rows asks for, when one query may
     /// serve `pages` pages.
     fn limit(rows: usize, pages: usize) -> usize {
-        match rows >= Self::READ_AHEAD {
+        match rows >= Self::MIN_ROWS {
             true => rows.saturating_mul(pages).min(Self::MAX_ROWS).max(rows),
             false => rows,
         }
@@ -315,7 +322,8 @@ impl ProjectionRun {
                     None => {
                         self.metrics.log_reads.fetch_add(1, Ordering::Relaxed);
                         let left = OpenQuery::limit(rows, pages);
-                        OpenQuery { rows: self.store.read_log(after, left, &self.scope)?, left }
+                        let log = self.store.read_log(after, left, &self.scope)?;
+                        OpenQuery { rows: log, left, opened: Instant::now() }
                     }
                 };
                 let page = Page::take(&mut open.rows, rows.min(open.left), self.page_bytes).await?;
