@@ -565,8 +565,8 @@ impl Backend for SqliteStore {
         self.inner.wake.subscribe()
     }
 
-    /// One: SQLite reads in this process, so an open query has no server to work ahead, and
-    /// pages from queries left open were slower to catch up with (`pupsource-bench`).
+    /// One: the connection's thread already reads a page ahead of the reader ([`ROW_BUFFER`]),
+    /// and a catch-up from queries left open for ten pages was slower (`pupsource-bench`).
     fn pages_per_query(&self) -> usize {
         1
     }
