@@ -574,12 +574,14 @@ impl PostgresStore {
 
     /// The query of a page of the log: events after `after` in `scope`, in log order, below
     /// the fence, with its `LIMIT` as a literal: a prepared statement per query size (sqlx's
-    /// statement cache keeps the most recent), whose cached generic plan knows the limit and
-    /// keeps to the index, so that the runner's queries are not planned anew each time (a
-    /// generic plan with the limit as a parameter cannot see it, assumes a tenth of the
-    /// table and, on a large log, prefers a parallel scan and sort to the index). Named, as
-    /// every statement that reads the `xid8` transaction id must be: sqlx looks up a type it
-    /// does not know with a query of its own, which would replace an unnamed statement.
+    /// statement cache keeps the most recent) whose plans know the limit and keep to the
+    /// index. The statement is parsed once, but PostgreSQL still plans each execution for
+    /// its parameters (its plan cache keeps choosing custom plans); what the literal avoids
+    /// is a generic plan with the limit as a parameter, which cannot see it, assumes a tenth
+    /// of the table and, on a large log, prefers a parallel scan and sort to the index.
+    /// Named, as every statement that reads the `xid8` transaction id must be: sqlx looks up
+    /// a type it does not know with a query of its own, which would replace an unnamed
+    /// statement.
     fn log_query(
         &self,
         after: Position,
