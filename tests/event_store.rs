@@ -582,3 +582,37 @@ async fn migrate_is_idempotent<S: EventStore>(store: S) {
 fn constraint_kinds_display_like_the_database_says_them() {
     assert_eq!(ConstraintKind::NotNull.to_string(), "not-null constraint");
 }
+
+/// SQLite hands each event row's envelope (everything but its position, id and payload) over
+/// as one JSON array: a row changed behind the store's back so that a field cannot be read
+/// fails the read with a decode error at its position that says what was wrong, and the
+/// rows before it are not affected.
+#[tokio::test]
+async fn a_sqlite_row_changed_behind_the_stores_back_fails_the_read_at_its_position() {
+    let store = common::sqlite_memory().await;
+    let events: Vec<Event> =
+        (0..3).map(|i| Event::new(&user("u1"), "A", json!({ "i": i }))).collect();
+    store.append_and_commit(ExpectedVersion::NoStream, &events).await.expect("append");
+    for (value, want) in [
+        (
+            "'noon'",
+            "stored event at position 2 cannot be decoded: envelope: invalid type: string \
+             \"noon\", expected i64",
+        ),
+        (
+            "9223372036854775807",
+            "stored event at position 2 cannot be decoded: envelope: 9223372036854775807 µs \
+             since 1970 is out of range",
+        ),
+    ] {
+        let update = format!("UPDATE events SET created_at = {value} WHERE global_position = 2");
+        sqlx::query(sqlx::AssertSqlSafe(update))
+            .execute(store.pool())
+            .await
+            .expect("change the row");
+        let err = store.read_all(Position::START, 10, &Scope::all()).await.expect_err("bad row");
+        assert!(err.to_string().starts_with(want), "{err}");
+        let first = store.read_all(Position::START, 1, &Scope::all()).await.expect("first row");
+        assert_eq!(first[0].payload, json!({ "i": 0 }));
+    }
+}

@@ -459,8 +459,8 @@ pub(crate) fn unix_micros(at: time::OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
-/// See [`unix_micros`].
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+/// The time of microseconds since the Unix epoch, UTC, as SQLite and MySQL store event times;
+/// `None` out of `time`'s range.
 pub(crate) fn from_unix_micros(micros: i64) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).ok()
 }

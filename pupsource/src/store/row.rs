@@ -28,17 +28,21 @@ pub(crate) trait StoredRow {
     /// 0 without a column to read.
     const TRANSACTION_IDS: bool = false;
 
-    /// Whether event rows carry the causation, correlation and trace ids packed in one column
-    /// `ids` ([`IdColumns::Packed`], SQLite) rather than one column each.
-    const PACKED_IDS: bool = false;
+    /// Whether event rows carry all but their position, id and payload packed in one column
+    /// `envelope` ([`Envelope::Packed`], SQLite) rather than one column each.
+    const PACKED_ENVELOPE: bool = false;
 
     /// The index of the column named `column`, which holds `kind`: a backend whose getters
     /// do not check each value's type checks the column's here, once per query.
     fn index(&self, column: &str, kind: Stored) -> Result<usize>;
     /// An integer column of any width.
     fn int(&self, index: usize) -> Result<i64>;
+    /// A text column, borrowed from the row, `None` for `NULL`.
+    fn opt_str(&self, index: usize) -> Result<Option<&str>>;
     /// A text column, `None` for `NULL`.
-    fn opt_text(&self, index: usize) -> Result<Option<String>>;
+    fn opt_text(&self, index: usize) -> Result<Option<String>> {
+        Ok(self.opt_str(index)?.map(str::to_owned))
+    }
     /// A time column, `None` for `NULL`.
     fn opt_time(&self, index: usize) -> Result<Option<OffsetDateTime>>;
     /// A UUID column.
@@ -222,30 +226,112 @@ pub(crate) struct EventColumns {
     global_position: usize,
     /// `None` where the backend has no transaction ids ([`StoredRow::TRANSACTION_IDS`]).
     transaction_id: Option<usize>,
+    event_id: usize,
+    payload: usize,
+    envelope: Envelope,
+}
+
+/// Where the rest of an event (its stream, type, versions, metadata, ids, hash and time) is
+/// in a query's rows.
+#[derive(Debug, Clone, Copy)]
+enum Envelope {
+    /// One column each.
+    Apart(EnvelopeColumns),
+    /// One column named `envelope`: a JSON array of them, in the order of
+    /// [`EnvelopeFields`]'s fields ([`StoredRow::PACKED_ENVELOPE`]).
+    Packed(usize),
+}
+
+/// The indexes of [`Envelope::Apart`]'s columns.
+#[derive(Debug, Clone, Copy)]
+struct EnvelopeColumns {
     bounded_context: usize,
     aggregate_type: usize,
     aggregate_id: usize,
     aggregate_version: usize,
-    event_id: usize,
     event_type: usize,
     event_version: usize,
-    payload: usize,
     metadata: usize,
-    ids: IdColumns,
+    causation_id: usize,
+    correlation_id: usize,
+    trace_id: usize,
     partition_hash: usize,
     created_at: usize,
 }
 
-/// Where the causation, correlation and trace ids of an event are in a query's rows.
-#[derive(Debug, Clone, Copy)]
-enum IdColumns {
-    /// One column each.
-    Apart { causation: usize, correlation: usize, trace: usize },
-    /// One column named `ids`: `NULL` when all three are (most events), else a JSON array of
-    /// the three. SQLite reads it so: sqlx copies every column of every row, a memory
-    /// allocation each, even for a `NULL`.
-    Packed(usize),
+/// An event's envelope as read from its row. Deserialized from [`Envelope::Packed`]'s array,
+/// field by field in this order.
+#[derive(serde::Deserialize)]
+struct EnvelopeFields {
+    bounded_context: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    aggregate_version: i64,
+    event_type: String,
+    event_version: i64,
+    metadata: String,
+    causation_id: Option<String>,
+    correlation_id: Option<String>,
+    trace_id: Option<String>,
+    partition_hash: i64,
+    /// Microseconds since the Unix epoch in the array.
+    #[serde(deserialize_with = "micros")]
+    created_at: Option<OffsetDateTime>,
 }
+
+/// [`EnvelopeFields::created_at`] from microseconds since the Unix epoch.
+fn micros<'de, D: serde::Deserializer<'de>>(
+    micros: D,
+) -> std::result::Result<Option<OffsetDateTime>, D::Error> {
+    match <Option<i64> as serde::Deserialize>::deserialize(micros)? {
+        None => Ok(None),
+        Some(micros) => crate::store::from_unix_micros(micros).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("{micros} µs since 1970 is out of range"))
+        }),
+    }
+}
+
+impl EnvelopeColumns {
+    fn of<R: StoredRow>(row: &R) -> Result<Self> {
+        Ok(EnvelopeColumns {
+            bounded_context: row.index("bounded_context", Stored::Text)?,
+            aggregate_type: row.index("aggregate_type", Stored::Text)?,
+            aggregate_id: row.index("aggregate_id", Stored::Text)?,
+            aggregate_version: row.index("aggregate_version", Stored::Int)?,
+            event_type: row.index("event_type", Stored::Text)?,
+            event_version: row.index("event_version", Stored::Int)?,
+            metadata: row.index("metadata", Stored::Json)?,
+            causation_id: row.index("causation_id", Stored::Text)?,
+            correlation_id: row.index("correlation_id", Stored::Text)?,
+            trace_id: row.index("trace_id", Stored::Text)?,
+            partition_hash: row.index("partition_hash", Stored::Int)?,
+            created_at: row.index("created_at", Stored::Time)?,
+        })
+    }
+
+    fn read(&self, row: &impl StoredRow, bad: Bad<'_>) -> Result<EnvelopeFields> {
+        let text =
+            |index: usize| row.opt_text(index)?.ok_or_else(|| bad("column", &"unexpected NULL"));
+        Ok(EnvelopeFields {
+            bounded_context: text(self.bounded_context)?,
+            aggregate_type: text(self.aggregate_type)?,
+            aggregate_id: text(self.aggregate_id)?,
+            aggregate_version: row.int(self.aggregate_version)?,
+            event_type: text(self.event_type)?,
+            event_version: row.int(self.event_version)?,
+            metadata: row.json(self.metadata).map_err(|e| bad("metadata", &e))?,
+            causation_id: row.opt_text(self.causation_id)?,
+            correlation_id: row.opt_text(self.correlation_id)?,
+            trace_id: row.opt_text(self.trace_id)?,
+            partition_hash: row.int(self.partition_hash)?,
+            created_at: row.opt_time(self.created_at).map_err(|e| bad("created_at", &e))?,
+        })
+    }
+}
+
+/// What an event row held that is not an event: what, and why (an [`Error::Decode`] at the
+/// event's position).
+type Bad<'a> = &'a dyn Fn(&str, &dyn std::fmt::Display) -> Error;
 
 impl EventColumns {
     /// The columns of `row`'s query, by name.
@@ -255,25 +341,12 @@ impl EventColumns {
             transaction_id: R::TRANSACTION_IDS
                 .then(|| row.index("transaction_id", Stored::Int))
                 .transpose()?,
-            bounded_context: row.index("bounded_context", Stored::Text)?,
-            aggregate_type: row.index("aggregate_type", Stored::Text)?,
-            aggregate_id: row.index("aggregate_id", Stored::Text)?,
-            aggregate_version: row.index("aggregate_version", Stored::Int)?,
             event_id: row.index("event_id", Stored::Uuid)?,
-            event_type: row.index("event_type", Stored::Text)?,
-            event_version: row.index("event_version", Stored::Int)?,
             payload: row.index("payload", Stored::Json)?,
-            metadata: row.index("metadata", Stored::Json)?,
-            ids: match R::PACKED_IDS {
-                true => IdColumns::Packed(row.index("ids", Stored::Text)?),
-                false => IdColumns::Apart {
-                    causation: row.index("causation_id", Stored::Text)?,
-                    correlation: row.index("correlation_id", Stored::Text)?,
-                    trace: row.index("trace_id", Stored::Text)?,
-                },
+            envelope: match R::PACKED_ENVELOPE {
+                true => Envelope::Packed(row.index("envelope", Stored::Text)?),
+                false => Envelope::Apart(EnvelopeColumns::of(row)?),
             },
-            partition_hash: row.index("partition_hash", Stored::Int)?,
-            created_at: row.index("created_at", Stored::Time)?,
         })
     }
 
@@ -284,43 +357,36 @@ impl EventColumns {
             position: global_position,
             reason: format!("{what}: {e}"),
         };
-        let text = |index: usize| -> Result<String> {
-            row.opt_text(index)?.ok_or_else(|| bad("column", &"unexpected NULL"))
-        };
-        let event_version = row.int(self.event_version)?;
-        let (causation_id, correlation_id, trace_id) = match self.ids {
-            IdColumns::Apart { causation, correlation, trace } => {
-                (row.opt_text(causation)?, row.opt_text(correlation)?, row.opt_text(trace)?)
+        let fields = match self.envelope {
+            Envelope::Apart(columns) => columns.read(row, &bad)?,
+            Envelope::Packed(index) => {
+                let text =
+                    row.opt_str(index)?.ok_or_else(|| bad("envelope", &"unexpected NULL"))?;
+                serde_json::from_str(text).map_err(|e| bad("envelope", &e))?
             }
-            IdColumns::Packed(ids) => match row.opt_text(ids)? {
-                None => (None, None, None),
-                Some(ids) => serde_json::from_str(&ids).map_err(|e| bad("ids", &e))?,
-            },
         };
         let event = LogEvent {
             stream: StreamId {
-                context: text(self.bounded_context)?,
-                aggregate_type: text(self.aggregate_type)?,
-                aggregate_id: text(self.aggregate_id)?,
+                context: fields.bounded_context,
+                aggregate_type: fields.aggregate_type,
+                aggregate_id: fields.aggregate_id,
             },
             event_id: row.uuid(self.event_id)?,
-            event_type: text(self.event_type)?,
-            event_version: u32::try_from(event_version).map_err(|e| bad("event_version", &e))?,
+            event_type: fields.event_type,
+            event_version: u32::try_from(fields.event_version)
+                .map_err(|e| bad("event_version", &e))?,
             payload: row.json(self.payload).map_err(|e| bad("payload", &e))?,
-            metadata: row.json(self.metadata).map_err(|e| bad("metadata", &e))?,
-            causation_id,
-            correlation_id,
-            trace_id,
-            created_at: row
-                .opt_time(self.created_at)
-                .map_err(|e| bad("created_at", &e))?
-                .ok_or_else(|| bad("created_at", &"unexpected NULL"))?,
+            metadata: fields.metadata,
+            causation_id: fields.causation_id,
+            correlation_id: fields.correlation_id,
+            trace_id: fields.trace_id,
+            created_at: fields.created_at.ok_or_else(|| bad("created_at", &"unexpected NULL"))?,
             position: Position {
                 transaction_id: self.transaction_id.map_or(Ok(0), |index| row.int(index))?,
                 global_position,
             },
-            aggregate_version: row.int(self.aggregate_version)?.unsigned_abs(),
-            partition_hash: hash_from_stored(row.int(self.partition_hash)?),
+            aggregate_version: fields.aggregate_version.unsigned_abs(),
+            partition_hash: hash_from_stored(fields.partition_hash),
         };
         let size = approximate_size(&event);
         Ok((event, size))
@@ -392,7 +458,7 @@ mod postgres {
             Ok(self.try_get_unchecked::<i64, _>(index)?)
         }
 
-        fn opt_text(&self, index: usize) -> Result<Option<String>> {
+        fn opt_str(&self, index: usize) -> Result<Option<&str>> {
             Ok(self.try_get_unchecked(index)?)
         }
 
@@ -430,7 +496,7 @@ mod sqlite {
     use super::*;
 
     impl StoredRow for SqliteRow {
-        const PACKED_IDS: bool = true;
+        const PACKED_ENVELOPE: bool = true;
 
         /// The getters check each value's type.
         fn index(&self, column: &str, _: Stored) -> Result<usize> {
@@ -441,7 +507,7 @@ mod sqlite {
             Ok(self.try_get(index)?)
         }
 
-        fn opt_text(&self, index: usize) -> Result<Option<String>> {
+        fn opt_str(&self, index: usize) -> Result<Option<&str>> {
             Ok(self.try_get(index)?)
         }
 
@@ -483,7 +549,7 @@ mod mysql {
 
         /// Names and ids are `VARBINARY`: their bytes are the UTF-8 text that was written
         /// (checked as UTF-8 on decoding; sqlx's type check would refuse a binary column).
-        fn opt_text(&self, index: usize) -> Result<Option<String>> {
+        fn opt_str(&self, index: usize) -> Result<Option<&str>> {
             Ok(self.try_get_unchecked(index)?)
         }
 
