@@ -67,7 +67,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 /// column of every row into an allocation of its own, even an integer or a `NULL`, on the
 /// connection's thread, and the reader frees them on another, both taking turns at the
 /// allocator's lock. Four columns instead of thirteen made the benchmark's catch-up on SQLite
-/// about 1.4 times as fast at one partition, 1.6 at eight (`BENCHMARKS.md`).
+/// about 1.4 times as fast at one partition, 1.6 at eight (alternating runs of
+/// `pupsource-bench --no-postgres --no-mysql --only catch-up`).
 const EVENT_COLUMNS: &str = "global_position, event_id, payload, \
     json_array(bounded_context, aggregate_type, aggregate_id, aggregate_version, event_type, \
       event_version, metadata, causation_id, correlation_id, trace_id, partition_hash, \
