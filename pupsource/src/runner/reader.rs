@@ -191,8 +191,7 @@ async fn follow_log(
         idle_wait = FIRST_IDLE_WAIT;
         run.metrics.events_read.fetch_add(page.events.len() as u64, Ordering::Relaxed);
         let full = page.full;
-        let offer = feed.offer(page.events, last, full, cancel);
-        let mut offer = std::pin::pin!(offer);
+        let mut offer = std::pin::pin!(feed.offer(page.events, last, full, cancel));
         let placed = match query.as_ref().map(|open| open.opened + OpenQuery::HOLD) {
             None => offer.await,
             Some(deadline) => tokio::select! {

@@ -538,7 +538,7 @@ mod mysql {
     use super::*;
 
     impl StoredRow for MySqlRow {
-        /// The getters check each value's type.
+        /// The getters check each value's type, but for text ([`StoredRow::opt_str`]).
         fn index(&self, column: &str, _: Stored) -> Result<usize> {
             Ok(self.try_column(column)?.ordinal())
         }
